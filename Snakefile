@@ -1,0 +1,34 @@
+# lmablate: ablation and sweep studies of small transformer language models.
+#
+#   snakemake -c2                                   the default study (config.yaml)
+#   snakemake -c2 --configfile studies/X.yaml       another study (replaces config.yaml)
+#   snakemake --profile profiles/slurm              on a Slurm cluster
+#   snakemake --report results/<study>/report.html  the HTML report after a run
+
+
+# A study given with --configfile replaces the default study instead of being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/harvest.smk"
+include: "rules/report.smk"
+
+
+localrules:
+    all,
+    harvest_metrics,
+    plot_study,
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,69 @@
+# Load and check the study, expand its runs, and the small path helpers every rule uses.
+# All logic lives in the lmablate library; this file only calls it.
+import sys
+
+import lmablate
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+STUDY_FILE = (workflow.configfiles or ["config.yaml"])[-1]
+try:
+    STUDY = lmablate.study_from_dict(config, source=STUDY_FILE)
+except lmablate.ConfigError as err:
+    sys.exit(f"lmablate: {err}")
+validate(config, schema="../schemas/config.schema.yaml")
+
+NAME = STUDY.name
+RUNS = STUDY.by_id
+EXECUTION = STUDY.execution
+
+
+wildcard_constraints:
+    run_id=r"[A-Za-z0-9._=+-]+",
+    corpus=r"[A-Za-z0-9._-]+",
+    dataset=r"[A-Za-z0-9._-]+",
+
+
+def dataset_of(run):
+    """Name of a run's tokenizer and token store: <corpus>-<data_id>."""
+    return f"{run.config.data.corpus}-{run.data_id}"
+
+
+DATASETS = {dataset_of(r): r for r in STUDY.runs}
+
+
+def get_tokens(wildcards):
+    return f"resources/tokens/{dataset_of(RUNS[wildcards.run_id])}.h5"
+
+
+def get_corpus_manifest(wildcards):
+    corpus = DATASETS[wildcards.dataset].config.data.corpus
+    return f"resources/corpora/{corpus}/manifest.json"
+
+
+def get_tokenizer(wildcards):
+    return f"resources/tokenizers/{wildcards.dataset}/tokenizer.json"
+
+
+def run_dir(run_id):
+    return f"results/{NAME}/runs/{run_id}"
+
+
+def get_run_finals(wildcards):
+    return [f"{run_dir(r)}/final.json" for r in RUNS]
+
+
+def get_final_output():
+    return [
+        f"results/{NAME}/runs.csv",
+        f"results/{NAME}/summary.json",
+        f"results/{NAME}/analysis.txt",
+        f"results/{NAME}/plots/loss_curves.png",
+        f"results/{NAME}/plots/final_val_loss.png",
+    ]
+
+
+def gpus_per_run():
+    """Training jobs ask for a `gpu` resource only where CUDA is visible."""
+    return int(EXECUTION.get("gpus_per_run", 1 if lmablate.cuda_available() else 0))

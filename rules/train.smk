@@ -1,0 +1,28 @@
+# One training job per run. Resumable state lives in checkpoints/<study>/<run_id>/, which is not
+# a Snakemake output: a failed or killed job leaves it in place and the retry resumes from it.
+
+
+rule train_model:
+    input:
+        tokens=get_tokens,
+    output:
+        final=f"results/{NAME}/runs/{{run_id}}/final.json",
+        config=f"results/{NAME}/runs/{{run_id}}/config.yaml",
+        metrics=f"results/{NAME}/runs/{{run_id}}/metrics.jsonl",
+        trainer_state=f"results/{NAME}/runs/{{run_id}}/trainer_state.json",
+        weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+    params:
+        run=lambda w: RUNS[w.run_id].to_dict(),
+        study=NAME,
+        ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
+    threads: EXECUTION.get("train_threads", 1)
+    resources:
+        gpu=gpus_per_run(),
+        mem_mb=EXECUTION.get("train_mem_mb", 4000),
+        runtime=EXECUTION.get("train_runtime_min", 240),
+    log:
+        f"logs/{NAME}/train_model/{{run_id}}.log",
+    benchmark:
+        f"benchmarks/{NAME}/train_model/{{run_id}}.tsv"
+    script:
+        "../workflow_scripts/train_model.py"

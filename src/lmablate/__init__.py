@@ -1,0 +1,31 @@
+"""lmablate: ablation and sweep studies of small transformer language models.
+
+The library behind the Snakemake workflow; usable on its own (notebooks, scripts, tests)::
+
+    import lmablate
+    study = lmablate.read_study("config.yaml")          # runs with their IDs, nothing trained
+    runs, curves = lmablate.load_results("results/default")   # harvested tables as DataFrames
+"""
+
+from .config import (DataConfig, ModelConfig, RunConfig, TokenizerConfig, TrainConfig, from_dict,
+                     to_dict)
+from .errors import CheckpointError, ConfigError, DataError, LmablateError
+from .gpu import cuda_available
+from .study import Study, read_study, study_from_dict
+from .sweep import Run, expand
+
+__version__ = "0.1.0"
+
+
+def load_results(results_dir):  # imported lazily: pandas is heavy for the Snakefile's parse
+    """(runs, curves) DataFrames of a harvested study, e.g. ``load_results("results/default")``."""
+    from .harvest import load_results as _load
+
+    return _load(results_dir)
+
+
+__all__ = [
+    "CheckpointError", "ConfigError", "DataConfig", "DataError", "LmablateError", "ModelConfig",
+    "Run", "RunConfig", "Study", "TokenizerConfig", "TrainConfig", "cuda_available", "expand",
+    "from_dict", "load_results", "read_study", "study_from_dict", "to_dict", "__version__",
+]

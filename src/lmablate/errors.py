@@ -1,0 +1,51 @@
+"""Errors that reach the user as one line: where (file, key) and what was expected."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LmablateError(Exception):
+    """Base class: an error the user can fix; printed as one line, never a traceback."""
+
+
+class ConfigError(LmablateError, ValueError):
+    """A study config (or run config) is invalid.
+
+    ``str(err)`` is ``"<file>: <key>: <message>"`` (file and key left out when unknown), so the
+    Snakefile, the CLI and the training script all print the same single line.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | None = None):
+        self.message = message
+        self.key = key
+        self.file = file
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [p for p in (self.file, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+    def with_file(self, file: str | None) -> ConfigError:
+        """The same error, located in ``file`` (keeps an inner file if one was already set)."""
+        return ConfigError(self.message, key=self.key, file=self.file or file)
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key nested under ``prefix`` (e.g. ``sweep.variants.x``)."""
+        key = f"{prefix}.{self.key}" if self.key else prefix
+        return ConfigError(self.message, key=key, file=self.file)
+
+
+class DataError(LmablateError):
+    """A corpus, tokenizer or token store is missing, corrupt or unusable."""
+
+
+class CheckpointError(LmablateError):
+    """A checkpoint is missing, truncated or fails its checksum."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""

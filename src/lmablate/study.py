@@ -1,0 +1,178 @@
+"""Load a study file: YAML -> include/scale/overrides -> checks -> runs.
+
+This is the single entry point used by the Snakefile (``rules/common.smk``), the CLI
+(``lmablate plan``) and notebooks, so config resolution and run IDs have one source of truth.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import corpora as corpora_mod
+from .errors import ConfigError, did_you_mean
+from .sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_dotted
+
+__all__ = ["Study", "read_study", "study_from_dict", "parse_override"]
+
+TOP_KEYS = {
+    "study": "Name of the study; outputs go to results/<study>/.",
+    "description": "Free text shown in the report.",
+    "include": "A base study file (path relative to this one) merged under this one.",
+    "scale": "Name of an entry of `scales` to apply (e.g. smoke).",
+    "scales": "Named sets of dotted overrides, e.g. smoke: {defaults.train.tokens: 20000}.",
+    "overrides": "Dotted overrides applied last, e.g. {defaults.train.lr: 1e-3}.",
+    "data": "Corpus choice and train/val split (defaults for every run).",
+    "corpora": "Corpus definitions by name (source: file|url|hf|hdf5).",
+    "tokenizer": "Tokenizer (kind: bpe|byte|char|file).",
+    "defaults": "Model and train settings every run starts from.",
+    "sweep": "variants / grid / zip / where / seeds.",
+    "baseline": "Variant that deltas, plots and tests compare against (default: baseline).",
+    "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
+}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Study:
+    name: str
+    doc: dict[str, Any]  # the fully merged study document
+    runs: list[Run]
+    corpora: dict[str, dict[str, Any]]
+    source: str | None = None  # file the study came from (for messages)
+
+    @property
+    def by_id(self) -> dict[str, Run]:
+        return {r.run_id: r for r in self.runs}
+
+    @property
+    def baseline(self) -> str:
+        return str(self.doc.get("baseline", "baseline"))
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        return dict(self.doc.get("execution") or {})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"defaults.train.lr=1e-3"`` -> (``"defaults.train.lr"``, 0.001) (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"expected KEY=VALUE, got {text!r}", key="--config")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("study file not found", file=str(path))
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {where}{problem}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", file=str(path)) from None
+    if doc is None:
+        raise ConfigError("the study file is empty", file=str(path))
+    if not isinstance(doc, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(doc).__name__}",
+                          file=str(path))
+    return doc
+
+
+def _with_includes(doc: dict[str, Any], base_dir: Path, file: str, depth: int = 0) -> dict:
+    inc = doc.get("include")
+    if not inc:
+        return doc
+    if depth > 8:
+        raise ConfigError("include nesting deeper than 8 (a cycle?)", key="include", file=file)
+    inc_path = (base_dir / str(inc)).resolve()
+    try:
+        base = _with_includes(_read_yaml(inc_path), inc_path.parent, str(inc_path), depth + 1)
+    except ConfigError as err:
+        raise err if err.file else err.with_file(str(inc_path))
+    merged = deep_merge(base, {k: v for k, v in doc.items() if k != "include"})
+    return merged
+
+
+def read_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
+    """Read a study YAML file and expand it. Errors are :class:`ConfigError` naming the file."""
+    path = Path(path)
+    doc = _read_yaml(path)
+    return study_from_dict(doc, overrides=overrides, source=str(path), base_dir=path.parent)
+
+
+def study_from_dict(doc: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
+                    source: str | None = None, base_dir: Path | None = None) -> Study:
+    """Expand an already-parsed study document (e.g. Snakemake's ``config``)."""
+    try:
+        return _study(dict(doc), overrides or {}, source, base_dir or Path.cwd())
+    except ConfigError as err:
+        raise err.with_file(source) from None
+
+
+def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None,
+           base_dir: Path) -> Study:
+    doc = _with_includes(doc, base_dir, source or "")
+    for key, value in overrides.items():  # top-level overrides first: they may pick the scale
+        if "." not in key:
+            doc[key] = value
+    scale = doc.get("scale")
+    if scale not in (None, "", "full"):
+        scales = doc.get("scales") or {}
+        if scale not in scales:
+            raise ConfigError(f"unknown scale {scale!r}{did_you_mean(str(scale), scales)}; "
+                              f"defined: {', '.join(scales) or 'none'}", key="scale")
+        for key, value in (scales[scale] or {}).items():
+            set_dotted(doc, key, value)
+    for key, value in {**(doc.get("overrides") or {}),
+                       **{k: v for k, v in overrides.items() if "." in k}}.items():
+        set_dotted(doc, key, value)
+
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"unknown top-level key{did_you_mean(str(key), TOP_KEYS)}; expected "
+                              f"one of: {', '.join(TOP_KEYS)}", key=str(key))
+    name = doc.get("study")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"expected a name of letters, digits, '.', '_' or '-', got {name!r}",
+                          key="study")
+    sweep = doc.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"expected a mapping, got {sweep!r}", key="sweep")
+    for key in sweep:
+        if key not in SWEEP_KEYS:
+            raise ConfigError(f"unknown key{did_you_mean(str(key), SWEEP_KEYS)}; expected one of: "
+                              f"{', '.join(SWEEP_KEYS)}", key=f"sweep.{key}")
+    for vname, vspec in (sweep.get("variants") or {}).items():
+        if not NAME_RE.match(str(vname)):
+            raise ConfigError("variant names may hold letters, digits, '.', '_' and '-'",
+                              key=f"sweep.variants.{vname}")
+        for key in (vspec or {}):
+            if key in VARIANT_KEYS or "." in key or key in ("model", "train", "data", "tokenizer"):
+                continue
+            raise ConfigError(f"unknown key{did_you_mean(str(key), VARIANT_KEYS)}; a variant holds "
+                              f"dotted settings (model.x, train.y) and {', '.join(VARIANT_KEYS)}",
+                              key=f"sweep.variants.{vname}.{key}")
+
+    corpora = corpora_mod.resolve_corpora(doc.get("corpora") or {}, base_dir)
+    runs = expand(doc, corpora)
+    used = {r.config.data.corpus for r in runs}
+    for corpus in sorted(used):
+        if corpus not in corpora:
+            raise ConfigError(f"unknown corpus {corpus!r}{did_you_mean(corpus, corpora)}; define it "
+                              f"under `corpora:` or use a preset ({', '.join(corpora_mod.PRESETS)})",
+                              key="data.corpus")
+    baseline = doc.get("baseline", "baseline")
+    variants = {r.variant for r in runs}
+    if "baseline" in doc and baseline not in variants:
+        raise ConfigError(f"baseline {baseline!r} is not a variant{did_you_mean(baseline, variants)}",
+                          key="baseline")
+    return Study(name=name, doc=doc, runs=runs, corpora=corpora, source=source)

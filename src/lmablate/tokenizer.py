@@ -1,0 +1,130 @@
+"""Tokenizers, all saved as a Hugging Face ``tokenizer.json`` (loadable by ``tokenizers`` and
+``transformers``):
+
+| kind | what                                                                               |
+|------|------------------------------------------------------------------------------------|
+| bpe  | byte-level BPE trained with ``tokenizers`` on (a sample of) the train split       |
+| byte | the 256 byte-level symbols, no merges                                              |
+| char | one id per character seen in the train split, plus ``<unk>``                       |
+| file | an existing tokenizer.json (e.g. a hub model's), copied                            |
+
+The first special token (default ``<|endoftext|>``) separates documents in the token stream.
+A tokenizer's identity is the SHA-256 of its tokenizer.json (``tokenizer_sha256``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .config import TokenizerConfig
+from .errors import DataError
+from .io import atomic_write_text, sha256_file
+
+__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_sha256", "eot_id"]
+
+
+def _limit_bytes(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
+    seen = 0
+    for doc in docs:
+        if seen >= max_bytes:
+            return
+        seen += len(doc.encode())
+        yield doc
+
+
+def _bpe(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if cfg.vocab_size < len(alphabet) + len(cfg.special_tokens):
+        raise DataError(f"tokenizer.vocab_size {cfg.vocab_size} is below the byte-level minimum "
+                        f"{len(alphabet) + len(cfg.special_tokens)} (256 bytes + special tokens)")
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                  special_tokens=list(cfg.special_tokens), initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(_limit_bytes(docs, cfg.train_bytes), trainer=trainer)
+    return tok
+
+
+def _byte(cfg: TokenizerConfig) -> Tokenizer:
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {s: i for i, s in enumerate(cfg.special_tokens)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(cfg.special_tokens))
+    return tok
+
+
+def _char(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    chars: set[str] = set()
+    for doc in _limit_bytes(docs, cfg.train_bytes):
+        chars.update(doc)
+    specials = [*cfg.special_tokens, "<unk>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(chars):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def build_tokenizer(cfg: TokenizerConfig, docs: Iterable[str], out_path: str | Path) -> dict:
+    """Build the tokenizer ``cfg`` describes, save it atomically; returns its metadata."""
+    out_path = Path(out_path)
+    if cfg.kind == "bpe":
+        tok = _bpe(docs, cfg)
+        if tok.get_vocab_size() < cfg.vocab_size:
+            got = tok.get_vocab_size()
+            raise DataError(f"tokenizer.vocab_size {cfg.vocab_size} is larger than this corpus "
+                            f"supports: BPE stopped at {got} tokens (no pair left with "
+                            f"min_frequency {cfg.min_frequency}); use vocab_size <= {got} or more "
+                            "text")
+    elif cfg.kind == "byte":
+        tok = _byte(cfg)
+    elif cfg.kind == "char":
+        tok = _char(docs, cfg)
+    elif cfg.kind == "file":
+        tok = load_tokenizer(cfg.path or "")
+    else:  # pragma: no cover - rejected by config validation
+        raise DataError(f"unknown tokenizer kind {cfg.kind!r}")
+    atomic_write_text(out_path, tok.to_str(pretty=True))
+    meta = {"kind": cfg.kind, "vocab_size": tok.get_vocab_size(), "eot_id": eot_id(tok, cfg),
+            "sha256": sha256_file(out_path)}
+    atomic_write_text(out_path.with_name("tokenizer_meta.json"), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer file not found")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a plain Exception on bad JSON
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: not a valid tokenizer.json ({first})") from None
+
+
+def eot_id(tok: Tokenizer, cfg: TokenizerConfig | None = None) -> int | None:
+    """Id of the document separator: the first configured special token, if the vocab has it."""
+    candidates = list(cfg.special_tokens) if cfg else []
+    candidates += ["<|endoftext|>", "</s>", "<eos>", "[SEP]"]
+    for s in candidates:
+        i = tok.token_to_id(s)
+        if i is not None:
+            return i
+    return None
+
+
+def tokenizer_sha256(path: str | Path) -> str:
+    return sha256_file(path)

@@ -1,0 +1,527 @@
+"""The training loop: one function, an explicit state dict, resumable at any step.
+
+    setup (config, data, model, optimiser) -> load checkpoint if any -> loop:
+        lr = get_lr(step)  ->  grad_accum micro-steps  ->  clip  ->  AdamW step
+        every log_every: train line   every eval_every: validation   every checkpoint_every: save
+    -> final evaluation -> model.safetensors, trainer_state.json, metrics.jsonl, final.json (last)
+
+A run ends ``completed`` or ``diverged`` (NaN/inf, or train loss above ``diverge_loss``); both
+write every output and return normally, so a diverged run never fails the workflow. SIGTERM /
+SIGUSR1 (Slurm preemption) save a checkpoint at the next step and exit with status 75
+(EX_TEMPFAIL) so Snakemake / Slurm retries the job, which then resumes.
+
+Determinism: initialisation from ``train.seed``; batch ``i`` is a pure function of (seed, i)
+(:class:`~lmablate.tokens.Batches`); RNG states are checkpointed. On CPU with a fixed thread
+count, a run killed and resumed at any step ends with bitwise the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import accounting
+from .checkpoint import load_latest, save_checkpoint
+from .config import RunConfig, from_dict, to_dict
+from .io import atomic_write_json, atomic_write_text
+from .metrics import EvalAccumulator, entropy, gini
+from .model import LM
+from .tokens import Batches, TokenStore, val_windows
+
+__all__ = ["train", "get_lr", "Plan", "make_plan", "EXIT_PREEMPTED", "select_device"]
+
+log = logging.getLogger("lmablate.train")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan: step counts derived from the budget
+
+
+@dataclass(frozen=True)
+class Plan:
+    total_steps: int
+    tokens_per_step: int
+    warmup_steps: int
+    eval_every: int
+    checkpoint_every: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.tokens_per_step
+
+
+def make_plan(cfg: RunConfig, train_tokens: int | None = None) -> Plan:
+    t = cfg.train
+    per_step = t.batch_size * t.grad_accum * t.seq_len
+    budget = t.tokens
+    if t.epochs is not None:
+        if train_tokens is None:
+            raise ValueError("an epoch budget needs the size of the train split")
+        budget = int(t.epochs * train_tokens)
+    total = max(1, math.ceil(budget / per_step))
+    warmup = int(t.warmup * total) if t.warmup < 1 else math.ceil(t.warmup / per_step)
+    return Plan(total_steps=total, tokens_per_step=per_step, warmup_steps=min(warmup, total),
+                eval_every=t.eval_every or max(1, total // 10),
+                checkpoint_every=t.checkpoint_every or max(1, total // 10))
+
+
+def get_lr(step: int, cfg: RunConfig, plan: Plan) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warmup, then the schedule."""
+    t = cfg.train
+    if step < plan.warmup_steps:
+        return t.lr * (step + 1) / plan.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    decay_steps = max(1, plan.total_steps - plan.warmup_steps)
+    progress = min(1.0, (step - plan.warmup_steps) / decay_steps)
+    floor = t.lr * t.min_lr_ratio
+    if t.schedule == "linear":
+        return floor + (t.lr - floor) * (1 - progress)
+    return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------------
+# devices and precision
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _precision(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler)."""
+    p = cfg.train.precision
+    if device.type != "cuda":
+        if p in ("fp16",):
+            raise ValueError("precision fp16 needs a CUDA device")
+        return (torch.bfloat16, False) if p == "bf16" else (None, False)
+    if p == "auto":
+        p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, True),
+            "fp32": (None, False)}[p]
+
+
+def _optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices (dim >= 2) only, not on norms or biases."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {"lr": t.lr, "betas": (t.beta1, t.beta2), "eps": t.eps}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+
+def _trainer_state(records: list[dict], plan: Plan, cfg: RunConfig, train_tokens: int,
+                   best: float | None, flops: float) -> dict[str, Any]:
+    """Hugging Face Trainer's trainer_state.json, so tools that read HF runs read ours."""
+    history = []
+    for r in records:
+        epoch = r["tokens"] / max(1, train_tokens)
+        if r["split"] == "train":
+            history.append({"epoch": epoch, "grad_norm": r.get("grad_norm"),
+                            "learning_rate": r["lr"], "loss": r["loss"], "step": r["step"]})
+        elif r["split"] == "val":
+            history.append({"epoch": epoch, "eval_loss": r["loss"], "eval_perplexity": r["ppl"],
+                            "eval_accuracy": r["acc"], "eval_runtime": r.get("eval_s"),
+                            "step": r["step"]})
+    return {
+        "best_global_step": None, "best_metric": best, "best_model_checkpoint": None,
+        "epoch": plan.total_tokens / max(1, train_tokens), "eval_steps": plan.eval_every,
+        "global_step": records[-1]["step"] if records else 0, "is_hyper_param_search": False,
+        "is_local_process_zero": True, "is_world_process_zero": True, "log_history": history,
+        "logging_steps": cfg.train.log_every, "max_steps": plan.total_steps,
+        "num_input_tokens_seen": records[-1]["tokens"] if records else 0,
+        "num_train_epochs": math.ceil(plan.total_tokens / max(1, train_tokens)),
+        "save_steps": plan.checkpoint_every, "total_flos": flops * plan.total_tokens,
+        "train_batch_size": cfg.train.batch_size, "trial_name": None, "trial_params": None,
+    }
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: np.ndarray, *, batch_size: int,
+             device: torch.device, autocast: torch.dtype | None, vocab_size: int,
+             reliability: bool = False) -> dict[str, Any]:
+    was_training = model.training
+    model.eval()
+    acc = EvalAccumulator()
+    for i in range(0, len(windows), batch_size):
+        w = torch.from_numpy(windows[i:i + batch_size]).to(device, non_blocking=True)
+        with _autocast(device, autocast):
+            logits = model(w[:, :-1])
+        acc.add(logits, w[:, 1:], vocab_size)
+    model.train(was_training)
+    out: dict[str, Any] = acc.result()
+    if reliability:
+        out["reliability"] = acc.reliability()
+    return out
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def measure_latency(model: torch.nn.Module, device: torch.device, autocast: torch.dtype | None,
+                    vocab_size: int, max_len: int, lengths: tuple[int, ...] = (128, 512),
+                    repeats: int = 5) -> dict[str, float]:
+    """Forward latency (ms, median of ``repeats``) at batch 1 for each sequence length."""
+    model.eval()
+    out = {}
+    for n in lengths:
+        if n > max_len:
+            continue
+        x = torch.randint(0, vocab_size, (1, n), device=device,
+                          generator=torch.Generator(device=device).manual_seed(0))
+        times = []
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with _autocast(device, autocast):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[f"latency_ms_seq{n}"] = float(np.median(times[1:]) * 1e3)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# signals
+
+
+class _Preemption:
+    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Preemption:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. notebooks' workers)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Preempted(SystemExit):
+    def __init__(self, signum: int, path: Path):
+        super().__init__(EXIT_PREEMPTED)
+        self.signum, self.path = signum, path
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: str | Path, *,
+          ckpt_dir: str | Path | None = None, run_id: str | None = None,
+          meta: Mapping[str, Any] | None = None, device: str = "auto", threads: int | None = None,
+          resume: bool | str = "auto", progress: bool | None = None,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train one run; write its outputs to ``out_dir``; return the contents of final.json.
+
+    ``run``: a RunConfig or its dict; ``meta``: extra identity written to config.yaml (study,
+    variant, seed, run_id, ...); ``ckpt_dir``: resumable state (default ``out_dir/ckpt``);
+    ``resume``: "auto" (continue from the newest valid checkpoint), False (start over).
+    ``stop_after_steps``: stop (checkpointed, not final) after this many steps — for tests.
+    """
+    t_start = time.perf_counter()
+    cfg = run if isinstance(run, RunConfig) else from_dict(RunConfig, dict(run))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(ckpt_dir) if ckpt_dir else out / "ckpt"
+    run_id = run_id or (meta or {}).get("run_id") or out.name
+    resolved = {"run_id": run_id, **dict(meta or {}), **to_dict(cfg)}
+    import yaml
+
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = select_device(device)
+    autocast, use_scaler = _precision(cfg, dev)
+    store = TokenStore(tokens_path)
+    train_tokens = store.split("train")
+    vocab = store.vocab_size
+    padded = cfg.model.vocab_size or math.ceil(vocab / cfg.model.vocab_multiple) * \
+        cfg.model.vocab_multiple
+    if padded < vocab:
+        raise ValueError(f"model.vocab_size {padded} is smaller than the tokenizer's {vocab}")
+    plan = make_plan(cfg, len(train_tokens))
+    seq_len = cfg.train.seq_len
+    max_len = cfg.model.context_length or seq_len
+    val = val_windows(store.split("val"), seq_len, cfg.train.eval_tokens)
+    final_cap = cfg.train.final_eval_tokens or 2_000_000
+    val_final = val_windows(store.split("val"), seq_len, final_cap)
+    batches = Batches(train_tokens, seq_len, cfg.train.batch_size, cfg.train.seed)
+
+    torch.manual_seed(cfg.train.seed)
+    model = LM(cfg.model, padded, max_seq_len=max_len).to(dev)
+    counts = accounting.param_counts(cfg.model, padded, max_len)
+    flops = accounting.flops_per_token(cfg.model, padded, seq_len)
+    opt = _optimizer(model, cfg, dev)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    compiled = model
+    if cfg.train.compile == "true" or (cfg.train.compile == "auto" and dev.type == "cuda"):
+        compiled = torch.compile(model)
+
+    records: list[dict[str, Any]] = []
+    window_loss, window_n = torch.zeros((), device=dev), 0  # train loss summed since last log
+    step, tokens_seen, best_val, train_time = 0, 0, math.inf, 0.0
+    status, diverged_at = "completed", None
+    state = load_latest(ckpt, map_location=dev) if resume else None
+    if state is not None:
+        if state.get("config") != to_dict(cfg):
+            raise ValueError(f"{state['_path']}: checkpoint belongs to a different config; "
+                             f"remove {ckpt} to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        records, best_val = state["records"], state["best_val"]
+        train_time = state.get("train_time", 0.0)
+        status, diverged_at = state.get("status", "completed"), state.get("diverged_at")
+        _set_rng_state(state["rng"])
+        window_loss, window_n = state["window"][0].to(dev), state["window"][1]
+        log.info("resumed from %s at step %d/%d (%d tokens)", state["_path"], step,
+                 plan.total_steps, tokens_seen)
+    else:
+        log.info("starting %s: %s params, %d steps x %d tokens, device %s, precision %s",
+                 run_id, accounting.fmt_params(counts["total"]), plan.total_steps,
+                 plan.tokens_per_step, dev, autocast or "fp32")
+    metrics_path = out / "metrics.jsonl"
+    _write_metrics(metrics_path, records)  # drop lines logged after the checkpoint we resumed
+
+    limit = cfg.train.diverge_loss or (math.log(vocab) + 2.0)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.total_tokens, initial=tokens_seen, unit="tok", unit_scale=True,
+                   desc=run_id[:40], dynamic_ncols=True)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "step": step,
+                "tokens_seen": tokens_seen, "records": records, "best_val": best_val,
+                "train_time": train_time, "status": status, "diverged_at": diverged_at,
+                "window": (window_loss.detach().clone(), window_n), "rng": _rng_state(),
+                "config": to_dict(cfg), "run_id": run_id}
+
+    def run_eval() -> dict[str, Any]:
+        nonlocal best_val
+        train_load = model.pop_expert_load()  # routing of the training tokens since last eval
+        t0 = time.perf_counter()
+        res = evaluate(compiled, val, batch_size=cfg.train.batch_size, device=dev,
+                       autocast=autocast, vocab_size=vocab)
+        rec = {"step": step, "tokens": tokens_seen, "split": "val", **res,
+               "eval_s": time.perf_counter() - t0}
+        model.pop_expert_load()  # drop the validation tokens' routing
+        if train_load is not None:
+            total = np.asarray(train_load).sum(0)
+            rec["expert_load"] = [float(x) for x in total / max(1.0, total.sum())]
+            rec["expert_gini"] = gini(total)
+            rec["expert_entropy"] = entropy(total)
+        best_val = min(best_val, res["loss"]) if math.isfinite(res["loss"]) else best_val
+        return rec
+
+    model.train()
+    t_window = time.perf_counter()
+    with _Preemption() as pre:
+        while step < plan.total_steps and status == "completed":
+            t_step = time.perf_counter()
+            lr = get_lr(step, cfg, plan)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.train.grad_accum):
+                w = torch.from_numpy(batches.get(step * cfg.train.grad_accum + micro))
+                w = w.to(dev, non_blocking=True)
+                with _autocast(dev, autocast):
+                    logits = compiled(w[:, :-1])
+                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
+                                           w[:, 1:].reshape(-1))
+                    total_loss = (loss + model.aux_loss()) / cfg.train.grad_accum
+                if scaler is not None:
+                    scaler.scale(total_loss).backward()
+                else:
+                    total_loss.backward()
+                window_loss += loss.detach() / cfg.train.grad_accum
+            if scaler is not None:
+                scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"))
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += plan.tokens_per_step
+            window_n += 1
+            train_time += time.perf_counter() - t_step
+
+            last = step == plan.total_steps
+            if step % cfg.train.log_every == 0 or last or step == 1:
+                mean_loss = (window_loss / window_n).item()  # the only host sync per window
+                elapsed = time.perf_counter() - t_window
+                rec = {"step": step, "tokens": tokens_seen, "split": "train", "loss": mean_loss,
+                       "lr": lr, "grad_norm": float(grad_norm),
+                       "tokens_per_s": window_n * plan.tokens_per_step / max(elapsed, 1e-9)}
+                records.append(rec)
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                if bar is not None:
+                    bar.update(window_n * plan.tokens_per_step)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                else:
+                    log.info("step %d/%d tokens %d loss %.4f lr %.2e %.0f tok/s", step,
+                             plan.total_steps, tokens_seen, mean_loss, lr, rec["tokens_per_s"])
+                window_loss.zero_()
+                window_n = 0
+                t_window = time.perf_counter()
+                if not math.isfinite(mean_loss) or (step > plan.warmup_steps and mean_loss > limit):
+                    status, diverged_at = "diverged", step
+                    log.warning("run diverged at step %d: train loss %s (limit %.2f)", step,
+                                mean_loss, limit)
+            if status == "completed" and (step % plan.eval_every == 0 or last):
+                rec = run_eval()
+                records.append(rec)
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                log.info("eval step %d: val loss %.4f ppl %.2f acc %.3f", step, rec["loss"],
+                         rec["ppl"], rec["acc"])
+            if step % plan.checkpoint_every == 0 or last or status != "completed" or pre.signal:
+                save_checkpoint(checkpoint_state(), ckpt, step, keep=cfg.train.keep_checkpoints)
+            if pre.signal:
+                log.warning("signal %d: checkpointed at step %d, exiting for requeue", pre.signal,
+                            step)
+                if bar is not None:
+                    bar.close()
+                raise Preempted(pre.signal, ckpt)
+            if stop_after_steps is not None and step >= stop_after_steps and not last:
+                if bar is not None:
+                    bar.close()
+                return {"status": "stopped", "step": step}
+    if bar is not None:
+        bar.close()
+
+    # ---- final evaluation and outputs (final.json last: it marks the run as done)
+    final: dict[str, Any] = {"run_id": run_id, "status": status, "steps": step,
+                             "tokens": tokens_seen, "planned_tokens": plan.total_tokens,
+                             "diverged_at_step": diverged_at}
+    if status == "completed":
+        res = evaluate(compiled, val_final, batch_size=cfg.train.batch_size, device=dev,
+                       autocast=autocast, vocab_size=vocab, reliability=True)
+        final.update({f"val_{k}": v for k, v in res.items() if k != "reliability"})
+        final["reliability"] = res["reliability"]
+        final.update(measure_latency(model, dev, autocast, vocab, max_len))
+    vals = [r["loss"] for r in records if r["split"] == "val" and math.isfinite(r["loss"])]
+    final["best_val_loss"] = min(vals + [final.get("val_loss", math.inf)]) if (
+        vals or "val_loss" in final) else None
+    trains = [r for r in records if r["split"] == "train"]
+    final["final_train_loss"] = trains[-1]["loss"] if trains else None
+    expert = [r for r in records if "expert_gini" in r]
+    if expert:
+        final["expert_gini"] = expert[-1]["expert_gini"]
+        final["expert_entropy"] = expert[-1]["expert_entropy"]
+    final.update({
+        "params": counts, "flops_per_token": flops, "vocab_size": vocab,
+        "padded_vocab_size": padded, "train_split_tokens": int(len(train_tokens)),
+        "epochs": tokens_seen / max(1, len(train_tokens)),
+        "train_wall_s": train_time, "tokens_per_s": tokens_seen / max(train_time, 1e-9),
+        "wall_s": time.perf_counter() - t_start, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "precision": str(autocast).replace("torch.", "") if autocast else "fp32",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "peak_mem_mb": (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+                        else _peak_rss_mb()),
+    })
+    if final.get("val_loss") is not None:
+        final["val_ppl"] = final.get("val_ppl")
+    from safetensors.torch import save_file
+
+    seen, unique = set(), {}
+    for k, v in model.state_dict().items():  # tied weights: store once
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            unique[k] = v.detach().contiguous().cpu()
+    tmp = out / ".model.safetensors.tmp"
+    save_file(unique, str(tmp), metadata={"run_id": run_id, "format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+    _write_metrics(metrics_path, records)
+    atomic_write_json(out / "trainer_state.json",
+                      _trainer_state(records, plan, cfg, len(train_tokens),
+                                     final["best_val_loss"], flops))
+    atomic_write_json(out / "final.json", final)
+    store.close()
+    log.info("done %s: status %s, val loss %s, %.0f tok/s, %.1f s", run_id, status,
+             final.get("val_loss"), final["tokens_per_s"], final["wall_s"])
+    return final
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

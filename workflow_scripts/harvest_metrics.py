@@ -1,0 +1,14 @@
+"""Collect every run of the study into runs.csv/parquet, curves.parquet, summary.json, analysis.txt."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+
+from pathlib import Path
+
+from lmablate.harvest import harvest
+from lmablate.workflow import run_step
+
+run_step(lambda: harvest([Path(f).parent for f in snakemake.input.finals],
+                         Path(snakemake.output.summary).parent, study=snakemake.params.study,
+                         baseline=snakemake.params.baseline))

@@ -1,0 +1,12 @@
+"""Copy or download a corpus into resources/corpora/<corpus>/ (manifest.json written last)."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+
+from pathlib import Path
+
+from lmablate.workflow import run_step
+from lmablate.corpora import prepare_corpus
+
+run_step(lambda: prepare_corpus(snakemake.params.spec, Path(snakemake.output.manifest).parent))

@@ -1,0 +1,13 @@
+"""Train one run (resuming from checkpoints/<study>/<run_id>/ if a checkpoint exists)."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+
+from pathlib import Path
+
+from lmablate.workflow import run_step, train_run_step
+
+run_step(lambda: train_run_step(snakemake.params.run, snakemake.input.tokens,
+                                Path(snakemake.output.final).parent, study=snakemake.params.study,
+                                ckpt_dir=snakemake.params.ckpt_dir, threads=snakemake.threads))
