@@ -1,5 +1,6 @@
 # Load and check the study, expand its runs, and the small path helpers every rule uses.
 # All logic lives in the lmablate library; this file only calls it.
+import json
 import sys
 
 import lmablate
@@ -7,7 +8,7 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-STUDY_FILE = (workflow.configfiles or ["config.yaml"])[-1]
+STUDY_FILE = str((workflow.configfiles or ["config.yaml"])[-1])
 try:
     STUDY = lmablate.study_from_dict(config, source=STUDY_FILE)
 except lmablate.ConfigError as err:
@@ -23,6 +24,12 @@ wildcard_constraints:
     run_id=r"[A-Za-z0-9._=+-]+",
     corpus=r"[A-Za-z0-9._-]+",
     dataset=r"[A-Za-z0-9._-]+",
+
+
+def canonical(obj):
+    """``obj`` with every mapping's keys sorted: params compare equal whatever the YAML order,
+    so Snakemake's params trigger never re-runs a job because keys were reordered."""
+    return json.loads(lmablate.sweep.canonical_json(obj))
 
 
 def dataset_of(run):

@@ -5,7 +5,7 @@ rule prepare_corpus:
     output:
         manifest="resources/corpora/{corpus}/manifest.json",
     params:
-        spec=lambda w: STUDY.corpora[w.corpus],
+        spec=lambda w: canonical(STUDY.corpora[w.corpus]),
     log:
         "logs/prepare_corpus/{corpus}.log",
     benchmark:
@@ -21,7 +21,7 @@ rule train_tokenizer:
         tokenizer="resources/tokenizers/{dataset}/tokenizer.json",
         meta="resources/tokenizers/{dataset}/tokenizer_meta.json",
     params:
-        tokenizer=lambda w: lmablate.to_dict(DATASETS[w.dataset].config.tokenizer),
+        tokenizer=lambda w: canonical(lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)),
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     log:
         "logs/train_tokenizer/{dataset}.log",

@@ -1,4 +1,4 @@
-# All finished runs -> tables, summary statistics and the written analysis.
+# All finished runs -> tables, summary statistics, the written analysis and RESULTS.md.
 
 
 rule harvest_metrics:
@@ -9,17 +9,26 @@ rule harvest_metrics:
             f"results/{NAME}/runs.csv",
             category="Tables",
             caption="../report/runs.rst",
+            labels={"table": "runs"},
         ),
         runs_parquet=f"results/{NAME}/runs.parquet",
         curves=f"results/{NAME}/curves.parquet",
+        reliability=f"results/{NAME}/reliability.parquet",
         summary=f"results/{NAME}/summary.json",
         analysis=report(
             f"results/{NAME}/analysis.txt",
             category="Analysis",
             caption="../report/analysis.rst",
+            labels={"text": "analysis.txt"},
+        ),
+        results_md=report(
+            f"results/{NAME}/RESULTS.md",
+            category="Analysis",
+            caption="../report/results_md.rst",
+            labels={"text": "RESULTS.md"},
         ),
     params:
-        run_ids=list(RUNS),
+        run_ids=sorted(RUNS),
         study=NAME,
         baseline=STUDY.baseline,
     log:

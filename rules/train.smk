@@ -12,7 +12,7 @@ rule train_model:
         trainer_state=f"results/{NAME}/runs/{{run_id}}/trainer_state.json",
         weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
     params:
-        run=lambda w: RUNS[w.run_id].to_dict(),
+        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
         study=NAME,
         ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
     threads: EXECUTION.get("train_threads", 1)

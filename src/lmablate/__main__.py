@@ -2,6 +2,7 @@
 
     lmablate plan config.yaml                 the run table: IDs, what differs, params, FLOPs
     lmablate plan studies/x.yaml --config scale=smoke --format csv
+    lmablate solve --params 10M --embedding-share 0.35 --glu-expansion 2.66 --vocab 16000
     lmablate train config.yaml RUN_ID         train one run here, outside Snakemake
     lmablate schema -o schemas/config.schema.yaml
 """
@@ -40,6 +41,31 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     plan.add_argument("--tokens-per-second", type=float, default=None, metavar="TPS",
                       help="throughput used for the wall-time estimate (default: measured "
                       "throughput of finished runs of this study under results/, else none)")
+    plan.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                      help="where finished runs are looked for (default: results)")
+
+    so = sub.add_parser("solve", help="model dims for a parameter target",
+                        description="Solve d_model, n_layers and d_ff so the model has --params "
+                        "parameters (within --tolerance), --embedding-share of them in the "
+                        "embedding and d_ff/d_model near --glu-expansion; the same solver a "
+                        "study's model.params_target uses.")
+    so.add_argument("--params", required=True, help="target total, e.g. 10M")
+    so.add_argument("--embedding-share", type=float, default=None,
+                    help="share of the parameters in the embedding (default: keep --d-model)")
+    so.add_argument("--glu-expansion", type=float, default=None,
+                    help="d_ff / d_model (default: 8/3 for gated FFNs, 4 otherwise)")
+    so.add_argument("--vocab", type=int, required=True, help="tokenizer vocabulary (padded to "
+                    "--vocab-multiple as training pads it)")
+    so.add_argument("--vocab-multiple", type=int, default=64)
+    so.add_argument("--seq-len", type=int, default=512, help="context (sizes a learned position "
+                    "table)")
+    so.add_argument("--d-model", type=int, default=128, help="width when no share is given")
+    so.add_argument("--n-heads", type=int, default=4)
+    so.add_argument("--ffn", default="swiglu")
+    so.add_argument("--pos-emb", default="rope")
+    so.add_argument("--untied", action="store_true", help="separate output head")
+    so.add_argument("--tolerance", type=float, default=None, help="relative (default 0.005)")
+    so.add_argument("--format", choices=("text", "json"), default="text")
 
     tr = sub.add_parser("train", help="train one run of a study here (outside Snakemake)",
                         description="Train one run, writing results/<study>/runs/<run_id>/ and "
@@ -70,8 +96,32 @@ def _plan(args: argparse.Namespace) -> int:
     from .study import read_study
 
     study = read_study(args.study, _overrides(args.config))
-    table = plan_table(study, tokens_per_second=args.tokens_per_second)
+    table = plan_table(study, tokens_per_second=args.tokens_per_second,
+                       results_root=args.results)
     print(render(table, args.format, study))
+    return 0
+
+
+def _solve(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, TokenizerConfig, from_dict
+    from .solve import TOLERANCE, model_vocab, solve
+
+    model = from_dict(ModelConfig, {"d_model": args.d_model, "n_heads": args.n_heads,
+                                    "ffn": args.ffn, "pos_emb": args.pos_emb,
+                                    "tie_embeddings": not args.untied, "params_target": args.params,
+                                    "vocab_multiple": args.vocab_multiple,
+                                    "embedding_share": args.embedding_share,
+                                    "glu_expansion": args.glu_expansion}, "model")
+    vocab = model_vocab(model, TokenizerConfig(vocab_size=args.vocab))
+    sol = solve(model, vocab, args.seq_len, model.params_target,
+                embedding_share=args.embedding_share, glu_expansion=args.glu_expansion,
+                tolerance=args.tolerance or TOLERANCE)
+    if args.format == "json":
+        print(json.dumps({"vocab_size": vocab, **sol.to_dict()}, indent=2))
+    else:
+        print(f"d_model={sol.d_model} n_layers={sol.n_layers} d_ff={sol.d_ff} "
+              f"n_heads={args.n_heads}\n{sol.describe()}, {sol.error:.2%} from the target, "
+              f"vocab {vocab}")
     return 0
 
 
@@ -114,7 +164,8 @@ def _schema(args: argparse.Namespace) -> int:
 def main(cli_args: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(cli_args)
     try:
-        return {"plan": _plan, "train": _train, "schema": _schema}[args.command](args)
+        return {"plan": _plan, "solve": _solve, "train": _train,
+                "schema": _schema}[args.command](args)
     except LmablateError as err:
         print(f"lmablate: error: {err}", file=sys.stderr)
         return 2

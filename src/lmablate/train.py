@@ -401,7 +401,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                     logits = compiled(w[:, :-1])
                     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
                                            w[:, 1:].reshape(-1))
-                    total_loss = (loss + model.aux_loss()) / cfg.train.grad_accum
+                    total_loss = (loss + cfg.model.router_aux_loss * model.aux_loss()) / \
+                        cfg.train.grad_accum
                 if scaler is not None:
                     scaler.scale(total_loss).backward()
                 else:

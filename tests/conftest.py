@@ -1,0 +1,78 @@
+"""Shared fixtures: the repository, a tiny study, and running real snakemake in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A study small enough to train on a CPU in seconds: the `debug` model on 400 shipped stories.
+TINY_STUDY = {
+    "study": "tiny",
+    "data": {"corpus": "tiny-stories", "val_fraction": 0.1},
+    "corpora": {"tiny-stories": {"source": "file", "path": "package:tinystories_valid_1k.txt",
+                                 "separator": "\n\n", "max_documents": 400}},
+    "tokenizer": {"kind": "bpe", "vocab_size": 320},
+    "defaults": {
+        "model": {"preset": "debug"},
+        "train": {"tokens": 8192, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "eval_every": 8,
+                  "eval_tokens": 2048, "log_every": 4},
+    },
+    "sweep": {"variants": {"baseline": {}, "post_norm": {"model.norm_position": "post"}},
+              "seeds": [0, 1]},
+}
+
+
+@pytest.fixture
+def tiny_study() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY_STUDY)
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, configfile: str | None = "study.yaml",
+              check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI on this repo's Snakefile in ``workdir``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    if configfile:
+        cmd += ["--configfile", str(workdir / configfile)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned(workdir: Path, *args: str, **kw) -> tuple[Counter, set[str]]:
+    """(jobs per rule, run IDs of planned train_model jobs) of ``snakemake -n``."""
+    proc = snakemake(workdir, "-n", *args, **kw)
+    out = proc.stdout + proc.stderr
+    rules: Counter = Counter()
+    run_ids: set[str] = set()
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        if m:
+            current = m.group(1)
+            rules[current] += 1
+            continue
+        m = re.search(r"wildcards: .*run_id=([^,\s]+)", line)
+        if m and current == "train_model":
+            run_ids.add(m.group(1))
+    rules.pop("all", None)
+    return rules, run_ids
