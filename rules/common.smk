@@ -4,6 +4,7 @@ import json
 import sys
 
 import lmablate
+import lmablate.corpora
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -44,13 +45,22 @@ def get_tokens(wildcards):
     return f"resources/tokens/{dataset_of(RUNS[wildcards.run_id])}.h5"
 
 
+def corpus_of(dataset):
+    return STUDY.corpora[DATASETS[dataset].config.data.corpus]
+
+
 def get_corpus_manifest(wildcards):
-    corpus = DATASETS[wildcards.dataset].config.data.corpus
-    return f"resources/corpora/{corpus}/manifest.json"
+    """Text corpora are prepared into a manifest; pre-tokenized (hdf5) corpora have none."""
+    spec = corpus_of(wildcards.dataset)
+    return [] if spec["source"] == "hdf5" else f"resources/corpora/{spec['name']}/manifest.json"
 
 
-def get_tokenizer(wildcards):
-    return f"resources/tokenizers/{wildcards.dataset}/tokenizer.json"
+def get_tokenize_inputs(wildcards):
+    inputs = {"manifest": get_corpus_manifest(wildcards)}
+    hdf5 = corpus_of(wildcards.dataset)["source"] == "hdf5"
+    if not hdf5 or DATASETS[wildcards.dataset].config.tokenizer.kind == "file":
+        inputs["tokenizer"] = f"resources/tokenizers/{wildcards.dataset}/tokenizer.json"
+    return inputs
 
 
 def run_dir(run_id):
@@ -73,4 +83,6 @@ def get_final_output():
 
 def gpus_per_run():
     """Training jobs ask for a `gpu` resource only where CUDA is visible."""
-    return int(EXECUTION.get("gpus_per_run", 1 if lmablate.cuda_available() else 0))
+    if "gpus_per_run" in EXECUTION:
+        return int(EXECUTION["gpus_per_run"])
+    return 1 if lmablate.cuda_available() else 0

@@ -5,7 +5,7 @@ rule prepare_corpus:
     output:
         manifest="resources/corpora/{corpus}/manifest.json",
     params:
-        spec=lambda w: canonical(STUDY.corpora[w.corpus]),
+        spec=lambda w: canonical(lmablate.corpora.portable(STUDY.corpora[w.corpus])),
     log:
         "logs/prepare_corpus/{corpus}.log",
     benchmark:
@@ -33,11 +33,11 @@ rule train_tokenizer:
 
 rule tokenize_corpus:
     input:
-        manifest=get_corpus_manifest,
-        tokenizer=get_tokenizer,
+        unpack(get_tokenize_inputs),
     output:
         tokens="resources/tokens/{dataset}.h5",
     params:
+        spec=lambda w: canonical(lmablate.corpora.portable(corpus_of(w.dataset))),
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     threads: 2
     log:

@@ -16,6 +16,9 @@ rule train_model:
         study=NAME,
         ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
     threads: EXECUTION.get("train_threads", 1)
+    # On a cluster, `--group-components train=K` packs K training runs into one job.
+    group:
+        "train"
     resources:
         gpu=gpus_per_run(),
         mem_mb=EXECUTION.get("train_mem_mb", 4000),

@@ -1,10 +1,11 @@
-"""model.py and accounting.py: Llama equivalence, causality and trainability of every knob, param and
-FLOP accounting, MoE bookkeeping."""
+"""model.py and accounting.py: Llama equivalence, causality and trainability of every knob,
+parameter and FLOP accounting, MoE dispatch and bookkeeping."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 
 import pytest
@@ -18,6 +19,16 @@ VOCAB = 64
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box spinning OpenMP
+    workers make them 10-40x slower; restore the setting for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(**kw) -> ModelConfig:
     return ModelConfig(**{**TINY, **kw})
 
@@ -27,7 +38,8 @@ KNOBS = [
     pytest.param({}, id="default-swiglu-rms-pre-rope-tied"),
     pytest.param({"ffn": "geglu", "norm": "layer", "bias": True}, id="geglu-layernorm-bias"),
     pytest.param({"ffn": "silu", "norm_position": "post"}, id="silu-postnorm"),
-    pytest.param({"ffn": "gelu", "pos_emb": "learned", "tie_embeddings": False}, id="gelu-learned-untied"),
+    pytest.param({"ffn": "gelu", "pos_emb": "learned", "tie_embeddings": False},
+                 id="gelu-learned-untied"),
     pytest.param({"ffn": "relu", "pos_emb": "none", "norm": "none"}, id="relu-nope-nonorm"),
     pytest.param({"ffn": "relu2", "qk_norm": True, "n_kv_heads": 2}, id="relu2-qknorm-gqa"),
     pytest.param({"norm": "layer", "norm_position": "post", "bias": True, "pos_emb": "learned"},
@@ -189,7 +201,8 @@ def test_moe_trainable_vs_total():
     assert counts["trainable"] == counts["total"] - expert
     assert counts["trainable"] < counts["total"]
     assert counts["active"] == counts["total"] - expert + expert * cfg.top_k // cfg.num_experts
-    assert f"{fmt_params(counts['trainable'])} trainable of {fmt_params(counts['total'])}"
+    statement = f"{fmt_params(counts['trainable'])} trainable of {fmt_params(counts['total'])}"
+    assert re.fullmatch(r"\d+\.\d\dK trainable of \d+\.\d\dK", statement), statement
 
 
 def test_fmt_params():

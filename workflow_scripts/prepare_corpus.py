@@ -6,7 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from pathlib import Path
 
+from lmablate.corpora import located, prepare_corpus
 from lmablate.workflow import run_step
-from lmablate.corpora import prepare_corpus
 
-run_step(lambda: prepare_corpus(snakemake.params.spec, Path(snakemake.output.manifest).parent))
+run_step(lambda: prepare_corpus(located(snakemake.params.spec),
+                                Path(snakemake.output.manifest).parent))

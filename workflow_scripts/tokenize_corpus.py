@@ -1,12 +1,11 @@
-"""Encode the corpus into the HDF5 token store (train/val)."""
+"""Encode the corpus into the HDF5 token store (train/val), or import pre-tokenized HDF5."""
 
 import sys
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
-from lmablate.tokens import encode_corpus
-from lmablate.workflow import run_step
+from lmablate.workflow import run_step, tokenize_step
 
-run_step(lambda: encode_corpus(snakemake.input.manifest, snakemake.input.tokenizer,
-                               snakemake.output.tokens,
-                               val_fraction=snakemake.params.val_fraction))
+run_step(lambda: tokenize_step(snakemake.params.spec, snakemake.input.get("manifest") or None,
+                               snakemake.input.get("tokenizer"), snakemake.output.tokens,
+                               snakemake.params.val_fraction))

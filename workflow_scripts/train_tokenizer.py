@@ -6,5 +6,6 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from lmablate.workflow import run_step, train_tokenizer_step
 
-run_step(lambda: train_tokenizer_step(snakemake.input.manifest, snakemake.params.tokenizer,
-                                      snakemake.params.val_fraction, snakemake.output.tokenizer))
+run_step(lambda: train_tokenizer_step(snakemake.input.get("manifest") or None,
+                                      snakemake.params.tokenizer, snakemake.params.val_fraction,
+                                      snakemake.output.tokenizer))

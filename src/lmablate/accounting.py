@@ -8,18 +8,21 @@ Keys of both :func:`param_counts` and :func:`count_module`:
 ``embedding``        token embedding + learned position table + untied output head
 ``non_embedding``    total - embedding
 ``embedding_share``  embedding / total (a float)
-``active``           parameters a token uses: total - all expert parameters + top_k experts' (= total
-                     for dense models)
+``active``           parameters a token uses: total - all expert parameters + top_k experts'
+                     (= total for dense models)
 ===================  ==============================================================================
 """
 
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from .config import ModelConfig
 
-__all__ = ["param_counts", "count_module", "flops_per_token", "fmt_params"]
+if TYPE_CHECKING:  # torch is imported lazily: `lmablate plan` and the Snakefile need no torch
+    from torch import nn
+
+__all__ = ["count_module", "flops_per_token", "fmt_params", "param_counts"]
 
 
 def _norm(cfg: ModelConfig, dim: int) -> int:
@@ -71,7 +74,8 @@ def count_module(model: nn.Module) -> dict:
         embedding += n if name in ("embed.weight", "pos.weight", "head.weight") else 0
         expert += n if ".experts." in name else 0
     cfg = getattr(model, "cfg", None)
-    active_expert = expert * cfg.top_k // cfg.num_experts if cfg is not None and cfg.num_experts else 0
+    moe = cfg is not None and cfg.num_experts
+    active_expert = expert * cfg.top_k // cfg.num_experts if moe else 0
     return _counts(total, trainable, embedding, expert, active_expert)
 
 
@@ -84,10 +88,11 @@ def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> float:
       norms and biases included, their FLOPs are negligible anyway);
     - ``6 * d_model * vocab_size`` is the output-head matmul, counted whether or not it is tied
       (the head's parameters are in "embedding", so they are not in N);
-    - ``12 * n_layers * d_model * seq_len`` is attention over the context (QK^T and AV, 2 * 2 * T * d
-      per token per layer forward, x3 for backward), with the full T x T score matrix: the causal
-      mask's halving is *not* applied (as in Kaplan; flash kernels do skip the masked half, so this
-      overstates attention by up to 2x). Embedding lookups and softmax are not counted.
+    - ``12 * n_layers * d_model * seq_len`` is attention over the context (QK^T and AV,
+      2 * 2 * T * d per token per layer forward, x3 for backward) over the full T x T score
+      matrix: the causal mask's halving is *not* applied (as in Kaplan; flash kernels do skip the
+      masked half, so this overstates attention by up to 2x). Embedding lookups and softmax are
+      not counted.
     """
     counts = param_counts(cfg, vocab_size, seq_len)  # the position table is not in N anyway
     n_active = counts["active"] - counts["embedding"]

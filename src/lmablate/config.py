@@ -11,6 +11,7 @@ so a bad study stops before any job with ``<file>: <key>: <what was expected>``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -90,6 +91,16 @@ class ModelConfig:
                                              "zeros) as in seed 004's SoME.")
     freeze_experts: bool = F(False, "Train only the routers and the rest of the model, not the "
                              "expert weights (seed 004).")
+    # parameter targets (seed 003): solved at expansion time into n_layers, d_ff (and d_model)
+    params_target: int | None = F(None, "Total parameters to hit (e.g. 10M): the sweep solves "
+                                  "n_layers and d_ff, and d_model when embedding_share is set, to "
+                                  "within 0.5% (lmablate.solve); solved dims replace given ones.",
+                                  ge=1)
+    embedding_share: float | None = F(None, "With params_target: share of the parameters in the "
+                                      "embedding (vocab x d_model, + an untied head); sets "
+                                      "d_model. None = keep d_model.", gt=0, lt=1)
+    glu_expansion: float | None = F(None, "With params_target: d_ff / d_model to aim for; None = "
+                                    "8/3 for gated FFNs, 4 otherwise.", gt=0)
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -296,6 +307,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)  # e.g. from `snakemake --config`, which may pass strings
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -331,13 +344,18 @@ def _check_bounds(value: Any, meta: dict, key: str) -> None:
             raise ConfigError(f"expected a value {word} {bound:g}, got {value!r}", key=key)
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, data: Any, key: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping; unknown keys, wrong types, bounds -> ConfigError."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping, got {data!r}", key=key or None)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     issues: list[ConfigError] = []
     kwargs: dict[str, Any] = {}
@@ -375,7 +393,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def field_help(cls: type) -> dict[str, dict[str, Any]]:
     """Name -> {help, default, type, bounds}; used by the schema generator and ``--help`` texts."""
     out = {}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)

@@ -3,9 +3,19 @@
 Parsed with :mod:`ast` and walked by hand; nothing is ever passed to ``eval``. Allowed:
 numbers, strings, lists/tuples, ``+ - * / // % **``, comparisons, ``and/or/not``, ``x if c else y``,
 names that refer to config keys (``n_heads`` or ``model.n_heads``), and the functions below.
+Names starting with ``_`` (dunders), attribute access on anything but a config key, lambdas,
+comprehensions, keyword arguments and every other construct are rejected with one line. Sizes are
+bounded (ranges, repeated strings/lists, powers) so a typo cannot hang the Snakefile's parse.
 
-``range(a, b, step)`` is Python's (end exclusive); ``seq(a, b, step)`` is bash's (end inclusive),
-so seed 000's ``$(seq $((H*8)) $((H*8)) $((H*64)))`` reads ``seq(n_heads*8, n_heads*64, n_heads*8)``.
+Which strings of a study are expressions is decided by :mod:`lmablate.sweep`: one starting with
+``=`` always (``"=d_model"``); in a numeric setting any string that is not a number
+(``"d_model * 4"``, ``"d_model"``; ``"3e-4"`` and ``"10M"`` are numbers); string settings such
+as paths only with the ``=``. A string grid or zip axis follows the same rule (and must give a
+list); ``where`` is always an expression.
+
+``range(a, b, step)`` is Python's (end exclusive); ``seq(first, last, step)`` is bash's ``seq``
+with its arguments in that order (end inclusive), so seed 000's
+``$(seq $((H*8)) $((H*8)) $((H*64)))`` reads ``seq(n_heads*8, n_heads*64, n_heads*8)``.
 """
 
 from __future__ import annotations
@@ -71,9 +81,19 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
 _EXPR_HINTS = ("(", "*", "+", "//", "/", "%", " if ", "<", ">", "==")
 
 
+MAX_LENGTH = 2000  # characters of one expression
+MAX_ITEMS = 100_000  # elements of a list or characters of a string an expression builds
+
+
 def is_expression(value: Any) -> bool:
-    """True for strings meant as expressions (``"range(...)"``, ``"d_model * 4"``)."""
-    return isinstance(value, str) and any(h in value for h in _EXPR_HINTS)
+    """True for strings meant as expressions (``"=x"``, ``"range(...)"``, ``"d_model * 4"``)."""
+    return isinstance(value, str) and (value.lstrip().startswith("=")
+                                       or any(h in value for h in _EXPR_HINTS))
+
+
+def _source(text: str) -> str:
+    text = text.strip()
+    return text[1:].strip() if text.startswith("=") else text
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -87,22 +107,42 @@ def _dotted(node: ast.AST) -> str | None:
 
 def names_in(text: str) -> set[str]:
     """Config keys an expression refers to (for ordering grid axes)."""
-    tree = ast.parse(text, mode="eval")
-    out = set()
-    for node in ast.walk(tree):
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
         name = _dotted(node) if isinstance(node, (ast.Name, ast.Attribute)) else None
-        if name and name not in FUNCTIONS:
-            out.add(name)
+        if name is not None:  # a whole dotted key, not its parts
+            if name not in FUNCTIONS:
+                out.add(name)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(_source(text), mode="eval"))
     return out
 
 
 def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> Any:
-    """Evaluate ``text`` with ``names`` (dotted keys and leaf names) bound. Errors -> ConfigError."""
+    """Evaluate ``text`` with ``names`` (dotted keys and leaf names) bound.
+
+    Every problem (syntax, a name not allowed or unknown, a runtime error) is a one-line
+    :class:`ConfigError` under ``key``."""
+    if len(text) > MAX_LENGTH:
+        raise ConfigError(f"expression longer than {MAX_LENGTH} characters", key=key)
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(_source(text), mode="eval")
     except SyntaxError as err:
         raise ConfigError(f"syntax error in expression {text!r} at column {err.offset}: {err.msg}",
                           key=key) from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"expression {text[:40]!r}... is nested too deeply", key=key) from None
+    for node in ast.walk(tree):  # before anything is evaluated: no dunder anywhere
+        name = node.id if isinstance(node, ast.Name) else (
+            node.attr if isinstance(node, ast.Attribute) else "")
+        if name.startswith("_"):
+            shown = _dotted(node) or name
+            raise ConfigError(f"'{shown}' is not allowed in expression {text!r}: names starting "
+                              "with '_' are never looked up", key=key)
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
@@ -124,8 +164,7 @@ def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> 
                               f"{did_you_mean(name, [*names, *FUNCTIONS])}", key=key)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 64:
-                raise ConfigError(f"exponent too large in {text!r}", key=key)
+            _check_size(node.op, left, right)
             return _BINOPS[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](ev(node.operand))
@@ -152,9 +191,19 @@ def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> 
                           "arithmetic, comparisons, config keys and " + ", ".join(FUNCTIONS) + ")",
                           key=key)
 
+    def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+        if isinstance(op, ast.Pow) and isinstance(right, (int, float)) and not isinstance(
+                left, (str, list)) and (abs(right) > 64 or (
+                isinstance(left, int) and abs(left).bit_length() * abs(right) > 4096)):
+            raise ConfigError(f"power too large in {text!r}", key=key)
+        if isinstance(op, ast.Mult):
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > MAX_ITEMS:
+                    raise ConfigError(f"{text!r} would build more than {MAX_ITEMS} items", key=key)
+
     try:
         return ev(tree)
     except ConfigError:
         raise
-    except (ArithmeticError, TypeError, ValueError) as err:
+    except (ArithmeticError, TypeError, ValueError, RecursionError) as err:
         raise ConfigError(f"cannot evaluate {text!r}: {err}", key=key) from None

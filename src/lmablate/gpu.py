@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["claim_device", "cuda_device_count", "cuda_available", "GpuSlot", "claim_slot"]
+__all__ = ["claim_device", "cuda_device_count", "cuda_available", "GpuSlot", "claim_slot",
+           "default_runs_per_gpu"]
 
 log = logging.getLogger("lmablate.gpu")
 
@@ -32,7 +33,31 @@ def cuda_device_count() -> int:
 
 
 def cuda_available() -> bool:
-    return cuda_device_count() > 0
+    """Whether this machine has a usable NVIDIA GPU, without importing torch (fast enough for
+    the Snakefile's parse): nvidia-smi's device list, restricted by CUDA_VISIBLE_DEVICES."""
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and any(ln.startswith("GPU ") for ln in out.stdout.splitlines())
+
+
+def default_runs_per_gpu(params: int) -> int:
+    """How many runs of this size share one GPU by default: tiny models leave an H100 mostly idle
+    (kernel-launch bound), so several processes on one GPU raise aggregate throughput."""
+    if params < 30_000_000:
+        return 4
+    if params < 150_000_000:
+        return 2
+    return 1
 
 
 class GpuSlot:
@@ -77,7 +102,9 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     """Yield a torch device string for this job, holding a GPU slot while inside.
 
     ``requested``: "auto" (a free GPU if any, else CPU), "cpu", or an explicit "cuda:N".
-    ``slots`` (runs per GPU) defaults to $LMABLATE_RUNS_PER_GPU or 1.
+    ``slots`` (runs per GPU): $LMABLATE_RUNS_PER_GPU if set, else the argument, else 1.
+    Lock files live in $LMABLATE_GPU_LOCK_DIR (default ``.lmablate/gpu-locks`` in the working
+    directory, which every job of one workflow shares).
     """
     if requested != "auto":
         yield requested
@@ -89,10 +116,11 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
         yield "cuda:0"  # Slurm already gave this job its own GPU(s)
         return
-    slots = slots or int(os.environ.get("LMABLATE_RUNS_PER_GPU", "1"))
+    slots = int(os.environ.get("LMABLATE_RUNS_PER_GPU") or slots or 1)
     lock_dir = lock_dir or os.environ.get("LMABLATE_GPU_LOCK_DIR", ".lmablate/gpu-locks")
     slot = claim_slot(n, slots, lock_dir)
-    log.info("claimed GPU %d slot %d (%s)", slot.index, slot.slot, slot.path)
+    log.info("claimed GPU %d slot %d of %d (%s; %d GPUs visible)", slot.index, slot.slot, slots,
+             slot.path, n)
     try:
         yield f"cuda:{slot.index}"
     finally:

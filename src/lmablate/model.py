@@ -9,7 +9,8 @@ Design choices (defaults first; each knob is branched locally where it acts, no 
   (The CS336 post-norm ablation specifies only the block change; we drop the final norm so that
   post-norm is the original architecture and has exactly 2 norms per block.)
 - ``norm``: RMSNorm (``F.rms_norm``, fp32 statistics), LayerNorm (bias iff ``bias``), or none
-  (identity). ``qk_norm`` is always an RMSNorm over head_dim on q and k, before RoPE (OLMo 2, Qwen3).
+  (identity). ``qk_norm`` is always an RMSNorm over head_dim on q and k, before RoPE (OLMo 2,
+  Qwen3).
 - ``pos_emb``: RoPE in the Hugging Face / Llama convention (rotate_half: the first and second half
   of head_dim form the pairs, not interleaved even/odd), so Llama weights load unchanged; a learned
   absolute table (GPT-2); or none (NoPE, the causal mask is the only position signal).
@@ -17,8 +18,9 @@ Design choices (defaults first; each knob is branched locally where it acts, no 
   ``enable_gqa`` (``n_kv_heads`` k/v heads shared by ``n_heads / n_kv_heads`` query heads).
 - FFN: gated (swiglu, geglu): ``w2(act(w1 x) * w3 x)``; plain (silu, gelu, relu, relu2):
   ``w2(act(w1 x))``. relu2 is squared ReLU (Primer). ``w2`` is always the down projection.
-- MoE (``num_experts > 0``, seed 004 "SoME"): every block's FFN becomes a router + ``num_experts``
-  FFNs of the same kind; see :class:`MoE`.
+- MoE (``num_experts > 0``, seed 004 "SoME"): every block's FFN becomes a top-k router +
+  ``num_experts`` FFNs of the same kind, dispatched by sorting tokens by expert (grouped GEMM on
+  CUDA); see :class:`MoE` and :class:`Experts`.
 - ``bias``: biases on all linear layers of the blocks (q, k, v, o, FFN) and on LayerNorm; never on
   the router or the output head.
 - ``dropout``: embedding dropout, attention-probability dropout (SDPA ``dropout_p``, training only)
@@ -33,14 +35,15 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["LM", "MoE", "Experts", "FFN", "RMSNorm", "load_hf_llama", "SPARSE_EXPERT_DENSITY"]
+__all__ = ["FFN", "LM", "SPARSE_EXPERT_DENSITY", "Experts", "MoE", "RMSNorm", "load_hf_llama"]
 
 SPARSE_EXPERT_DENSITY = 0.1  # moe_init="sparse": share of each expert weight matrix left non-zero
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (T, head_dim)
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
@@ -86,6 +89,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def _sparsify_(w: torch.Tensor, density: float) -> None:
+    """Zero all but round(density * numel) randomly chosen entries of ``w`` (in place)."""
+    keep = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    keep[torch.randperm(w.numel(), device=w.device)[:round(density * w.numel())]] = True
+    w.mul_(keep.view_as(w))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -101,7 +111,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hs)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
@@ -114,7 +124,8 @@ class CausalSelfAttention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if gqa and not _SDPA_GQA:
             rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
+            k = k.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
+            v = v.repeat_interleave(rep, dim=1)
         extra = {"enable_gqa": True} if gqa and _SDPA_GQA else {}
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0, **extra)
@@ -152,8 +163,10 @@ class Experts(nn.Module):
 
     Input: the (token, expert) slots sorted by expert, so expert e owns one contiguous slice of
     ``counts[e]`` rows. On CUDA in bf16 (autocast or bf16 weights) each of w1/w3/w2 is one grouped
-    GEMM (``F.grouped_mm``, no host sync); elsewhere (CPU, fp32, sizes not multiples of 8) a
-    loop over experts of plain matmuls, split by ``counts.tolist()`` (one host sync per layer).
+    GEMM (``F.grouped_mm``, sm80+, no host sync); elsewhere (CPU, fp32, widths not multiples of
+    8) a loop over experts of plain matmuls, split by ``counts.tolist()`` (one host sync per
+    layer). Same math either way (``test_moe_grouped_mm_matches_loop``); on an H100 the grouped
+    path makes an 8-expert top-2 step ~2.4x faster than the loop under torch.compile.
     """
 
     use_grouped_mm: bool | None = None  # None = auto; False forces the loop (tests)
@@ -171,7 +184,8 @@ class Experts(nn.Module):
 
     def _grouped(self, x: torch.Tensor) -> torch.dtype | None:
         """The bf16 dtype to run grouped GEMMs in, or None to loop over experts."""
-        if self.use_grouped_mm is False or _grouped_mm is None or not x.is_cuda:
+        if (self.use_grouped_mm is False or _grouped_mm is None or not x.is_cuda
+                or torch.cuda.get_device_capability(x.device) < (8, 0)):
             return None
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
         aligned = all(n % 8 == 0 for n in self.w2.shape[1:])  # 16-byte strides in bf16
@@ -259,7 +273,7 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg, cfg.d_model)
         self.ffn = MoE(cfg) if cfg.num_experts else FFN(cfg, cfg.d_ff, cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attn(self.norm1(x), rope)
             x = x + self.ffn(self.norm2(x))
@@ -305,6 +319,7 @@ class LM(nn.Module):
                 p.requires_grad_(False)
 
     def expert_parameters(self):
+        """The expert weights of every MoE layer (frozen by ``freeze_experts``)."""
         for block in self.blocks:
             if isinstance(block.ffn, MoE):
                 yield from block.ffn.experts.parameters()
@@ -358,7 +373,7 @@ class LM(nn.Module):
                             _sparsify_(w, SPARSE_EXPERT_DENSITY)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        B, T = idx.shape
+        T = idx.size(1)  # idx (B, T)
         assert T <= self.max_seq_len, f"sequence length {T} > max_seq_len {self.max_seq_len}"
         x = self.embed(idx)  # (B, T, C)
         if self.pos is not None:
@@ -398,13 +413,6 @@ class LM(nn.Module):
         return torch.stack([r.cpu() for r in rows]).to(torch.float64).numpy()
 
 
-def _sparsify_(w: torch.Tensor, density: float) -> None:
-    """Zero all but round(density * numel) randomly chosen entries of ``w`` (in place)."""
-    keep = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-    keep[torch.randperm(w.numel(), device=w.device)[:round(density * w.numel())]] = True
-    w.mul_(keep.view_as(w))
-
-
 # --------------------------------------------------------------------------------------------------
 # Hugging Face Llama -> LM (the equivalence test; also a way to start from Llama-style weights)
 
@@ -438,7 +446,8 @@ def load_hf_llama(model: LM, hf_model) -> LM:
         raise ValueError("load_hf_llama: mismatched knobs: " + "; ".join(bad))
 
     src = hf_model.state_dict()
-    sd = {"embed.weight": src["model.embed_tokens.weight"], "norm_f.weight": src["model.norm.weight"]}
+    sd = {"embed.weight": src["model.embed_tokens.weight"],
+          "norm_f.weight": src["model.norm.weight"]}
     sd["head.weight"] = sd["embed.weight"] if cfg.tie_embeddings else src["lm_head.weight"]
     names = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj",
              "attn.wv": "self_attn.v_proj", "attn.wo": "self_attn.o_proj",

@@ -1,67 +1,113 @@
-"""The run table ``lmablate plan`` prints: what a study will train, before it trains."""
+"""The run table ``lmablate plan`` prints: what a study will train, before it trains.
+
+One row per run: its ID, the settings that differ from the study's defaults, total and
+non-embedding parameters (:func:`lmablate.accounting.param_counts`), the tokens it trains on,
+its training FLOPs (:func:`lmablate.accounting.flops_per_token`), whether it already finished,
+and an estimated wall time. The estimate uses the training FLOP rate this study measured on runs
+that finished (``final.json``: tokens/s x FLOPs/token, median), so a bigger model gets a longer
+estimate; without finished runs, pass a throughput or go without. Totals close the table.
+
+:func:`select_top_k` is the library half of two-phase ranking (seed 003: every config on a short
+budget, the best to the long one); the study syntax and the rules it needs are specified in its
+docstring.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import accounting
+from .errors import ConfigError
+from .solve import model_vocab
 from .study import Study
 
-__all__ = ["plan_table", "render", "measured_throughput"]
+__all__ = ["measured_rate", "plan_table", "plan_totals", "render", "select_top_k"]
 
 
-def _padded_vocab(run: Any) -> int:
+def _vocab(run: Any) -> int:
     m, t = run.config.model, run.config.tokenizer
-    if m.vocab_size:
-        return m.vocab_size
-    v = {"byte": 257, "char": 256}.get(t.kind, t.vocab_size)
-    return math.ceil(v / m.vocab_multiple) * m.vocab_multiple
+    # char/file tokenizers only know their size once trained: estimate with the configured one
+    return model_vocab(m, t) or math.ceil(t.vocab_size / m.vocab_multiple) * m.vocab_multiple
 
 
-def measured_throughput(study: Study, results_root: str | Path = "results") -> float | None:
-    """Median training tokens/s of this study's finished runs (final.json), if any."""
-    d = Path(results_root) / study.name / "runs"
-    rates = []
-    for f in d.glob("*/final.json") if d.is_dir() else []:
-        try:
-            tps = json.loads(f.read_text()).get("tokens_per_s")
-        except (OSError, json.JSONDecodeError):
-            continue
-        if tps:
-            rates.append(float(tps))
-    return sorted(rates)[len(rates) // 2] if rates else None
+def _finals(study: Study, results_root: str | Path) -> dict[str, dict[str, Any]]:
+    runs_dir = Path(results_root) / study.name / "runs"
+    out = {}
+    for run_id in study.by_id:
+        f = runs_dir / run_id / "final.json"
+        if f.is_file():
+            try:
+                out[run_id] = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
 
 
-def plan_table(study: Study, tokens_per_second: float | None = None) -> list[dict[str, Any]]:
-    tps = tokens_per_second or measured_throughput(study)
+def measured_rate(finals: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
+    """("flops", FLOP/s) or ("tokens", tokens/s): the median over finished runs, if any."""
+    flops = sorted(f["tokens_per_s"] * f["flops_per_token"] for f in finals.values()
+                   if f.get("tokens_per_s") and f.get("flops_per_token"))
+    if flops:
+        return "flops", flops[len(flops) // 2]
+    tokens = sorted(float(f["tokens_per_s"]) for f in finals.values() if f.get("tokens_per_s"))
+    return ("tokens", tokens[len(tokens) // 2]) if tokens else None
+
+
+def _short_keys(diff: dict[str, Any]) -> str:
+    """``d_model=48, lr=0.001``: leaf names, dotted where two sections share a leaf."""
+    leaves = [k.split(".")[-1] for k in diff]
+    return ", ".join(f"{k.split('.')[-1] if leaves.count(k.split('.')[-1]) == 1 else k}={v}"
+                     for k, v in diff.items()) or "-"
+
+
+def plan_table(study: Study, tokens_per_second: float | None = None,
+               results_root: str | Path = "results") -> list[dict[str, Any]]:
+    """One dict per run (see the module doc); ``est_seconds`` is None without a rate."""
+    finals = _finals(study, results_root)
+    rate = ("tokens", tokens_per_second) if tokens_per_second else measured_rate(finals)
     rows = []
     for r in study.runs:
-        vocab = _padded_vocab(r)
-        seq = r.config.train.seq_len
-        ctx = r.config.model.context_length or seq
+        vocab, t = _vocab(r), r.config.train
+        ctx = r.config.model.context_length or t.seq_len
         counts = accounting.param_counts(r.config.model, vocab, ctx)
-        t = r.config.train
-        per_step = t.batch_size * t.grad_accum * seq
+        per_step = t.batch_size * t.grad_accum * t.seq_len
         tokens = math.ceil(t.tokens / per_step) * per_step if t.epochs is None else None
-        fpt = accounting.flops_per_token(r.config.model, vocab, seq)
+        flops = accounting.flops_per_token(r.config.model, vocab, t.seq_len) * tokens \
+            if tokens else None
+        est = None
+        if rate and tokens:
+            est = flops / rate[1] if rate[0] == "flops" else tokens / rate[1]
         rows.append({
             "run_id": r.run_id, "variant": r.variant, "seed": r.seed,
-            "differs": ", ".join(f"{k}={v}" for k, v in r.diff.items()) or "-",
+            "differs": _short_keys(r.diff),
             "params": counts["total"], "non_embedding": counts["non_embedding"],
-            "trainable": counts["trainable"], "tokens": tokens,
-            "flops": fpt * tokens if tokens else None,
-            "est_seconds": tokens / tps if (tps and tokens) else None,
+            "trainable": counts["trainable"], "tokens": tokens, "flops": flops,
+            "est_seconds": est, "done": r.run_id in finals,
         })
     return rows
+
+
+def plan_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    todo = [r for r in rows if not r["done"]]
+    secs = [r["est_seconds"] for r in todo if r["est_seconds"] is not None]
+    return {"runs": len(rows), "done": len(rows) - len(todo),
+            "variants": len({r["variant"] for r in rows}),
+            "tokens": sum(r["tokens"] or 0 for r in rows),
+            "flops": sum(r["flops"] or 0 for r in rows),
+            "todo_flops": sum(r["flops"] or 0 for r in todo),
+            "est_seconds": sum(secs) if secs else None}
 
 
 def _fmt_count(n: float | None) -> str:
     if n is None:
         return "-"
-    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:.0f}"
@@ -74,39 +120,109 @@ def _fmt_time(s: float | None) -> str:
         return f"{s:.0f}s"
     if s < 7200:
         return f"{s / 60:.1f}m"
-    return f"{s / 3600:.1f}h"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
 
 
 def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
+    """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals)."""
+    totals = plan_totals(rows)
     if fmt == "json":
-        return json.dumps({"study": study.name, "runs": rows}, indent=2)
+        return json.dumps({"study": study.name, "runs": rows, "totals": totals}, indent=2)
     if fmt == "csv":
-        import csv
-        import io
-
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
     cols = [("run_id", "run ID", str), ("differs", "differs from defaults", str),
             ("params", "params", _fmt_count), ("non_embedding", "non-emb", _fmt_count),
             ("tokens", "tokens", _fmt_count), ("flops", "FLOPs", _fmt_count),
-            ("est_seconds", "est. time", _fmt_time)]
+            ("est_seconds", "est. time", _fmt_time),
+            ("done", "status", lambda d: "done" if d else "to run")]
     table = [[f(r[k]) for k, _, f in cols] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, (_, h, _) in enumerate(cols)]
     widths[1] = min(widths[1], 48)
-    lines = ["  ".join(h.ljust(w) for (_, h, _), w in zip(cols, widths))]
+    lines = ["  ".join(h.ljust(w) for (_, h, _), w in zip(cols, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in table:
         cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(row, widths)]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)))
-    tokens = sum(r["tokens"] or 0 for r in rows)
-    flops = sum(r["flops"] or 0 for r in rows)
-    secs = [r["est_seconds"] for r in rows if r["est_seconds"] is not None]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     lines.append("")
-    lines.append(f"{len(rows)} runs ({len({r['variant'] for r in rows})} variants x seeds) in "
-                 f"study {study.name!r}: {_fmt_count(tokens)} tokens, {_fmt_count(flops)} FLOPs"
-                 + (f", about {_fmt_time(sum(secs))} of training at the measured throughput"
-                    if secs else "; no throughput measured yet (pass --tokens-per-second)"))
+    done = f", {totals['done']} already done" if totals["done"] else ""
+    if totals["done"] == totals["runs"]:
+        time_note = "; nothing left to train"
+    elif totals["est_seconds"] is not None:
+        time_note = (f", about {_fmt_time(totals['est_seconds'])} of training left at the "
+                     "measured rate")
+    else:
+        time_note = "; no throughput measured yet (pass --tokens-per-second)"
+    variants = f"{totals['variants']} variant{'s' if totals['variants'] != 1 else ''}"
+    lines.append(f"total: {totals['runs']} runs ({variants}){done} in study "
+                 f"{study.name!r}: {_fmt_count(totals['tokens'])} tokens, "
+                 f"{_fmt_count(totals['flops'])} FLOPs{time_note}")
     return "\n".join(lines)
+
+
+RANKED_STATUSES = ("completed",)  # diverged and stopped_early runs never go to the next phase
+
+
+def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize: bool = False,
+                 per: str | None = None) -> list[str]:
+    """Run IDs of the ``k`` best finished runs by ``metric`` (lowest first unless ``maximize``).
+
+    ``runs_table`` is the harvested table (``runs.csv``/``runs.parquet`` as a DataFrame, or an
+    iterable of row mappings) with at least ``run_id``, ``status`` and ``metric``. Only
+    ``completed`` runs with a finite metric compete; ties go to the smaller run ID, so the
+    selection is deterministic. With ``per`` (a column, e.g. the axis a run varies), the top ``k``
+    of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
+    order. Fewer than ``k`` eligible runs: all of them.
+
+    Two-phase study syntax this serves (proposal; the rules are not written yet)::
+
+        phases:
+          rank:                               # phase 1: every run of the sweep
+            overrides: {defaults.train.tokens: 5M}
+            early_stop: {metric: val_ppl, delta: 0.5, patience_tokens: 1M}   # vs cohort best
+          full:                               # phase 2: the selected runs only
+            overrides: {defaults.train.tokens: 50M}
+            select: {top_k: 1, metric: val_loss, per: axis}
+            from: rank
+            resume: continue                  # or restart
+
+    What the rules need: a ``checkpoint select_<phase>`` rule whose input is phase 1's
+    ``runs.parquet`` and whose output ``results/<study>/phases/<phase>/selected.json`` holds
+    ``select_top_k(...)``; phase 2's ``train_model`` targets come from an input function that
+    calls ``checkpoints.select_<phase>.get().output`` (the DAG is re-evaluated after phase 1);
+    each phase-2 run is its phase-1 config with the phase's overrides, so it has its own run ID.
+    ``resume: continue`` copies the phase-1 checkpoint into the phase-2 checkpoint dir, which is
+    only sound when phase 1 ran the long schedule and stopped at the short budget (cosine decay to
+    the long budget, or a constant/WSD schedule); otherwise ``restart``. Early stopping needs the
+    trainer to read its cohort's best dev loss (a shared file per phase) and end with status
+    ``stopped_early``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")
+    rows = runs_table.to_dict("records") if hasattr(runs_table, "to_dict") else list(runs_table)
+    if rows and metric not in rows[0]:
+        raise ConfigError(f"no column {metric!r} in the runs table (columns: "
+                          f"{', '.join(map(str, rows[0]))})", key="select.metric")
+    groups: dict[Any, list[tuple[float, str]]] = {}
+    for row in _eligible(rows, metric):
+        value = float(row[metric])
+        groups.setdefault(row.get(per) if per else None, []).append(
+            (-value if maximize else value, str(row["run_id"])))
+    return [run_id for g in sorted(groups, key=str) for _, run_id in sorted(groups[g])[:k]]
+
+
+def _eligible(rows: Iterable[Mapping[str, Any]], metric: str) -> Iterable[Mapping[str, Any]]:
+    for row in rows:
+        value = row.get(metric)
+        if row.get("status") not in RANKED_STATUSES or value is None:
+            continue
+        try:
+            if math.isfinite(float(value)):
+                yield row
+        except (TypeError, ValueError):
+            continue

@@ -2,10 +2,26 @@
 
 This is the single entry point used by the Snakefile (``rules/common.smk``), the CLI
 (``lmablate plan``) and notebooks, so config resolution and run IDs have one source of truth.
+
+Order of application, each step over the previous one:
+
+1. ``include: base.yaml`` (path relative to this file): the base study, deep-merged under this one;
+2. top-level overrides (``--config scale=smoke``), which may pick the scale;
+3. ``scales[scale]``: dotted overrides (``defaults.train.tokens: 20000``, ``sweep.grid: {...}``);
+4. ``overrides:`` then dotted command-line overrides (``lmablate plan X --config
+   defaults.train.lr=1e-3``). Snakemake's ``--config`` only takes plain top-level names, so from
+   Snakemake dotted overrides go through this mapping:
+   ``snakemake --config scale=smoke 'overrides={defaults.train.lr: 1e-3}'``. Snakemake passes the
+   nested values as strings; string values of ``overrides`` are therefore read as YAML again
+   (``"20000"`` -> 20000, ``"true"`` -> true).
+
+Dotted keys name settings inside grid/zip/variant blocks as one key (``sweep.grid.model.n_heads``
+sets the axis ``model.n_heads``), see :func:`lmablate.sweep.set_override`.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,9 +32,9 @@ import yaml
 
 from . import corpora as corpora_mod
 from .errors import ConfigError, did_you_mean
-from .sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_dotted
+from .sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_override
 
-__all__ = ["Study", "read_study", "study_from_dict", "parse_override"]
+__all__ = ["Study", "parse_override", "read_study", "study_from_dict"]
 
 TOP_KEYS = {
     "study": "Name of the study; outputs go to results/<study>/.",
@@ -26,7 +42,8 @@ TOP_KEYS = {
     "include": "A base study file (path relative to this one) merged under this one.",
     "scale": "Name of an entry of `scales` to apply (e.g. smoke).",
     "scales": "Named sets of dotted overrides, e.g. smoke: {defaults.train.tokens: 20000}.",
-    "overrides": "Dotted overrides applied last, e.g. {defaults.train.lr: 1e-3}.",
+    "overrides": "Dotted overrides applied last, e.g. {defaults.train.lr: 1e-3} (from snakemake: "
+                 "--config 'overrides={defaults.train.lr: 1e-3}').",
     "data": "Corpus choice and train/val split (defaults for every run).",
     "corpora": "Corpus definitions by name (source: file|url|hf|hdf5).",
     "tokenizer": "Tokenizer (kind: bpe|byte|char|file).",
@@ -111,11 +128,44 @@ def read_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
 
 def study_from_dict(doc: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
                     source: str | None = None, base_dir: Path | None = None) -> Study:
-    """Expand an already-parsed study document (e.g. Snakemake's ``config``)."""
+    """Expand an already-parsed study document (e.g. Snakemake's ``config``, which holds the
+    study file merged with ``--config`` values). ``doc`` is not modified. Relative paths
+    (``include``, corpus files) are relative to ``base_dir``, else to ``source``'s folder."""
+    if base_dir is None:
+        base_dir = Path(source).resolve().parent if source else Path.cwd()
     try:
-        return _study(dict(doc), overrides or {}, source, base_dir or Path.cwd())
+        return _study(copy.deepcopy(dict(doc)), overrides or {}, source, base_dir)
     except ConfigError as err:
         raise err.with_file(source) from None
+
+
+def _reparsed(value: Any) -> Any:
+    """Strings from ``snakemake --config 'overrides={k: v}'`` read as the YAML scalars they were.
+
+    Snakemake parses nested ``--config`` values with YAML's BaseLoader, which leaves every scalar
+    a string (``"20000"``, ``"true"``); those become numbers/booleans/null again. Strings that read
+    as something else (``"[d_model, 2 * d_model]"``, an expression) stay strings.
+    """
+    if isinstance(value, list):
+        return [_reparsed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _reparsed(v) for k, v in value.items()}
+    if not isinstance(value, str) or not value.strip():
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+
+
+def _mapping(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a mapping, got {value!r}", key=key)
+    return dict(value)
 
 
 def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None,
@@ -125,16 +175,18 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
         if "." not in key:
             doc[key] = value
     scale = doc.get("scale")
+    scales = _mapping(doc, "scales")
     if scale not in (None, "", "full"):
-        scales = doc.get("scales") or {}
         if scale not in scales:
             raise ConfigError(f"unknown scale {scale!r}{did_you_mean(str(scale), scales)}; "
                               f"defined: {', '.join(scales) or 'none'}", key="scale")
+        if not isinstance(scales[scale] or {}, Mapping):
+            raise ConfigError("expected a mapping of dotted overrides", key=f"scales.{scale}")
         for key, value in (scales[scale] or {}).items():
-            set_dotted(doc, key, value)
-    for key, value in {**(doc.get("overrides") or {}),
-                       **{k: v for k, v in overrides.items() if "." in k}}.items():
-        set_dotted(doc, key, value)
+            set_override(doc, str(key), copy.deepcopy(value))
+    from_doc = {k: _reparsed(v) for k, v in _mapping(doc, "overrides").items()}
+    for key, value in {**from_doc, **{k: v for k, v in overrides.items() if "." in k}}.items():
+        set_override(doc, str(key), value)
 
     for key in doc:
         if key not in TOP_KEYS:
@@ -151,9 +203,15 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
         if key not in SWEEP_KEYS:
             raise ConfigError(f"unknown key{did_you_mean(str(key), SWEEP_KEYS)}; expected one of: "
                               f"{', '.join(SWEEP_KEYS)}", key=f"sweep.{key}")
+    for key in ("variants", "grid", "zip"):
+        if sweep.get(key) is not None and not isinstance(sweep[key], Mapping):
+            raise ConfigError(f"expected a mapping, got {sweep[key]!r}", key=f"sweep.{key}")
     for vname, vspec in (sweep.get("variants") or {}).items():
         if not NAME_RE.match(str(vname)):
             raise ConfigError("variant names may hold letters, digits, '.', '_' and '-'",
+                              key=f"sweep.variants.{vname}")
+        if vspec is not None and not isinstance(vspec, Mapping):
+            raise ConfigError(f"expected a mapping of settings, got {vspec!r}",
                               key=f"sweep.variants.{vname}")
         for key in (vspec or {}):
             if key in VARIANT_KEYS or "." in key or key in ("model", "train", "data", "tokenizer"):
@@ -167,12 +225,12 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
     used = {r.config.data.corpus for r in runs}
     for corpus in sorted(used):
         if corpus not in corpora:
-            raise ConfigError(f"unknown corpus {corpus!r}{did_you_mean(corpus, corpora)}; define it "
-                              f"under `corpora:` or use a preset ({', '.join(corpora_mod.PRESETS)})",
-                              key="data.corpus")
+            presets = ", ".join(corpora_mod.PRESETS)
+            raise ConfigError(f"unknown corpus {corpus!r}{did_you_mean(corpus, corpora)}; define "
+                              f"it under `corpora:` or use a preset ({presets})", key="data.corpus")
     baseline = doc.get("baseline", "baseline")
     variants = {r.variant for r in runs}
     if "baseline" in doc and baseline not in variants:
-        raise ConfigError(f"baseline {baseline!r} is not a variant{did_you_mean(baseline, variants)}",
-                          key="baseline")
+        raise ConfigError(f"baseline {baseline!r} is not a variant"
+                          f"{did_you_mean(baseline, variants)}", key="baseline")
     return Study(name=name, doc=doc, runs=runs, corpora=corpora, source=source)

@@ -8,6 +8,9 @@
 | char | one id per character seen in the train split, plus ``<unk>``                       |
 | file | an existing tokenizer.json (e.g. a hub model's), copied                            |
 
+``bpe`` and ``char`` read at most ``train_bytes`` of the train split (its first documents), so
+training time and memory stay bounded whatever the size of the corpus.
+
 The first special token (default ``<|endoftext|>``) separates documents in the token stream.
 A tokenizer's identity is the SHA-256 of its tokenizer.json (``tokenizer_sha256``).
 """
@@ -27,13 +30,28 @@ from .io import atomic_write_text, sha256_file
 __all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_sha256", "eot_id"]
 
 
-def _limit_bytes(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
-    seen = 0
-    for doc in docs:
-        if seen >= max_bytes:
-            return
-        seen += len(doc.encode())
-        yield doc
+class _Sample:
+    """The first ``max_bytes`` of the training documents, streamed; counts what it yielded so an
+    empty corpus is reported as such (and not as a vocabulary the corpus cannot fill)."""
+
+    def __init__(self, docs: Iterable[str], max_bytes: int):
+        self.docs, self.max_bytes = docs, max_bytes
+        self.documents = self.bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        docs = iter(self.docs)
+        while self.bytes < self.max_bytes:  # checked before reading the next document
+            doc = next(docs, None)
+            if doc is None:
+                return
+            self.documents += 1
+            self.bytes += len(doc.encode())
+            yield doc
+
+    def check(self) -> None:
+        if self.documents == 0:
+            raise DataError("the corpus has no training text: 0 documents on the train side of "
+                            "the split")
 
 
 def _bpe(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
@@ -45,9 +63,11 @@ def _bpe(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
         raise DataError(f"tokenizer.vocab_size {cfg.vocab_size} is below the byte-level minimum "
                         f"{len(alphabet) + len(cfg.special_tokens)} (256 bytes + special tokens)")
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                  special_tokens=list(cfg.special_tokens), initial_alphabet=alphabet,
-                                  show_progress=False)
-    tok.train_from_iterator(_limit_bytes(docs, cfg.train_bytes), trainer=trainer)
+                                  special_tokens=list(cfg.special_tokens),
+                                  initial_alphabet=alphabet, show_progress=False)
+    sample = _Sample(docs, cfg.train_bytes)
+    tok.train_from_iterator(sample, trainer=trainer)
+    sample.check()
     return tok
 
 
@@ -65,8 +85,10 @@ def _byte(cfg: TokenizerConfig) -> Tokenizer:
 
 def _char(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     chars: set[str] = set()
-    for doc in _limit_bytes(docs, cfg.train_bytes):
+    sample = _Sample(docs, cfg.train_bytes)
+    for doc in sample:
         chars.update(doc)
+    sample.check()
     specials = [*cfg.special_tokens, "<unk>"]
     vocab = {s: i for i, s in enumerate(specials)}
     for ch in sorted(chars):

@@ -42,7 +42,8 @@ from .metrics import EvalAccumulator, entropy, gini
 from .model import LM
 from .tokens import Batches, TokenStore, val_windows
 
-__all__ = ["train", "get_lr", "Plan", "make_plan", "EXIT_PREEMPTED", "select_device"]
+__all__ = ["EXIT_PREEMPTED", "DeviceBatches", "Plan", "get_lr", "loss_function", "make_plan",
+           "select_device", "train"]
 
 log = logging.getLogger("lmablate.train")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
@@ -144,6 +145,70 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the step's pieces on the device: batches gathered there, the loss compiled with the model
+
+# torch.compile mode of the training loss on CUDA. "reduce-overhead" replays the forward and the
+# backward as CUDA graphs: small models are bound by kernel launches, not FLOPs (bench/README.md).
+# It needs static shapes and no state kept across steps, so it is used only for dense models
+# without grad_accum (see :func:`loss_function`); others get the default mode.
+CUDA_COMPILE_MODE: str | None = "reduce-overhead"
+DEVICE_DATA_MAX_BYTES = 2 << 30  # keep the train split on the GPU (int32) when it is this small
+
+
+class DeviceBatches:
+    """:class:`~lmablate.tokens.Batches` whose windows are gathered on the device.
+
+    The window starts are the same numpy draws as ``Batches.starts`` (so a batch is still a pure
+    function of (seed, index) and equal to the host path's), copied through pinned memory without
+    blocking; the token split lives on the GPU as int32, so a step moves ``batch_size`` integers
+    to the device instead of a (batch, seq_len + 1) matrix from pageable memory (a host sync).
+    On the CPU, or when the split is larger than ``DEVICE_DATA_MAX_BYTES``, it is ``Batches.get``.
+    """
+
+    def __init__(self, batches: Batches, device: torch.device):
+        self.batches, self.device = batches, device
+        tokens = batches.tokens
+        self.on_device = (device.type == "cuda" and batches.in_memory
+                          and len(tokens) * 4 <= DEVICE_DATA_MAX_BYTES)
+        if self.on_device:
+            self.tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int32)).to(device)
+            self.offsets = torch.arange(batches.seq_len + 1, device=device)  # (T+1,)
+
+    def get(self, index: int) -> torch.Tensor:
+        """(batch_size, seq_len + 1) int64 windows of batch ``index``, on the device."""
+        if not self.on_device:
+            return torch.from_numpy(self.batches.get(index)).to(self.device, non_blocking=True)
+        starts = torch.from_numpy(self.batches.starts(index)).pin_memory()
+        starts = starts.to(self.device, non_blocking=True)  # (B,)
+        return self.tokens[starts[:, None] + self.offsets].long()  # (B, T+1)
+
+
+def loss_function(model: LM, cfg: RunConfig, device: torch.device,
+                  autocast: torch.dtype | None) -> tuple[Any, bool]:
+    """(fn, uses CUDA graphs): ``fn(windows) -> (lm loss, loss to backpropagate)``.
+
+    The cross-entropy sits inside the compiled graph with the model, so inductor fuses the fp32
+    upcast of the logits into the log-softmax instead of writing a (tokens, vocab) fp32 copy.
+    """
+    t = cfg.train
+    accum = t.grad_accum
+
+    def fn(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _autocast(device, autocast):
+            logits = model(w[:, :-1])  # (B, T, V)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), w[:, 1:].reshape(-1))
+            total = (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
+        return loss, total
+
+    if not (t.compile == "true" or (t.compile == "auto" and device.type == "cuda")):
+        return fn, False
+    mode = CUDA_COMPILE_MODE if device.type == "cuda" else None
+    if mode == "reduce-overhead" and (cfg.model.num_experts or accum > 1):
+        mode = None  # MoE load counters and accumulated grads outlive a graph replay
+    return torch.compile(fn, mode=mode), mode == "reduce-overhead"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +388,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     compiled = model
     if cfg.train.compile == "true" or (cfg.train.compile == "auto" and dev.type == "cuda"):
         compiled = torch.compile(model)
+    step_loss, graphs = loss_function(model, cfg, dev, autocast)
+    device_batches = DeviceBatches(batches, dev)
 
     records: list[dict[str, Any]] = []
     window_loss, window_n = torch.zeros((), device=dev), 0  # train loss summed since last log
@@ -395,14 +462,10 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
             for group in opt.param_groups:
                 group["lr"] = lr
             for micro in range(cfg.train.grad_accum):
-                w = torch.from_numpy(batches.get(step * cfg.train.grad_accum + micro))
-                w = w.to(dev, non_blocking=True)
-                with _autocast(dev, autocast):
-                    logits = compiled(w[:, :-1])
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
-                                           w[:, 1:].reshape(-1))
-                    total_loss = (loss + cfg.model.router_aux_loss * model.aux_loss()) / \
-                        cfg.train.grad_accum
+                w = device_batches.get(step * cfg.train.grad_accum + micro)
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss, total_loss = step_loss(w)
                 if scaler is not None:
                     scaler.scale(total_loss).backward()
                 else:
@@ -425,7 +488,9 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
 
             last = step == plan.total_steps
             if step % cfg.train.log_every == 0 or last or step == 1:
+                t_sync = time.perf_counter()
                 mean_loss = (window_loss / window_n).item()  # the only host sync per window
+                train_time += time.perf_counter() - t_sync  # the device work queued until now
                 elapsed = time.perf_counter() - t_window
                 rec = {"step": step, "tokens": tokens_seen, "split": "train", "loss": mean_loss,
                        "lr": lr, "grad_norm": float(grad_norm),

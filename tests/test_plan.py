@@ -1,0 +1,176 @@
+"""``lmablate plan`` and ``lmablate solve`` as a user calls them (``main([...])``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from lmablate import accounting
+from lmablate.__main__ import main
+from lmablate.config import ModelConfig
+from lmablate.errors import ConfigError
+from lmablate.plan import select_top_k
+from lmablate.study import read_study
+
+STUDY = {
+    "study": "p",
+    "data": {"corpus": "tinystories-1k"},
+    "tokenizer": {"kind": "bpe", "vocab_size": 512},
+    "defaults": {"model": {"d_model": 32, "n_heads": 2, "n_layers": 2},
+                 "train": {"tokens": 10_000, "batch_size": 8, "seq_len": 32}},
+    "sweep": {"variants": {"baseline": {}, "wide": {"model.d_model": 64}},
+              "seeds": [0, 1]},
+}
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    return path
+
+
+def plan(capsys, *args) -> str:
+    assert main(["plan", *map(str, args)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out
+
+
+def test_table_lists_every_run_with_counts_and_totals(study_file, tmp_path, capsys):
+    out = plan(capsys, study_file, "--results", tmp_path / "results")
+    lines = out.splitlines()
+    assert lines[0].split() == ["run", "ID", "differs", "from", "defaults", "params", "non-emb",
+                                "tokens", "FLOPs", "est.", "time", "status"]
+    runs = read_study(study_file).runs
+    for r in runs:
+        row = next(line for line in lines if line.startswith(r.run_id))
+        counts = accounting.param_counts(r.config.model, 512, 32)
+        assert f"{counts['total'] / 1e3:.2f}k" in row and "to run" in row
+        assert ("d_model=64" in row) == (r.variant == "wide")
+    # 10,000 tokens round up to whole steps of 8 x 32 = 256 tokens: 40 steps, 10,240 tokens
+    assert "10.24k" in lines[2]
+    assert lines[-1].startswith("total: 4 runs (2 variants) in study 'p': 40.96k tokens, ")
+    assert "no throughput measured yet" in lines[-1]
+
+
+def test_csv_and_json_hold_the_same_rows(study_file, tmp_path, capsys):
+    rows = list(csv.DictReader(io.StringIO(plan(capsys, study_file, "--format", "csv",
+                                                "--results", tmp_path))))
+    doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path))
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in doc["runs"]]
+    assert {"run_id", "differs", "params", "non_embedding", "tokens", "flops", "est_seconds",
+            "done"} <= set(rows[0])
+    assert doc["totals"]["runs"] == 4 and doc["totals"]["tokens"] == 4 * 10_240
+    assert doc["totals"]["flops"] == sum(r["flops"] for r in doc["runs"])
+    for r in doc["runs"]:
+        assert r["params"] > r["non_embedding"] > 0
+
+
+def test_config_overrides_change_the_plan(study_file, tmp_path, capsys):
+    doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path,
+                          "--config", "defaults.train.tokens=20480", "-C", "sweep.seeds=[0]"))
+    assert [r["tokens"] for r in doc["runs"]] == [20_480, 20_480]
+
+
+def test_wall_time_comes_from_the_measured_flop_rate(study_file, tmp_path, capsys):
+    runs = read_study(study_file).runs
+    done = runs[0]
+    run_dir = tmp_path / "results" / "p" / "runs" / done.run_id
+    run_dir.mkdir(parents=True)
+    fpt = accounting.flops_per_token(done.config.model, 512, 32)
+    (run_dir / "final.json").write_text(json.dumps({"tokens_per_s": 5000.0,
+                                                    "flops_per_token": fpt}))
+    doc = json.loads(plan(capsys, study_file, "--format", "json", "--results",
+                          tmp_path / "results"))
+    rate = 5000.0 * fpt
+    for row in doc["runs"]:
+        assert row["done"] == (row["run_id"] == done.run_id)
+        assert row["est_seconds"] == pytest.approx(row["flops"] / rate)
+    wide = [r for r in doc["runs"] if r["variant"] == "wide"]
+    assert wide[0]["est_seconds"] > doc["runs"][0]["est_seconds"]  # a bigger model takes longer
+    remaining = sum(r["est_seconds"] for r in doc["runs"][1:])
+    assert doc["totals"]["est_seconds"] == pytest.approx(remaining)
+    out = plan(capsys, study_file, "--results", tmp_path / "results")
+    assert f"{done.run_id}" in out and ", 1 already done" in out and "at the measured rate" in out
+    for r in runs[1:]:
+        (tmp_path / "results" / "p" / "runs" / r.run_id).mkdir()
+        (tmp_path / "results" / "p" / "runs" / r.run_id / "final.json").write_text("{}")
+    out = plan(capsys, study_file, "--results", tmp_path / "results")
+    last = out.rstrip().splitlines()[-1]
+    assert "4 already done" in last and last.endswith("; nothing left to train")
+
+
+def test_tokens_per_second_flag(study_file, tmp_path, capsys):
+    doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path,
+                          "--tokens-per-second", "1024"))
+    assert [r["est_seconds"] for r in doc["runs"]] == [10.0] * 4
+
+
+def test_solve_prints_dims_within_tolerance(capsys):
+    assert main(["solve", "--params", "10M", "--embedding-share", "0.35", "--glu-expansion",
+                 "2.66", "--vocab", "16000", "--format", "json"]) == 0
+    sol = json.loads(capsys.readouterr().out)
+    model = ModelConfig(d_model=sol["d_model"], n_layers=sol["n_layers"], d_ff=sol["d_ff"],
+                        n_heads=4)
+    total = accounting.param_counts(model, 16000, 512)["total"]
+    assert total == sol["total"] and abs(total - 10_000_000) <= 50_000
+    assert abs(sol["embedding_share"] - 0.35) <= 0.02
+    assert main(["solve", "--params", "10M", "--embedding-share", "0.35", "--vocab", "16000"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("d_model=") and "from the target" in out
+
+
+def test_solve_rejects_an_unreachable_target_in_one_line(capsys):
+    assert main(["solve", "--params", "10M", "--embedding-share", "0.99", "--vocab", "16000"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("lmablate: error: params_target: 10.00M cannot be met")
+    assert "nearest achievable is" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# two-phase ranking: what phase 2 receives from phase 1
+
+PHASE1 = [
+    {"run_id": "emb25-s0", "axis": "embedding", "status": "completed", "val_loss": 3.10},
+    {"run_id": "emb35-s0", "axis": "embedding", "status": "completed", "val_loss": 2.90},
+    {"run_id": "emb45-s0", "axis": "embedding", "status": "completed", "val_loss": 2.95},
+    {"run_id": "glu2-s0", "axis": "glu", "status": "completed", "val_loss": 3.00},
+    {"run_id": "glu3-s0", "axis": "glu", "status": "completed", "val_loss": 3.00},
+    {"run_id": "glu4-s0", "axis": "glu", "status": "diverged", "val_loss": 1.00},
+    {"run_id": "glu266-s0", "axis": "glu", "status": "stopped_early", "val_loss": 2.00},
+    {"run_id": "nan-s0", "axis": "glu", "status": "completed", "val_loss": float("nan")},
+]
+
+
+@pytest.mark.parametrize("k, per, maximize, expected", [
+    pytest.param(1, None, False, ["emb35-s0"], id="top-1"),
+    pytest.param(3, None, False, ["emb35-s0", "emb45-s0", "glu2-s0"], id="ties-by-run-id"),
+    pytest.param(1, "axis", False, ["emb35-s0", "glu2-s0"], id="top-1-per-axis"),
+    pytest.param(2, None, True, ["emb25-s0", "glu2-s0"], id="maximize"),
+    pytest.param(99, None, False, ["emb35-s0", "emb45-s0", "glu2-s0", "glu3-s0", "emb25-s0"],
+                 id="fewer-than-k"),
+])
+def test_select_top_k_is_exactly_the_best_finished_runs(k, per, maximize, expected):
+    assert select_top_k(PHASE1, k, "val_loss", per=per, maximize=maximize) == expected
+
+
+def test_select_top_k_reads_the_harvested_table():
+    table = pd.DataFrame(PHASE1)
+    assert select_top_k(table, 2) == ["emb35-s0", "emb45-s0"]
+    assert select_top_k(table.iloc[5:7], 1) == []  # nothing finished: nothing goes on
+
+
+@pytest.mark.parametrize("k, metric, message", [
+    pytest.param(0, "val_loss", "select.top_k: expected an integer k >= 1", id="k-zero"),
+    pytest.param(1, "val_los", "select.metric: no column 'val_los'", id="metric-typo"),
+])
+def test_select_top_k_rejects_bad_arguments(k, metric, message):
+    with pytest.raises(ConfigError, match=message):
+        select_top_k(PHASE1, k, metric)
