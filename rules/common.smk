@@ -5,6 +5,7 @@ import sys
 
 import lmablate
 import lmablate.corpora
+from lmablate.harvest import plan_figures, planned_rows
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -71,13 +72,51 @@ def get_run_finals(wildcards):
     return [f"{run_dir(r)}/final.json" for r in RUNS]
 
 
+# The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
+# every figure the sweep axes support, or the study's own `figures:` pick.
+FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
+FIGURE_SUBCATEGORY = {
+    "loss_curves": "Loss",
+    "final_metric": "Loss",
+    "params_vs_loss": "Model size and scaling",
+    "scaling_law": "Model size and scaling",
+    "heatmap": "Sweep axes",
+    "lr_sensitivity": "Sweep axes",
+    "efficiency": "Efficiency and calibration",
+    "calibration": "Efficiency and calibration",
+    "moe_load": "Mixture of experts",
+}
+
+
+def figure_path(name):
+    return f"results/{NAME}/plots/{name}.png"
+
+
+def get_figure_paths():
+    """Every figure of the study, for `rule all`."""
+    return [figure_path(name) for name in FIGURES]
+
+
+def figure_outputs():
+    return {
+        name: report(
+            figure_path(name),
+            category="Figures",
+            subcategory=FIGURE_SUBCATEGORY[spec["kind"]],
+            caption=f"../report/{spec['kind']}.rst",
+            labels={"figure": name},
+        )
+        for name, spec in FIGURES.items()
+    }
+
+
 def get_final_output():
     return [
         f"results/{NAME}/runs.csv",
         f"results/{NAME}/summary.json",
         f"results/{NAME}/analysis.txt",
-        f"results/{NAME}/plots/loss_curves.png",
-        f"results/{NAME}/plots/final_val_loss.png",
+        f"results/{NAME}/RESULTS.md",
+        *get_figure_paths(),
     ]
 
 

@@ -4,12 +4,14 @@
 rule prepare_corpus:
     output:
         manifest="resources/corpora/{corpus}/manifest.json",
-    params:
-        spec=lambda w: canonical(lmablate.corpora.portable(STUDY.corpora[w.corpus])),
     log:
         "logs/prepare_corpus/{corpus}.log",
     benchmark:
         "benchmarks/prepare_corpus/{corpus}.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        spec=lambda w: canonical(lmablate.corpora.portable(STUDY.corpora[w.corpus])),
     script:
         "../workflow_scripts/prepare_corpus.py"
 
@@ -20,13 +22,15 @@ rule train_tokenizer:
     output:
         tokenizer="resources/tokenizers/{dataset}/tokenizer.json",
         meta="resources/tokenizers/{dataset}/tokenizer_meta.json",
-    params:
-        tokenizer=lambda w: canonical(lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)),
-        val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     log:
         "logs/train_tokenizer/{dataset}.log",
     benchmark:
         "benchmarks/train_tokenizer/{dataset}.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        tokenizer=lambda w: canonical(lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)),
+        val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/train_tokenizer.py"
 
@@ -36,13 +40,15 @@ rule tokenize_corpus:
         unpack(get_tokenize_inputs),
     output:
         tokens="resources/tokens/{dataset}.h5",
-    params:
-        spec=lambda w: canonical(lmablate.corpora.portable(corpus_of(w.dataset))),
-        val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
-    threads: 2
     log:
         "logs/tokenize_corpus/{dataset}.log",
     benchmark:
         "benchmarks/tokenize_corpus/{dataset}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    params:
+        spec=lambda w: canonical(lmablate.corpora.portable(corpus_of(w.dataset))),
+        val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/tokenize_corpus.py"

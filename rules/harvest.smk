@@ -27,13 +27,15 @@ rule harvest_metrics:
             caption="../report/results_md.rst",
             labels={"text": "RESULTS.md"},
         ),
-    params:
-        run_ids=sorted(RUNS),
-        study=NAME,
-        baseline=STUDY.baseline,
     log:
         f"logs/{NAME}/harvest_metrics.log",
     benchmark:
         f"benchmarks/{NAME}/harvest_metrics.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        run_ids=sorted(RUNS),
+        study=NAME,
+        baseline=STUDY.baseline,
     script:
         "../workflow_scripts/harvest_metrics.py"

@@ -11,21 +11,23 @@ rule train_model:
         metrics=f"results/{NAME}/runs/{{run_id}}/metrics.jsonl",
         trainer_state=f"results/{NAME}/runs/{{run_id}}/trainer_state.json",
         weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
-    params:
-        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
-        study=NAME,
-        ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
-    threads: EXECUTION.get("train_threads", 1)
-    # On a cluster, `--group-components train=K` packs K training runs into one job.
-    group:
-        "train"
-    resources:
-        gpu=gpus_per_run(),
-        mem_mb=EXECUTION.get("train_mem_mb", 4000),
-        runtime=EXECUTION.get("train_runtime_min", 240),
     log:
         f"logs/{NAME}/train_model/{{run_id}}.log",
     benchmark:
         f"benchmarks/{NAME}/train_model/{{run_id}}.tsv"
+    # On a cluster, `--group-components train=K` packs K training runs into one job.
+    group:
+        "train"
+    conda:
+        "../envs/train.yaml"
+    threads: EXECUTION.get("train_threads", 1)
+    resources:
+        gpu=gpus_per_run(),
+        mem_mb=EXECUTION.get("train_mem_mb", 4000),
+        runtime=EXECUTION.get("train_runtime_min", 240),
+    params:
+        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
+        study=NAME,
+        ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
     script:
         "../workflow_scripts/train_model.py"

@@ -30,8 +30,9 @@ def test_study_runs_end_to_end_and_replans_only_what_changed(tmp_path, tiny_stud
     assert set(runs.status) == {"completed"}
     assert runs.tokens.nunique() == 1  # an equal token budget for every run
     summary = json.loads((res / "summary.json").read_text())
-    assert summary["variants"]["baseline"]["n"] == 2
+    assert summary["groups"]["baseline"]["n"] == 2
     assert "post_norm" in summary["comparisons"]
+    assert (res / "analysis.txt").read_text().strip() and (res / "RESULTS.md").read_text().strip()
     for rid in runs.run_id:
         d = res / "runs" / rid
         for name in ("config.yaml", "metrics.jsonl", "final.json", "trainer_state.json",
@@ -56,7 +57,7 @@ def test_study_runs_end_to_end_and_replans_only_what_changed(tmp_path, tiny_stud
     edited["sweep"]["variants"]["post_norm"]["model.norm_eps"] = 1e-6
     write_yaml(tmp_path / "study.yaml", edited)
     rules, run_ids = planned(tmp_path)
-    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1}
+    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1}, rules
     assert all(r.startswith("post_norm-") for r in run_ids) and len(run_ids) == 2
     assert not run_ids & set(runs.run_id)
 

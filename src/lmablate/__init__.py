@@ -11,6 +11,7 @@ from .config import (DataConfig, ModelConfig, RunConfig, TokenizerConfig, TrainC
                      to_dict)
 from .errors import CheckpointError, ConfigError, DataError, LmablateError
 from .gpu import cuda_available
+from .importhf import import_hf
 from .study import Study, read_study, study_from_dict
 from .sweep import Run, expand
 
@@ -27,5 +28,6 @@ def load_results(results_dir):  # imported lazily: pandas is heavy for the Snake
 __all__ = [
     "CheckpointError", "ConfigError", "DataConfig", "DataError", "LmablateError", "ModelConfig",
     "Run", "RunConfig", "Study", "TokenizerConfig", "TrainConfig", "cuda_available", "expand",
-    "from_dict", "load_results", "read_study", "study_from_dict", "to_dict", "__version__",
+    "from_dict", "import_hf", "load_results", "read_study", "study_from_dict", "to_dict",
+    "__version__",
 ]

@@ -5,6 +5,8 @@
     lmablate solve --params 10M --embedding-share 0.35 --glu-expansion 2.66 --vocab 16000
     lmablate train config.yaml RUN_ID         train one run here, outside Snakemake
     lmablate schema -o schemas/config.schema.yaml
+    lmablate import-hf runs/* --name-pattern '(?P<heads>[0-9]+)_(?P<layers>[0-9]+)' --out results/hf
+    lmablate eval-harness results/default/runs/RUN_ID --tasks arc_easy --limit 100
 """
 
 from __future__ import annotations
@@ -81,6 +83,43 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="write the JSON schema of study files")
     sc.add_argument("-o", "--output", type=Path, default=None, help="file (default: stdout)")
+
+    hf = sub.add_parser("import-hf", help="import Hugging Face Trainer output dirs as a study",
+                        description="Read each run directory's latest checkpoint-*/"
+                        "trainer_state.json and write the same tables, summary, analysis and "
+                        "figures as a native study to --out.")
+    hf.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+                    help="Trainer output directories (one per run)")
+    hf.add_argument("--name-pattern", required=True, metavar="REGEX",
+                    help="regex with named groups matched against each directory name, e.g. "
+                    r"'(?P<heads>\d+)_(?P<layers>\d+)_(?P<hidden>\d+)_(?P<inter>\d+)'; the groups "
+                    "become config columns and sweep axes")
+    hf.add_argument("--out", required=True, type=Path, metavar="DIR",
+                    help="results directory, e.g. results/ablations")
+    hf.add_argument("--study", default=None, help="study name (default: the --out name)")
+    hf.add_argument("--tokens-per-step", type=int, default=None, metavar="N",
+                    help="tokens per optimizer step, for token axes when the Trainer did not "
+                    "count input tokens (default: curves against steps)")
+    hf.add_argument("--no-plots", action="store_true", help="tables and text only")
+
+    eh = sub.add_parser("eval-harness", help="run lm-evaluation-harness tasks on a trained run",
+                        description="Evaluate one trained run (results/<study>/runs/<run_id>) on "
+                        "lm-eval tasks through lmablate's adapter (needs the `eval` extra: "
+                        "pip install 'lmablate[eval]').")
+    eh.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    eh.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    eh.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the "
+                    "workflow's resources/tokenizers/<corpus>-<data_id>/tokenizer.json)")
+    eh.add_argument("--num-fewshot", type=int, default=None)
+    eh.add_argument("--limit", type=float, default=None, help="rows per task (a fraction if < 1)")
+    eh.add_argument("--batch-size", type=int, default=32)
+    eh.add_argument("--device", default="cpu", help="cpu | cuda:N")
+    eh.add_argument("--include-path", type=Path, default=None, help="folder of extra task YAMLs")
+    eh.add_argument("--only-include-path", action="store_true", help="look for tasks only in "
+                    "--include-path, not among lm-eval's built-in tasks (faster start)")
+    eh.add_argument("--seed", type=int, default=1234)
+    eh.add_argument("--output", "-o", type=Path, default=None, help="write the results as JSON "
+                    "(tasks.json's per-task schema plus lm-eval's full results)")
     return p
 
 
@@ -161,11 +200,44 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_hf(args: argparse.Namespace) -> int:
+    from .importhf import import_hf
+
+    summary = import_hf(args.dirs, args.out, name_pattern=args.name_pattern, study=args.study,
+                        tokens_per_step=args.tokens_per_step, plots=not args.no_plots)
+    print(f"{summary['n_runs']} runs -> {args.out}/ (runs.csv, curves.parquet, summary.json, "
+          f"analysis.txt, RESULTS.md{', plots/' if not args.no_plots else ''})")
+    return 0
+
+
+def _eval_harness(args: argparse.Namespace) -> int:
+    try:
+        from .harness import harness_tasks_json, run_harness
+    except ImportError as err:  # lm-eval is an optional extra
+        raise LmablateError(str(err)) from None
+    from lm_eval.utils import make_table
+
+    from .io import atomic_write_json
+
+    limit = args.limit if args.limit is None or args.limit < 1 else int(args.limit)
+    results = run_harness(args.run_dir, [t for t in args.tasks.split(",") if t],
+                          tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size,
+                          num_fewshot=args.num_fewshot, limit=limit,
+                          include_path=args.include_path,
+                          include_defaults=not args.only_include_path, seed=args.seed)
+    print(make_table(results))
+    if args.output:
+        atomic_write_json(args.output, {**harness_tasks_json(results),
+                                        "lm_eval": {k: results[k] for k in ("results", "n-samples")
+                                                    if k in results}})
+    return 0
+
+
 def main(cli_args: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(cli_args)
     try:
-        return {"plan": _plan, "solve": _solve, "train": _train,
-                "schema": _schema}[args.command](args)
+        return {"plan": _plan, "solve": _solve, "train": _train, "schema": _schema,
+                "import-hf": _import_hf, "eval-harness": _eval_harness}[args.command](args)
     except LmablateError as err:
         print(f"lmablate: error: {err}", file=sys.stderr)
         return 2

@@ -1,164 +1,1148 @@
-"""Figures from harvested tables (seaborn, one style). Every function takes the DataFrames that
-:func:`lmablate.load_results` returns and returns a matplotlib Figure, so a notebook can redraw
-or extend any figure of a study.
+"""Figures from harvested tables (seaborn, one style).
+
+Every function takes the DataFrames :func:`lmablate.load_results` returns (plus the reliability
+table for calibration) and returns a matplotlib Figure, so a notebook can redraw or extend any
+figure of a study. :func:`draw` maps a figure kind of :func:`lmablate.harvest.plan_figures` to
+its function.
+
+Honest intervals: with two seeds the 95% t-interval of a mean is +-12.7 standard errors, far
+wider than the spread of the data. Axes are therefore scaled to the data (seeds and means), never
+to the intervals; a whisker or band that leaves the axes is clipped and marked (an arrow at the
+edge, a note in the panel), and the full interval is printed beside it with n.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
+    matplotlib.use("Agg")  # files only; a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from .stats import summarize  # noqa: E402
+from .harvest import (  # noqa: E402
+    INCLUDED_STATUSES,
+    PRIMARY,
+    numeric_axes,
+    progress_column,
+    reference_group,
+    spans_sizes,
+)
+from .stats import pareto_front, summarize  # noqa: E402
 
-__all__ = ["style", "loss_curves", "final_metric", "save", "BASELINE_COLOR", "variant_palette"]
+__all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
+           "lr_sensitivity", "efficiency", "calibration", "moe_load", "scaling_law", "draw",
+           "save", "group_palette", "REFERENCE_COLOR", "DIVERGED_COLOR"]
 
-BASELINE_COLOR = "#4d4d4d"
+REFERENCE_COLOR = "#3a3a3a"
+DIVERGED_COLOR = "#c0392b"
 METRIC_LABELS = {
     "loss": "validation loss (nats/token)", "val_loss": "final validation loss (nats/token)",
-    "best_val_loss": "best validation loss (nats/token)", "val_ppl": "validation perplexity",
-    "val_acc": "next-token accuracy (top-1)", "val_top5": "next-token accuracy (top-5)",
-    "tokens_per_s": "training throughput (tokens/s)",
+    "best_val_loss": "best validation loss (nats/token)",
+    "val_ppl": "final validation perplexity (exp of nats/token)",
+    "val_acc": "next-token accuracy, top-1 (fraction)",
+    "val_top5": "next-token accuracy, top-5 (fraction)",
+    "val_ece": "expected calibration error (fraction)",
+    "tokens_per_s": "training throughput (tokens/s)", "peak_mem_mb": "peak memory (MiB)",
 }
+HIGHER_IS_BETTER = {"val_acc", "val_top5", "tokens_per_s"}
+BAND_NOTE = ("thick line: mean over seeds; thin lines: individual seeds; band: 95% Student-t "
+             "interval of the mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# style and shared helpers
 
 
 def style() -> None:
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titleweight": "bold",
-                         "axes.spines.top": False, "axes.spines.right": False})
+                         "axes.titlesize": 11, "figure.titlesize": 13,
+                         "figure.titleweight": "bold", "axes.spines.top": False,
+                         "axes.spines.right": False, "legend.fontsize": 8,
+                         "legend.framealpha": 0.9})
 
 
-def variant_palette(variants: Sequence[str], baseline: str) -> dict[str, str]:
-    others = [v for v in variants if v != baseline]
-    colors = sns.color_palette("colorblind", max(len(others), 1))
-    pal = {v: colors[i % len(colors)] for i, v in enumerate(others)}
-    pal[baseline] = BASELINE_COLOR
+def _ok(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs.status.isin(INCLUDED_STATUSES)]
+
+
+def _order(runs: pd.DataFrame, metric: str = PRIMARY, higher: bool = False) -> list[str]:
+    """Groups best first by mean ``metric``; groups without a value (all seeds failed) last."""
+    ok = _ok(runs)
+    if metric in ok and ok[metric].notna().any():
+        means = ok.groupby("group", observed=True)[metric].mean().dropna()
+        order = list(means.sort_values(ascending=not higher).index)
+    else:
+        order = []
+    return order + [g for g in dict.fromkeys(runs.group) if g not in order]
+
+
+def group_palette(groups: Sequence[str], reference: str | None) -> dict[str, Any]:
+    """One colour per group, the reference always dark grey; colourblind-safe up to 10. Colours
+    follow the study's group order (pass ``runs.group``), so a group keeps its colour in every
+    figure whatever the ranking."""
+    groups = list(dict.fromkeys(groups))
+    others = [g for g in groups if g != reference]
+    base = sns.color_palette("colorblind", 10)
+    colors = base if len(others) <= 10 else sns.color_palette("husl", len(others))
+    pal = {g: colors[i % len(colors)] for i, g in enumerate(others)}
+    if reference is not None:
+        pal[reference] = REFERENCE_COLOR
     return pal
 
 
-def _band(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% t-interval over seeds at each token count."""
+def _finish(fig: plt.Figure, title: str, subtitle: str | None = None,
+            notes: Sequence[str] = ()) -> plt.Figure:
+    """Title and subtitle above the axes, notes below them.
+
+    Figures use constrained layout; these texts sit outside the figure box and ``save`` (like a
+    notebook's inline backend) crops with ``bbox_inches="tight"``, which takes them in, so a
+    long note never overlaps a tick label and nothing is clipped.
+    """
+    import textwrap
+
+    h, w = fig.get_figheight(), fig.get_figwidth()
+    y = 1 + 0.06 / h
+    if subtitle:
+        for line in reversed(textwrap.wrap(subtitle, int(w * 14))):
+            fig.text(0.01, y, line, ha="left", va="bottom", fontsize=9, color="#555555")
+            y += 0.19 / h
+    fig.text(0.01, y + 0.02 / h, title, ha="left", va="bottom", fontsize=13,
+             fontweight="bold")
+    y = -0.04 / h
+    for note in notes:
+        for line in textwrap.wrap(note, int(w * 15)):
+            fig.text(0.01, y, line, ha="left", va="top", fontsize=8, color="#555555")
+            y -= 0.16 / h
+    return fig
+
+
+def _subplots(*args: Any, **kwargs: Any) -> tuple[plt.Figure, Any]:
+    return plt.subplots(*args, layout="constrained", **kwargs)
+
+
+def _value_colors(values: Sequence[float]) -> tuple[dict[Any, Any], Any]:
+    """A colour per distinct value of a sweep axis: discrete viridis steps for up to 8 values
+    (shown in a legend), else a continuous map (log-scaled over a 10x range) for a colourbar."""
+    vals = sorted(set(values))
+    if len(vals) <= 8:
+        cols = sns.color_palette("viridis", len(vals))
+        return {v: cols[i] for i, v in enumerate(vals)}, None
+    lo, hi = min(vals), max(vals)
+    norm = LogNorm(lo, hi) if lo > 0 and hi / lo >= 10 else Normalize(lo, hi)
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(norm(v)) for v in vals}, plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+
+
+def _axis_legend(fig: plt.Figure, ax: plt.Axes, name: str, colors: Mapping[Any, Any],
+                 mappable: Any, marker: str = "o") -> None:
+    """Legend entries ``name = value`` for discrete colours, or a labelled colourbar."""
+    if mappable is None:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=c, marker=marker, ls="", label=f"{name} = {v:g}")
+                   for v, c in colors.items()]
+        ax.add_artist(ax.legend(handles=handles, loc="lower left", title=name,
+                                fontsize=8, title_fontsize=8))
+    else:
+        cb = fig.colorbar(mappable, ax=ax, pad=0.01)
+        cb.set_label(name)
+        if isinstance(mappable.norm, LogNorm):
+            _log_ticks(cb.ax.yaxis)
+
+
+def _axis_name(col: str) -> str:
+    return col.replace("axis.", "").rsplit(".", 1)[-1]
+
+
+def _palette_for(runs: pd.DataFrame, shown: Sequence[str], ref: str | None) -> dict[str, Any]:
+    """The study-wide palette when the study has at most 10 groups (a group keeps its colour in
+    every figure); else distinct colours for the groups this figure shows."""
+    if runs.group.nunique() <= 10:
+        return group_palette(runs.group, ref)
+    return group_palette(list(shown), ref)
+
+
+def fmt_tokens(n: float) -> str:
+    return ticker.EngFormatter(sep="", places=0)(n)
+
+
+def _empty(title: str, message: str) -> plt.Figure:
+    """A figure that says why it has nothing to show (a planned figure is never missing)."""
+    style()
+    fig, ax = _subplots(figsize=(7, 2.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=10,
+            transform=ax.transAxes)
+    return _finish(fig, title)
+
+
+def _data_limits(values: Sequence[float], pad: float = 0.08, log: bool = False
+                 ) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if log:
+        v = v[v > 0]
+        lo, hi = np.log10(v.min()), np.log10(v.max())
+        span = max(hi - lo, 0.05)
+        return 10 ** (lo - pad * span), 10 ** (hi + pad * span)
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo or max(abs(hi) * 0.02, 1e-6)
+    return lo - pad * span, hi + pad * span
+
+
+def _limits_with_intervals(values: Sequence[float], bounds: Sequence[float], *,
+                           log: bool = False, max_stretch: float = 3.0) -> tuple[float, float]:
+    """Axis limits that show the data, and the intervals too when that at most triples the
+    span; wider intervals are clipped (and marked) rather than squeezing the data flat."""
+    lo, hi = _data_limits(values, pad=0.12, log=log)
+    ok = [b for b in bounds if np.isfinite(b) and (b > 0 or not log)]
+    if not ok:
+        return lo, hi
+    f = np.log10 if log else (lambda v: v)
+    lo2, hi2 = min([lo, *ok]), max([hi, *ok])
+    if f(hi2) - f(lo2) <= max_stretch * (f(hi) - f(lo)):
+        return _data_limits([lo2, hi2], pad=0.04, log=log)
+    return lo, hi
+
+
+def _x_label(x: str) -> str:
+    return "training tokens" if x == "tokens" else "optimizer steps"
+
+
+def _eng(ax_axis: Any) -> None:
+    ax_axis.set_major_formatter(ticker.EngFormatter(sep=""))
+
+
+def _log_ticks(ax_axis: Any, eng: bool = True) -> None:
+    """1-2-5 ticks on a log axis, labelled 10k/20k/50k (``eng``) or 0.001/0.002/0.005: a sweep
+    over one or two decades otherwise shows a single labelled tick."""
+    ax_axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_axis.set_major_formatter(ticker.EngFormatter(sep="") if eng else
+                                ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}" if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-3) else f"{x:.3f}"
+
+
+def _ci_text(s: Any) -> str:
+    if s.n < 2:
+        return f"{_num(s.mean)}  (n=1, no interval)"
+    return f"{_num(s.mean)} [{_num(s.ci_low)}, {_num(s.ci_high)}]  n={s.n}"
+
+
+def _whisker(ax: plt.Axes, center: float, lo: float, hi: float, pos: float, color: Any,
+             horizontal: bool = True) -> bool:
+    """A CI whisker clipped to the axes; an arrow head marks each clipped end. True if clipped."""
+    (a0, a1) = ax.get_xlim() if horizontal else ax.get_ylim()
+    c_lo, c_hi = max(lo, min(a0, a1)), min(hi, max(a0, a1))
+    clipped = False
+    if horizontal:
+        ax.plot([c_lo, c_hi], [pos, pos], color=color, lw=2, solid_capstyle="butt", zorder=2)
+    else:
+        ax.plot([pos, pos], [c_lo, c_hi], color=color, lw=2, solid_capstyle="butt", zorder=2)
+    for end, clip, marker in ((lo, c_lo, "<" if horizontal else "v"),
+                              (hi, c_hi, ">" if horizontal else "^")):
+        if end != clip:
+            clipped = True
+            xy = (clip, pos) if horizontal else (pos, clip)
+            ax.plot(*xy, marker=marker, color=color, ms=8, clip_on=False, zorder=3)
+        else:
+            xy = (end, pos) if horizontal else (pos, end)
+            ax.plot(*xy, marker="|" if horizontal else "_", color=color, ms=9, mew=2, zorder=3)
+    return clipped
+
+
+# --------------------------------------------------------------------------------------------------
+# loss curves
+
+
+def _curve_band(c: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Mean and 95% t-interval over seeds at each x."""
     rows = []
-    for tokens, g in curves.groupby("tokens"):
+    for xv, g in c.groupby(x):
         s = summarize(g.value.tolist())
         if s is not None:
-            rows.append({"tokens": tokens, "mean": s.mean, "lo": s.ci_low, "hi": s.ci_high,
-                         "n": s.n})
-    return pd.DataFrame(rows)
+            rows.append({x: xv, "mean": s.mean, "lo": s.ci_low, "hi": s.ci_high, "n": s.n})
+    return pd.DataFrame(rows, columns=[x, "mean", "lo", "hi", "n"])
 
 
 def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline", *,
-                split: str = "val", metric: str = "loss", log_x: bool = False,
-                title: str | None = None) -> plt.Figure:
-    """One panel per variant: its curve vs the baseline's, mean +- 95% CI band over seeds.
+                split: str = "val", metric: str = "loss", log_x: bool | None = None,
+                title: str | None = None, max_panels: int = 12) -> plt.Figure:
+    """Each group's curve next to the reference's, mean +- 95% CI band over seeds.
 
-    Diverged runs are drawn individually (dotted) and marked where they stopped.
+    Up to ``max_panels`` groups: one panel per group. More: one panel with every group's mean
+    curve coloured by parameter count. Diverged runs are dotted and end with a cross.
+    ``log_x`` None: logarithmic when the curves span two decades of tokens.
     """
     style()
+    ref, _ = reference_group(runs, baseline)
+    x = progress_column(curves)
     c = curves[(curves.split == split) & (curves.metric == metric)]
+    c = c[np.isfinite(c.value)]
+    if not len(c):
+        return _empty(title or "Loss curves", f"No {split} {metric} points were logged.")
     status = runs.set_index("run_id").status
-    variants = list(dict.fromkeys(runs.variant))
-    others = [v for v in variants if v != baseline] or variants
-    pal = variant_palette(variants, baseline)
+    c = c.assign(status=c.run_id.map(status).astype(str))
+    good = c[c.status.isin(INCLUDED_STATUSES)]
+    if log_x is None:
+        pos = c[x][c[x] > 0]
+        log_x = len(pos) > 0 and pos.max() / pos.min() >= 100
+    ylo, yhi = _data_limits(good.value.tolist() or c.value.tolist(), pad=0.04)
+    if len(good) > 20:
+        yhi = min(yhi, float(np.quantile(good.value, 0.98)) + 0.04 * (yhi - ylo))
+    order = _order(runs)
+    others = [g for g in order if g != ref] or order
+    metric_label = METRIC_LABELS.get(metric, metric) if split == "val" else \
+        f"training {metric}" + (" (nats/token)" if metric == "loss" else "")
+    if len(others) > max_panels:
+        return _curves_overview(runs, c, ref, x, log_x, (ylo, yhi), metric_label, title)
+
+    pal = group_palette(runs.group, ref)
     ncols = min(3, len(others))
-    nrows = int(np.ceil(len(others) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), sharex=True,
-                             sharey=True, squeeze=False)
-    finite = c.value[np.isfinite(c.value)]
-    for ax, variant in zip(axes.flat, others):
-        for v in ([baseline] if baseline in variants and variant != baseline else []) + [variant]:
-            vc = c[c.variant == v]
-            ok = vc[vc.run_id.map(status).eq("completed")]
-            n_seeds = ok.run_id.nunique()
-            band = _band(ok)
+    nrows = math.ceil(len(others) / ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(4.8 * ncols, 3.5 * nrows + 0.9),
+                             sharex=True, sharey=True, squeeze=False)
+    clipped_any = False
+    for ax, group in zip(axes.flat, others):
+        ax.set_ylim(ylo, yhi)
+        for g in ([ref] if ref is not None and group != ref else []) + [group]:
+            gc = c[c.group == g]
+            ok = gc[gc.status.isin(INCLUDED_STATUSES)]
+            n = ok.run_id.nunique()
+            band = _curve_band(ok, x)
             if len(band):
-                label = f"{v} (n={n_seeds})"
-                ax.plot(band.tokens, band["mean"], color=pal[v], lw=2, label=label)
-                if n_seeds > 1:
-                    ax.fill_between(band.tokens, band.lo, band.hi, color=pal[v], alpha=0.2, lw=0)
-            for rid, g in vc[~vc.run_id.map(status).eq("completed")].groupby("run_id"):
-                g = g.sort_values("tokens")
-                ax.plot(g.tokens, g.value.clip(upper=finite.max() if len(finite) else None),
-                        color=pal[v], ls=":", lw=1.5,
-                        label=f"{v}: {status[rid]} (seed {int(g.seed.iloc[0])})")
-                ax.plot(g.tokens.iloc[-1:], g.value.clip(upper=finite.max()).iloc[-1:], "x",
-                        color=pal[v], ms=8, mew=2)
-        ax.set_title(variant if variant != baseline else f"{baseline}")
-        ax.legend(fontsize=8, loc="upper right", frameon=True)
+                ax.plot(band[x], band["mean"], color=pal[g], lw=2.2, label=f"{g} (n={n})",
+                        zorder=3)
+                for _, s in ok.groupby("run_id", observed=True):
+                    ax.plot(s[x], s.value, color=pal[g], lw=0.8, alpha=0.45, zorder=2)
+                if n > 1:
+                    ax.fill_between(band[x], band.lo, band.hi, color=pal[g], alpha=0.09, lw=0,
+                                    zorder=1)
+                    for edge in ("lo", "hi"):
+                        ax.plot(band[x], band[edge], color=pal[g], lw=0.6, ls="--", alpha=0.6,
+                                zorder=1)
+                    if (band.lo < ylo).any() or (band.hi > yhi).any():
+                        clipped_any = True
+            for rid, s in gc[~gc.status.isin(INCLUDED_STATUSES)].groupby("run_id",
+                                                                         observed=True):
+                if not len(s):
+                    continue
+                s = s.sort_values(x)
+                v = s.value.clip(upper=yhi)
+                ax.plot(s[x], v, color=pal[g], ls=":", lw=1.5,
+                        label=f"{g}: seed {s.seed.iloc[0]} {status[rid]}")
+                ax.plot(s[x].iloc[-1], v.iloc[-1], "x", color=DIVERGED_COLOR, ms=9, mew=2.2,
+                        zorder=4, clip_on=False)
+        ax.set_title(group)
+        ax.legend(loc="upper right")
+        delta = _final_delta(runs, group, ref)
+        if delta:
+            ax.text(0.02, 0.03, delta, transform=ax.transAxes, fontsize=7.5, va="bottom",
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "#cccccc",
+                          "alpha": 0.9})
         if log_x:
             ax.set_xscale("log")
     for ax in axes.flat[len(others):]:
         ax.set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel("training tokens")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+        ax.set_xlabel(_x_label(x) + (" (log scale)" if log_x else ""))
+        if log_x:
+            _log_ticks(ax.xaxis)
+        else:
+            _eng(ax.xaxis)
     for ax in axes[:, 0]:
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric) if split == "val" else f"train {metric}")
-    if len(finite):
-        lo, hi = float(finite.min()), float(np.percentile(finite, 95))
-        pad = 0.05 * (hi - lo or 1)
-        axes[0, 0].set_ylim(lo - pad, hi + pad)
-    fig.suptitle(title or f"{'Validation' if split == 'val' else 'Training'} {metric} vs "
-                 f"{baseline} (mean, 95% CI over seeds)", fontweight="bold")
-    fig.tight_layout()
-    return fig
+        ax.set_ylabel(metric_label)
+    notes = []
+    if clipped_any:
+        ns = sorted({int(v) for v in _ok(runs).groupby('group', observed=True).size()})
+        notes.append("Some 95% bands extend beyond the axes (the y-axis follows the data, not the "
+                     f"intervals): with n = {', '.join(map(str, ns))} seeds per group the "
+                     "t-interval is very wide. The numbers are in analysis.txt.")
+    return _finish(fig, title or f"{'Validation' if split == 'val' else 'Training'} {metric} per "
+                   f"group vs {ref or 'each other'}", BAND_NOTE, notes)
+
+
+def _final_delta(runs: pd.DataFrame, group: str, ref: str | None) -> str | None:
+    """'final: delta +0.102 [+0.094, +0.110], p = 0.004 (paired t)' for a panel."""
+    from .stats import compare
+
+    ok = _ok(runs)
+    if ref is None or group == ref or PRIMARY not in ok:
+        return None
+    g, b = ok[ok.group == group], ok[ok.group == ref]
+    if not len(g) or not len(b):
+        return None
+    c = compare(g[PRIMARY].tolist(), b[PRIMARY].tolist(), g.seed.tolist(), b.seed.tolist())
+    if not np.isfinite(c.delta):
+        return None
+    txt = f"final val loss: delta {c.delta:+.3f}"
+    if np.isfinite(c.ci_low):
+        txt += f" [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+    if c.p_value is not None:
+        txt += f", p = {c.p_value:.2g} ({c.test})"
+    return txt
+
+
+def _curves_overview(runs: pd.DataFrame, c: pd.DataFrame, ref: str | None, x: str, log_x: bool,
+                     ylim: tuple[float, float], metric_label: str, title: str | None
+                     ) -> plt.Figure:
+    """Many groups: one panel per value of the sweep axis least tied to size (e.g. the LR),
+    every group's mean curve coloured by its parameter count."""
+    ok = _ok(runs)
+    params = ok.groupby("group", observed=True).params_total.mean() \
+        if "params_total" in ok else pd.Series(dtype=float)
+    norm = LogNorm(params.min(), params.max()) if len(params) and params.min() > 0 and \
+        params.max() > params.min() else None
+    cmap = plt.get_cmap("viridis")
+    facet = _color_axis(runs)
+    if facet is not None and not (2 <= runs[facet].nunique() <= 6):
+        facet = None
+    first = runs.groupby("group", observed=True)[facet].first() if facet else None
+    values = sorted(runs[facet].dropna().unique()) if facet else [None]
+    ncols = 2 if len(values) == 4 else min(3, len(values))
+    nrows = math.ceil(len(values) / ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(5.2 * ncols + 1.2, 4.0 * nrows + 0.6),
+                          sharex=True, sharey=True, squeeze=False)
+    good = c[c.status.isin(INCLUDED_STATUSES)]
+    bad = c[~c.status.isin(INCLUDED_STATUSES)]
+    for ax, v in zip(axes.flat, values):
+        in_panel = set(first[first == v].index) if facet else set(runs.group)
+        for g, gc in good[good.group.isin(in_panel)].groupby("group", observed=True):
+            band = _curve_band(gc, x)
+            color = cmap(norm(params[g])) if norm is not None and g in params else "#888888"
+            ax.plot(band[x], band["mean"], color=color, lw=1.2, alpha=0.9,
+                    zorder=3 if g != ref else 4)
+        if ref is not None and ref in in_panel:
+            band = _curve_band(good[good.group == ref], x)
+            ax.plot(band[x], band["mean"], color="black", lw=2.4, label=f"{ref} (reference)",
+                    zorder=5)
+        for i, (rid, s) in enumerate(bad[bad.group.isin(in_panel)].groupby("run_id",
+                                                                             observed=True)):
+            if not len(s):
+                continue
+            s = s.sort_values(x)
+            ax.plot(s[x], s.value.clip(upper=ylim[1]), ls=":", color=DIVERGED_COLOR, lw=1.2,
+                    label="did not complete" if i == 0 else None)
+            ax.plot(s[x].iloc[-1], min(s.value.iloc[-1], ylim[1]), "x", color=DIVERGED_COLOR,
+                    ms=8, mew=2, clip_on=False)
+        ax.set_ylim(*ylim)
+        if log_x:
+            ax.set_xscale("log")
+        if log_x:
+            _log_ticks(ax.xaxis)
+        else:
+            _eng(ax.xaxis)
+        if facet:
+            ax.set_title(f"{_axis_name(facet)} = {v:g}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right")
+    for ax in axes.flat[len(values):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(_x_label(x) + (" (log scale)" if log_x else ""))
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric_label)
+    if norm is not None:
+        cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9)
+        cb.set_label("total parameters (log scale)")
+        _log_ticks(cb.ax.yaxis)
+    return _finish(fig, title or f"Validation curves of all {c.group.nunique()} groups",
+                   "mean over seeds per group, coloured by parameter count"
+                   + (f"; one panel per {_axis_name(facet)}" if facet else ""))
+
+
+# --------------------------------------------------------------------------------------------------
+# final metric per group
 
 
 def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "val_loss", *,
-                 title: str | None = None, lower_is_better: bool = True) -> plt.Figure:
-    """Final metric per variant: mean with 95% t-interval over seeds, every seed as a dot,
-    sorted best first, the baseline mean as a dashed line; diverged runs listed, not dropped."""
+                 geometric: bool | None = None, title: str | None = None,
+                 max_groups: int = 40) -> plt.Figure:
+    """Final ``metric`` per group, best first: mean with its 95% t-interval over seeds, each seed
+    a dot, the reference mean a dashed line; the interval and n printed at the right. Groups
+    whose seeds did not all complete say so in red.
+
+    ``geometric`` (default for perplexity): summarise log values and transform back, i.e. the
+    geometric mean exp(mean loss) with exp of the loss's t-interval, on a log axis; a symmetric
+    interval on perplexity itself would run below zero.
+    """
     style()
-    ok = runs[(runs.status == "completed") & runs[metric].notna()]
-    order = (ok.groupby("variant")[metric].mean().sort_values(ascending=lower_is_better)
-             .index.tolist())
-    bad = runs[runs.status != "completed"]
-    order += [v for v in dict.fromkeys(bad.variant) if v not in order]
-    pal = variant_palette(list(dict.fromkeys(runs.variant)), baseline)
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(order) + 1.8))
-    for i, v in enumerate(order):
-        vals = ok[ok.variant == v][metric].tolist()
-        s = summarize(vals)
-        if s is not None:
-            ax.errorbar(s.mean, i, xerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1
-                        else None, fmt="o", color=pal[v], ms=8, capsize=4, lw=2, zorder=3)
-            ax.scatter(vals, [i] * len(vals), color=pal[v], s=18, alpha=0.6, zorder=4,
-                       edgecolor="white", lw=0.5)
-            ax.annotate(f"{s.mean:.3f}  (n={s.n})", (s.ci_high if s.n > 1 else s.mean, i),
-                        xytext=(8, 0), textcoords="offset points", va="center", fontsize=8)
-        nb = bad[bad.variant == v]
-        if len(nb):
-            ax.annotate(f"{len(nb)} run(s) {', '.join(sorted(set(nb.status)))}",
-                        (1.0, i), xycoords=("axes fraction", "data"), xytext=(-4, -9),
-                        textcoords="offset points", ha="right", fontsize=8, color="#b2182b")
-    if baseline in set(ok.variant):
-        ax.axvline(ok[ok.variant == baseline][metric].mean(), color=BASELINE_COLOR, ls="--",
-                   lw=1, label=f"{baseline} mean")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_yticks(range(len(order)), order)
+    geometric = metric == "val_ppl" if geometric is None else geometric
+    higher = metric in HIGHER_IS_BETTER
+    ref, _ = reference_group(runs, baseline)
+    ok = _ok(runs)
+    ok = ok[ok[metric].notna()] if metric in ok else ok.iloc[0:0]
+    order = _order(runs, metric, higher)
+    hidden = max(0, len(order) - max_groups)
+    order = order[:max_groups]
+    label = METRIC_LABELS.get(metric, metric)
+    if not len(ok):
+        return _empty(title or label.capitalize(), f"No run has a final {metric}.")
+    pal = group_palette(runs.group, ref)
+    fig, ax = _subplots(figsize=(10, 0.42 * len(order) + 2.2))
+    stats = {g: _summary(ok[ok.group == g][metric].tolist(), geometric) for g in order}
+    values = ok[ok.group.isin(order)][metric].tolist()
+    if geometric:
+        ax.set_xscale("log")
+    bounds = [v for st_ in stats.values() if st_ is not None and st_.n > 1
+              for v in (st_.ci_low, st_.ci_high)]
+    ax.set_xlim(*_limits_with_intervals(values, bounds, log=geometric))
     ax.set_ylim(len(order) - 0.5, -0.5)
-    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
-    ax.margins(x=0.25)
-    ax.set_title(title or f"{METRIC_LABELS.get(metric, metric).split(' (')[0].capitalize()} per "
-                 "variant (mean, 95% CI over seeds; dots = seeds)")
-    fig.tight_layout()
-    return fig
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    clipped = False
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    for i, g in enumerate(order):
+        s = stats[g]
+        nb = bad[bad.group == g]
+        fail = (f"  +{len(nb)} {'/'.join(sorted(set(nb.status)))}" if len(nb) else "")
+        if s is not None:
+            if s.n > 1:
+                clipped |= _whisker(ax, s.mean, s.ci_low, s.ci_high, i, pal[g])
+            ax.plot(s.mean, i, "o", color=pal[g], ms=8, zorder=4, mec="white", mew=0.8)
+            vals = ok[ok.group == g][metric].tolist()
+            ax.scatter(vals, [i] * len(vals), color=pal[g], s=16, alpha=0.75, zorder=5,
+                       edgecolor="black", lw=0.4)
+            ax.text(1.04, i, _ci_text(s), transform=trans, va="center", fontsize=8)
+            if fail:
+                ax.text(1.04, i + 0.32, fail.strip(), transform=trans, va="center", fontsize=7.5,
+                        color=DIVERGED_COLOR)
+        else:
+            ax.text(0.5, i, f"all {len(nb)} seed(s) {'/'.join(sorted(set(nb.status)))}: "
+                    "no final value", transform=trans, ha="center", va="center", fontsize=8.5,
+                    color=DIVERGED_COLOR)
+    if ref is not None and stats.get(ref) is not None:
+        ax.axvline(stats[ref].mean, color=REFERENCE_COLOR, ls="--", lw=1, zorder=1)
+        ax.annotate("reference mean", (stats[ref].mean, -0.5), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7.5,
+                    color=REFERENCE_COLOR, annotation_clip=False)
+    ax.set_yticks(range(len(order)), order)
+    for t in ax.get_yticklabels():
+        if t.get_text() == ref:
+            t.set_fontweight("bold")
+    ax.set_xlabel(label + ("; higher is better" if higher else "; lower is better")
+                  + ("; log scale" if geometric else ""))
+    ax.text(1.04, -0.5, "mean [95% CI]  n", transform=trans, va="bottom", fontsize=8,
+            fontweight="bold")
+    name = label.split(" (")[0]
+    notes = []
+    if clipped:
+        notes.append("Arrow heads: the interval continues beyond the axis, which is scaled to "
+                     "the data; its full range is printed at the right. With few seeds the "
+                     "t-interval is very wide (n=2: ±12.7 standard errors).")
+    if hidden:
+        notes.append(f"{hidden} more group(s) not shown; all are in analysis.txt and runs.csv.")
+    sub = ("dot: geometric mean over seeds (exp of the mean loss); small dots: seeds; whisker: "
+           "exp of the 95% Student-t interval of the mean loss" if geometric else
+           "dot: mean over seeds; small dots: seeds; whisker: 95% Student-t interval of the mean")
+    return _finish(fig, title or f"{name[0].upper()}{name[1:]} per group, best first", sub, notes)
+
+
+def _summary(values: Sequence[float], geometric: bool) -> Any:
+    """summarize(), or for ``geometric`` the summary of log values mapped back by exp."""
+    from dataclasses import replace
+
+    if not geometric:
+        return summarize(values)
+    s = summarize([math.log(v) for v in values if v > 0])
+    if s is None:
+        return None
+    return replace(s, mean=math.exp(s.mean), ci_low=math.exp(s.ci_low),
+                   ci_high=math.exp(s.ci_high), min=math.exp(s.min), max=math.exp(s.max))
+
+
+# --------------------------------------------------------------------------------------------------
+# size: parameters vs loss, scaling law
+
+
+def _color_axis(runs: pd.DataFrame, against: str = "params_total") -> str | None:
+    """The numeric sweep axis least rank-correlated with size: colouring by it shows what size
+    alone does not."""
+    axes = numeric_axes(runs.to_dict("records"))
+    if not axes:
+        return None
+    ok = _ok(runs)
+    if against not in ok or ok[against].nunique() < 2:
+        return axes[0]
+    scores = []
+    for a in axes:
+        rho = ok[[a, against]].corr(method="spearman").iloc[0, 1]
+        scores.append((abs(rho) if np.isfinite(rho) else 0.0, a))
+    return min(scores)[1]
+
+
+def params_vs_loss(runs: pd.DataFrame, baseline: str = "baseline", *, metric: str = "val_loss",
+                   params: str = "params_total", color_by: str | None = None,
+                   title: str | None = None) -> plt.Figure:
+    """Parameters (log x) against final loss per group, with the Pareto frontier (the groups no
+    smaller group beats), coloured by a sweep axis; runs that did not complete are crosses on
+    the top edge at their size."""
+    style()
+    ok = _ok(runs)
+    ok = ok[ok[metric].notna() & ok[params].notna()] if metric in ok and params in ok else \
+        ok.iloc[0:0]
+    if not len(ok) or ok[params].nunique() < 2:
+        return _empty(title or "Parameters vs loss", "Fewer than two model sizes completed.")
+    color_by = color_by or _color_axis(runs, params)
+    g = ok.groupby("group", observed=True).agg(n=(metric, "size"), mean=(metric, "mean"),
+                                               p=(params, "mean")).reset_index()
+    fig, ax = _subplots(figsize=(9.5, 6))
+    ax.set_xscale("log")
+    ax.set_ylim(*_data_limits(ok[metric].tolist(), pad=0.08))
+    if color_by and color_by in ok and ok[color_by].notna().all():
+        g["c"] = g.group.map(ok.groupby("group", observed=True)[color_by].first())
+        vcolors, mappable = _value_colors(g.c.tolist())
+        colors = [vcolors[v] for v in g.c]
+        _axis_legend(fig, ax, _axis_name(color_by), vcolors, mappable)
+    else:
+        color_by = None
+        pal = _palette_for(runs, g.group, None)
+        colors = [pal[x] for x in g.group]
+    cmap = dict(zip(g.group, colors))
+    ax.scatter(ok[params], ok[metric], s=10, color=[cmap[x] for x in ok.group], alpha=0.5,
+               lw=0, zorder=2, label="seeds")
+    ax.scatter(g.p, g["mean"], s=55, color=colors, edgecolor="black", lw=0.6, zorder=3,
+               label="group mean")
+    front = pareto_front(g.p.tolist(), g["mean"].tolist())
+    fx, fy = g.p.to_numpy()[front], g["mean"].to_numpy()[front]
+    ax.step(fx, fy, where="post", color="black", lw=1.3, ls="--", zorder=4,
+            label=f"Pareto frontier ({len(front)} groups)")
+    if len(front) <= 12:
+        for k, i in enumerate(front):
+            ax.annotate(g.group.iloc[i], (fx[k], fy[k]), xytext=(6, -12 if k % 2 else 6),
+                        textcoords="offset points", fontsize=7.5, zorder=5,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                              "alpha": 0.8})
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    if len(bad) and params in bad:
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(bad[params], [0.985] * len(bad), marker="x", color=DIVERGED_COLOR, s=40,
+                   transform=trans, clip_on=False, zorder=5,
+                   label=f"did not complete ({len(bad)} runs, top edge)")
+    ax.set_xlabel(("total" if params == "params_total" else "non-embedding")
+                  + " parameters (log scale)")
+    _log_ticks(ax.xaxis)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.legend(loc="upper right")
+    return _finish(fig, title or "Parameters vs final validation loss",
+                   f"{len(g)} groups, {len(ok)} completed runs; dashed: Pareto frontier"
+                   + (f"; colour: {_axis_name(color_by)}" if color_by else ""))
+
+
+def scaling_law(runs: pd.DataFrame, fit: Mapping[str, Any] | None = None, *,
+                metric: str = "val_loss", title: str | None = None) -> plt.Figure:
+    """Final loss against N (log x) with the fitted law L(N) = E + A/N^alpha and its bootstrap
+    band; the runs the fit used (the best group at each size) in colour, the other settings at
+    the same sizes in grey; with several budgets, the two-term law's curve for each budget."""
+    from .scaling import fit_study, predict
+
+    style()
+    fit = fit if fit is not None else fit_study(_ok(runs), metric)
+    if not fit:
+        return _empty(title or "Scaling law", "The completed runs do not span three model sizes "
+                      "over a factor of two; no scaling law is fitted.")
+    col = fit["n_column"]
+    ok = _ok(runs)
+    ok = ok[ok[col].notna() & ok[metric].notna()]
+    used = ok[ok.group.isin(fit["groups_used"])]
+    rest = ok[~ok.group.isin(fit["groups_used"])]
+    one = fit["law_n"]
+    fig, ax = _subplots(figsize=(9.5, 6))
+    ax.set_xscale("log")
+    if len(rest):
+        ax.scatter(rest[col], rest[metric], s=14, color="#bbbbbb", zorder=2,
+                   label=f"other settings at the same sizes ({len(rest)} runs, not fitted)")
+    budgets = fit.get("budgets") or []
+    pal = dict(zip(budgets, sns.color_palette("crest", max(len(budgets), 1))))
+    if len(budgets) > 1:
+        for d in budgets:
+            sel = used[used.tokens == d]
+            ax.scatter(sel[col], sel[metric], s=14, color=pal[d], zorder=3, alpha=0.7, lw=0,
+                       label=f"seeds of fitted groups, D = {fmt_tokens(d)} tokens")
+    else:
+        ax.scatter(used[col], used[metric], s=14, color="#4c72b0", alpha=0.6, zorder=3, lw=0,
+                   label=f"seeds of the fitted groups ({len(used)} runs)")
+    means = used.groupby("group", observed=True).agg(n=(col, "mean"), loss=(metric, "mean"))
+    ax.scatter(means.n, means.loss, s=55, color="#4c72b0", edgecolor="black", lw=0.8, zorder=4,
+               label=f"fitted points: best group per size, mean over seeds ({len(means)})")
+    cur = one["curve"]
+    ax.plot(cur["n"], cur["fit"], color="black", lw=2, zorder=4, label="L(N) = E + A/N^alpha")
+    if cur.get("lo"):
+        ax.fill_between(cur["n"], cur["lo"], cur["hi"], color="black", alpha=0.12, lw=0,
+                        label=f"{int(one['confidence'] * 100)}% bootstrap band "
+                              f"({one['n_boot']} resamples)")
+    nd = fit.get("law_nd")
+    if nd:
+        grid = np.asarray(cur["n"])
+        for d in budgets:
+            ax.plot(grid, predict(nd["params"], grid, np.full_like(grid, d)), ls="--",
+                    color=pal[d], lw=1.3)
+        ax.plot([], [], ls="--", color="grey", label="L(N, D) = E + A/N^alpha + B/D^beta")
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    if len(bad) and col in bad:
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(bad[col], [0.985] * len(bad), marker="x", color=DIVERGED_COLOR, s=40,
+                   transform=trans, clip_on=False, label="did not complete (top edge)")
+    ylo, yhi = _data_limits(ok[metric].tolist(), pad=0.08)
+    e = one["params"]["E"]
+    if ylo - 0.5 * (yhi - ylo) <= e <= yhi:
+        ylo = min(ylo, e - 0.05 * (yhi - ylo))
+        ax.axhline(e, color="black", ls=":", lw=1, label=f"E = {e:.3f} (irreducible loss)")
+    ax.set_ylim(ylo, yhi)
+    ci = one["ci"]
+
+    def with_ci(k: str, f: str) -> str:
+        lo, hi = ci[k]
+        v = one["params"][k]
+        return f"{k} = {v:{f}}" + (f"  [{lo:{f}}, {hi:{f}}]" if lo is not None else "")
+
+    lines = [with_ci("alpha", ".3f"), with_ci("E", ".3f"), with_ci("A", ".3g")]
+    if nd:
+        lines.append(f"two-term: alpha = {nd['params']['alpha']:.3f}, "
+                     f"beta = {nd['params']['beta']:.3f}")
+    ax.text(0.02, 0.03, "\n".join(lines), transform=ax.transAxes, fontsize=9, va="bottom",
+            family="monospace", bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"})
+    ax.set_xlabel(("non-embedding" if col == "params_non_embedding" else "total")
+                  + " parameters N (log scale)")
+    _log_ticks(ax.xaxis)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.legend(loc="upper right")
+    notes = ["The law is fitted inside the range of sizes shown; beyond it the line is an "
+             "extrapolation these runs do not test."]
+    notes += [f"Fitted on {n}." for n in fit.get("notes", [])]
+    return _finish(fig, title or "Scaling law fit", "Huber loss on log L (delta 1e-3), best of "
+                   "many starts; [95% bootstrap interval over the fitted configurations]",
+                   notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep axes: heatmap, learning rate
+
+
+def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
+            facet: str | None = None, metric: str = "val_loss", title: str | None = None
+            ) -> plt.Figure:
+    """Mean final ``metric`` over two numeric sweep axes, one panel per value of a third.
+
+    The grid is the variant with the most groups (other variants are single points beside it
+    and are named in the subtitle). Axes beyond these three are collapsed to their best group.
+    Cells where every seed failed say so; cells the sweep never visited stay grey.
+    """
+    from .harvest import heatmap_axes
+
+    style()
+    main, axes = heatmap_axes(runs.to_dict("records"))
+    if main is None and not (x and y):
+        return _empty(title or "Heatmap", "Fewer than two numeric sweep axes that form a grid.")
+    main = main if main is not None else runs.variant.iloc[0]
+    others = sorted(set(runs.variant) - {main})
+    runs = runs[runs.variant == main]
+    axes = axes or numeric_axes(runs.to_dict("records"))
+    y = y or axes[0]
+    x = x or next(a for a in axes if a != y)
+    facet = facet if facet is not None else next((a for a in axes if a not in (x, y)), None)
+    rest = [a for a in axes if a not in (x, y, facet)]
+    ok = _ok(runs)
+    cells = runs.groupby("group", observed=True)[[a for a in (x, y, facet) if a]].first()
+    cells = cells.join(ok.groupby("group", observed=True).agg(mean=(metric, "mean")), how="left")
+    cells["failed"] = runs.groupby("group", observed=True).status.agg(
+        lambda s: not s.isin(INCLUDED_STATUSES).any())
+    facets = sorted(cells[facet].dropna().unique())[:8] if facet else [None]
+    vals = cells["mean"].dropna()
+    if not len(vals):
+        return _empty(title or "Heatmap", f"No completed run has a final {metric}.")
+    ncols = min(4, len(facets))
+    nrows = math.ceil(len(facets) / ncols)
+    xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
+    w = max(3.4, 0.62 * len(xs) + 1.4)
+    h = max(2.8, 0.45 * len(ys) + 1.2)
+    fig, axs = _subplots(nrows, ncols, figsize=(w * ncols + 1.0, h * nrows + 0.4),
+                         squeeze=False)
+    norm = Normalize(vals.min(), vals.max())
+    cmap = plt.get_cmap("viridis_r").copy()
+    cmap.set_bad("#eeeeee")
+    annotate = len(xs) * len(ys) <= 150
+    for ax, fv in zip(axs.flat, facets):
+        sub = cells if facet is None else cells[cells[facet] == fv]
+        grid = sub.groupby([y, x])["mean"].min().unstack(x).reindex(index=ys, columns=xs)
+        fail = sub.groupby([y, x])["failed"].all().unstack(x).reindex(index=ys, columns=xs)
+        ax.imshow(np.ma.masked_invalid(grid.to_numpy(float)), cmap=cmap, norm=norm,
+                  aspect="auto", origin="lower")
+        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
+            if np.isfinite(v) and annotate:
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7.5,
+                        color="white" if norm(v) > 0.6 else "black")
+            elif pd.notna(fail.iloc[i, j]) and bool(fail.iloc[i, j]):
+                ax.text(j, i, "diverged", ha="center", va="center", fontsize=7,
+                        color=DIVERGED_COLOR, fontweight="bold")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs], rotation=45 if len(xs) > 8 else 0)
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(_axis_name(x))
+        ax.set_ylabel(_axis_name(y))
+        ax.grid(False)
+        if facet is not None:
+            ax.set_title(f"{_axis_name(facet)} = {fv:g}")
+    for ax in axs.flat[len(facets):]:
+        ax.set_visible(False)
+    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, shrink=0.9)
+    cb.set_label(f"mean {METRIC_LABELS.get(metric, metric)}")
+    sub = f"variant {main}; cell: mean over seeds (lower is better, brighter); grey: not in " \
+          "the sweep"
+    if rest:
+        sub += "; best over " + ", ".join(_axis_name(a) for a in rest)
+    if others:
+        sub += f"; not shown: variant(s) {', '.join(others)}"
+    return _finish(fig, title or f"Final validation loss over {_axis_name(y)} x {_axis_name(x)}"
+                   + (f" by {_axis_name(facet)}" if facet else ""), sub)
+
+
+def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: str = "val_loss",
+                   max_whiskers: int = 6, title: str | None = None) -> plt.Figure:
+    """Final ``metric`` against the learning rate (log x), one line per configuration (runs that
+    differ only in LR, :func:`lmablate.harvest.lr_lines`); each line's best LR starred; runs that
+    did not complete as crosses on the top edge at their LR. Interval whiskers (slightly offset
+    per line) up to ``max_whiskers`` lines; beyond that only the seeds are drawn."""
+    from .harvest import lr_lines
+
+    style()
+    if "train.lr" not in runs or runs["train.lr"].nunique() < 2:
+        return _empty(title or "Learning-rate sensitivity", "The learning rate does not vary.")
+    ref, _ = reference_group(runs, baseline)
+    runs = runs.assign(line=lr_lines(runs))
+    ok = _ok(runs)
+    ok = ok[ok[metric].notna()]
+    ref_mean = ok[ok.group == ref][metric].mean() if ref is not None else float("nan")
+    n_lr = runs.groupby("line")["train.lr"].nunique()
+    single = sorted(n_lr[n_lr < 2].index)
+    runs = runs[runs.line.isin(n_lr[n_lr >= 2].index)]
+    ok = ok[ok.line.isin(runs.line)]
+    fig, ax = _subplots(figsize=(10.5, 6))
+    ax.set_xscale("log")
+    if len(ok):
+        ax.set_ylim(*_data_limits(ok[metric].tolist(), pad=0.1))
+    if np.isfinite(ref_mean) and not (ok.group == ref).any():
+        ax.axhline(ref_mean, color=REFERENCE_COLOR, ls="--", lw=1,
+                   label=f"{ref} (reference, one LR): mean")
+    means = ok.groupby("line")[metric].mean().sort_values()
+    lines = list(means.index) + [k for k in dict.fromkeys(runs.line) if k not in means.index]
+    colors = sns.color_palette("colorblind", 10) if len(lines) <= 10 else \
+        sns.color_palette("husl", len(lines))
+    pal = dict(zip(lines, colors))
+    whiskers = len(lines) <= max_whiskers
+    clipped = False
+    for k, key in enumerate(lines):
+        sel = ok[ok.line == key]
+        dodge = 10 ** (0.012 * (k - (len(lines) - 1) / 2)) if whiskers else 1.0
+        pts = []
+        for lr, g in sel.groupby("train.lr"):
+            s = summarize(g[metric].tolist())
+            pts.append((lr, s))
+            ax.scatter([lr * dodge] * len(g), g[metric], color=pal[key], s=12, alpha=0.6,
+                       zorder=3)
+            if whiskers and s.n > 1:
+                clipped |= _whisker(ax, s.mean, s.ci_low, s.ci_high, lr * dodge, pal[key],
+                                    horizontal=False)
+        if pts:
+            ns = sorted({p[1].n for p in pts})
+            ax.plot([p[0] * dodge for p in pts], [p[1].mean for p in pts], "-o", color=pal[key],
+                    lw=1.8, ms=5, zorder=4,
+                    label=f"{key} (n={'/'.join(map(str, ns))} per LR)")
+            best = min(pts, key=lambda p: p[1].mean)
+            ax.plot(best[0] * dodge, best[1].mean, "*", color=pal[key], ms=15, mec="black",
+                    mew=0.6, zorder=5)
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    if len(bad):
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        for key, b in bad.groupby("line"):
+            ax.scatter(b["train.lr"], [0.98] * len(b), marker="x", s=60, lw=2.2,
+                       color=pal.get(key, DIVERGED_COLOR), transform=trans, clip_on=False,
+                       zorder=6)
+        ax.scatter([], [], marker="x", color=DIVERGED_COLOR, label=f"did not complete "
+                   f"({len(bad)} runs; top edge, colour of their line)")
+    ax.plot([], [], "*", color="grey", ms=12, mec="black", label="best LR of the line")
+    ax.set_xlabel("peak learning rate (log scale)")
+    _log_ticks(ax.xaxis, eng=False)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5)
+    notes = []
+    if clipped:
+        notes.append("Arrow heads: an interval continues beyond the axis (scaled to the data).")
+    if single:
+        notes.append(f"Not shown (one LR only): {' | '.join(single)}.")
+    if not whiskers:
+        notes.append(f"{len(lines)} lines: intervals are left out for legibility (seeds are "
+                     "drawn); analysis.txt has every group's interval.")
+    return _finish(fig, title or "Learning-rate sensitivity",
+                   "line: mean over seeds per LR; dots: seeds"
+                   + ("; whisker: 95% Student-t interval" if whiskers else ""), notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# efficiency, calibration, mixture of experts
+
+
+def efficiency(runs: pd.DataFrame, baseline: str = "baseline", *, title: str | None = None
+               ) -> plt.Figure:
+    """Training throughput and peak memory against model size (per group when the study spans
+    fewer than three sizes). Every run counts here, those that did not complete included
+    (crosses): their speed was measured all the same."""
+    style()
+    cols = [c for c in ("tokens_per_s", "peak_mem_mb") if c in runs and runs[c].notna().any()]
+    if not cols:
+        return _empty(title or "Throughput and memory", "No run recorded throughput or memory.")
+    ref, _ = reference_group(runs, baseline)
+    order = _order(runs)
+    by_size = "params_total" in runs and spans_sizes(runs.params_total.dropna().tolist())
+    fig, axs = _subplots(1, len(cols), figsize=(6.2 * len(cols), 4.8 if by_size else
+                                                0.4 * len(order) + 2.4), squeeze=False)
+    done = runs.status.isin(INCLUDED_STATUSES)
+    color_by = _color_axis(runs) if by_size and runs.group.nunique() > 10 else None
+    if color_by and runs[color_by].notna().all():
+        vcolors, mappable = _value_colors(runs[color_by].tolist())
+        colors = runs[color_by].map(vcolors)
+    else:
+        color_by = None
+        pal = group_palette(runs.group, ref)
+        colors = runs.group.map(pal)
+    for ax, col in zip(axs[0], cols):
+        if by_size:
+            ax.scatter(runs.params_total[done], runs[col][done], c=list(colors[done]), s=28,
+                       edgecolor="black", lw=0.4, zorder=3)
+            ax.scatter(runs.params_total[~done], runs[col][~done], color=DIVERGED_COLOR,
+                       marker="x", s=40, zorder=4)
+            ax.set_xscale("log")
+            ax.set_xlabel("total parameters (log scale)")
+            _log_ticks(ax.xaxis)
+            _eng(ax.yaxis)
+            ax.set_ylabel(METRIC_LABELS[col])
+        else:
+            for i, g in enumerate(order):
+                sel = runs[runs.group == g]
+                d = done[sel.index]
+                ax.scatter(sel[col][d], [i] * int(d.sum()), color=colors[sel.index][d].tolist(),
+                           s=26, edgecolor="black", lw=0.4, zorder=3)
+                ax.scatter(sel[col][~d], [i] * int((~d).sum()), color=DIVERGED_COLOR,
+                           marker="x", s=40, zorder=3)
+                m = sel[col].mean()
+                if np.isfinite(m):
+                    ax.plot([m, m], [i - 0.3, i + 0.3], color=colors[sel.index[0]], lw=2.5,
+                            zorder=2)
+            ax.set_yticks(range(len(order)), order if ax is axs[0, 0] else [""] * len(order))
+            ax.set_ylim(len(order) - 0.5, -0.5)
+            ax.set_xlabel(METRIC_LABELS[col])
+            _eng(ax.xaxis)
+    if by_size and color_by:
+        _axis_legend(fig, axs[0, -1], _axis_name(color_by), vcolors, mappable)
+    elif by_size and runs.group.nunique() <= 10:
+        for g in dict.fromkeys(runs.group):
+            axs[0, -1].scatter([], [], color=pal[g], label=g)
+        axs[0, -1].legend(loc="best")
+    dev = runs.device.dropna().unique().tolist() if "device" in runs else []
+    notes = []
+    if "peak_mem_mb" in cols:
+        notes.append("Peak memory: CUDA memory allocated on a GPU; on a CPU the peak resident "
+                     "size of the whole training process (Python and torch included)."
+                     if any(str(d).startswith("cpu") for d in dev) else
+                     "Peak memory: CUDA memory allocated by the training process.")
+    if (~done).any():
+        notes.append("Red crosses: runs that did not complete (their throughput still counts).")
+    return _finish(fig, title or ("Throughput and peak memory vs model size" if by_size else
+                                  "Throughput and peak memory per group"),
+                   ("short line: group mean; dots: runs" if not by_size else "one dot per run")
+                   + (f"; colour: {_axis_name(color_by)}" if color_by else "")
+                   + (f"; device: {', '.join(map(str, dev))}" if dev else ""), notes)
+
+
+def calibration(runs: pd.DataFrame, reliability: pd.DataFrame, baseline: str = "baseline", *,
+                max_groups: int = 6, title: str | None = None) -> plt.Figure:
+    """Reliability diagram of each group's final evaluation: accuracy against confidence per
+    confidence bin (seeds pooled, weighted by tokens), the diagonal is perfect calibration;
+    below, the share of tokens in each bin. ECE per group in the legend. With many groups: the
+    reference and the best groups by loss."""
+    style()
+    ok_ids = set(_ok(runs).run_id)
+    rel = reliability[reliability.run_id.isin(ok_ids) & (reliability["count"] > 0)] \
+        if len(reliability) else reliability
+    if not len(rel):
+        return _empty(title or "Calibration", "No completed run has reliability bins "
+                      "(imported runs and runs that did not complete have none).")
+    ref, _ = reference_group(runs, baseline)
+    order = [g for g in _order(runs) if g in set(rel.group)]
+    shown = ([ref] if ref in order else []) + [g for g in order if g != ref]
+    hidden = max(0, len(shown) - max_groups)
+    shown = shown[:max_groups]
+    pal = _palette_for(runs, shown, ref)
+    fig, (ax, hx) = _subplots(2, 1, figsize=(7.5, 8.5), sharex=True,
+                              gridspec_kw={"height_ratios": [3, 1.1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="#999999", lw=1, label="perfect calibration")
+    for g in shown:
+        sel = rel[rel.group == g].assign(wc=lambda d: d.confidence * d["count"],
+                                         wa=lambda d: d.accuracy * d["count"])
+        agg = sel.groupby("bin").agg(count=("count", "sum"), wc=("wc", "sum"), wa=("wa", "sum"))
+        conf, acc = agg.wc / agg["count"], agg.wa / agg["count"]
+        share = agg["count"] / agg["count"].sum()
+        ece = float((share * (acc - conf).abs()).sum())
+        lw = 2.6 if g == ref else 1.6
+        ax.plot(conf, acc, "-o", color=pal[g], lw=lw, ms=4,
+                label=f"{g} (ECE {ece:.3f}, n={sel.run_id.nunique()})")
+        hx.plot(conf, share, "-", color=pal[g], lw=lw, drawstyle="steps-mid")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy of the top-1 prediction (fraction)")
+    ax.legend(loc="upper left")
+    hx.set_yscale("log")
+    hx.set_ylabel("share of tokens (log)")
+    hx.set_xlabel("confidence of the top-1 prediction (bin mean)")
+    notes = [f"{hidden} more group(s) not shown (the reference and the best by loss are); every "
+             "run's bins are in reliability.parquet."] if hidden else []
+    return _finish(fig, title or "Calibration: reliability diagram of the final evaluation",
+                   "seeds pooled per group, weighted by tokens per bin; points above the "
+                   "diagonal: under-confident; ECE = token-weighted |accuracy - confidence|",
+                   notes)
+
+
+def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline", *,
+             max_groups: int = 4, title: str | None = None) -> plt.Figure:
+    """Mixture-of-experts routing: per MoE group, each expert's share of the routed training
+    tokens over training (one seed: expert identities differ between seeds), as a heatmap of
+    log2(share / uniform share); below, the Gini coefficient and entropy of the load (thick:
+    mean over seeds with 95% band; thin: seeds), which are comparable across seeds."""
+    style()
+    x = progress_column(curves)
+    load = curves[curves.split == "expert"]
+    if not len(load):
+        return _empty(title or "Mixture-of-experts load", "No run logged expert load "
+                      "(dense models only).")
+    groups = [g for g in _order(runs) if g in set(load.group)]
+    hidden = max(0, len(groups) - max_groups)
+    groups = groups[:max_groups]
+    fig = plt.figure(figsize=(max(10.0, 4.2 * len(groups) + 1.5), 8.6), layout="constrained")
+    outer = fig.add_gridspec(2, 1, height_ratios=[1.2, 1])
+    top = outer[0].subgridspec(1, len(groups))
+    bottom = outer[1].subgridspec(1, 2)
+    mats = {}
+    for g in groups:
+        sel = load[load.group == g]
+        rid = sel.sort_values("seed").run_id.iloc[0]
+        one = sel[sel.run_id == rid]
+        mat = one.pivot_table(index="metric", columns=x, values="value", observed=True)
+        mat.index = [int(str(i).split("_")[1]) for i in mat.index]
+        mats[g] = (mat.sort_index(), one.seed.iloc[0])
+    logs = [np.log2(np.clip(m.to_numpy() * len(m), 1e-3, None)) for m, _ in mats.values()]
+    vmax = max(0.5, math.ceil(2 * max(float(np.abs(v).max()) for v in logs)) / 2)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
+    heat_axes = []
+    fmt = ticker.EngFormatter(sep="", places=0)
+    for k, (g, rel) in enumerate(zip(groups, logs)):
+        mat, seed = mats[g]
+        ax = fig.add_subplot(top[0, k])
+        order = np.argsort(-rel[:, -1])  # the busiest expert at the end of training on top
+        ax.imshow(rel[order], aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
+        ticks = np.unique(np.linspace(0, mat.shape[1] - 1, min(5, mat.shape[1])).round()
+                          .astype(int))
+        ax.set_xticks(ticks, [fmt(mat.columns[t]) for t in ticks])
+        if len(mat) <= 16:
+            ax.set_yticks(range(len(mat)), [f"expert {mat.index[i]}" for i in order])
+        ax.set_xlabel(_x_label(x))
+        ax.set_ylabel(f"{len(mat)} experts, busiest at the end on top")
+        ax.set_title(f"{g} (seed {seed})")
+        ax.grid(False)
+        heat_axes.append(ax)
+    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="RdBu_r"), ax=heat_axes,
+                      shrink=0.9)
+    cb.set_label("log2(share / uniform share)")
+    pal = group_palette(groups, None)
+    for k, (metric, label) in enumerate((("expert_gini", "Gini coefficient of expert load\n"
+                                                         "(0 = even, 1 = one expert)"),
+                                         ("expert_entropy", "entropy of expert load (bits)"))):
+        ax = fig.add_subplot(bottom[0, k])
+        c = curves[(curves.metric == metric) & curves.group.isin(groups)]
+        maxent = sorted({math.log2(load[load.group == g].metric.nunique()) for g in groups})
+        for g in groups:
+            gc = c[c.group == g]
+            band = _curve_band(gc, x)
+            if not len(band):
+                continue
+            n = gc.run_id.nunique()
+            ax.plot(band[x], band["mean"], color=pal[g], lw=2.2, label=f"{g} (n={n})")
+            for _, s in gc.groupby("run_id", observed=True):
+                ax.plot(s[x], s.value, color=pal[g], lw=0.8, alpha=0.45)
+            if n > 1:
+                ax.fill_between(band[x], band.lo, band.hi, color=pal[g], alpha=0.1, lw=0)
+        vals = c.value[np.isfinite(c.value)].tolist()
+        if metric == "expert_entropy":
+            for v in maxent:
+                ax.axhline(v, color="#777777", ls="--", lw=1)
+                ax.annotate(f"uniform: log2({2 ** v:.0f}) = {v:.2f} bits", (0.01, v),
+                            xycoords=("axes fraction", "data"), va="bottom", fontsize=7.5,
+                            color="#555555")
+            vals += maxent
+        if vals:
+            ax.set_ylim(*_data_limits(vals, pad=0.12))
+        ax.set_xlabel(_x_label(x))
+        _eng(ax.xaxis)
+        ax.set_ylabel(label)
+        ax.legend(loc="best")
+    notes = [f"{hidden} more MoE group(s) not shown."] if hidden else []
+    notes.append("Bands extend beyond the axes where the 95% interval is wider than the data "
+                 "(few seeds).")
+    return _finish(fig, title or "Mixture-of-experts routing load",
+                   "top: share of routed training tokens per expert between evaluations; "
+                   "bottom: load balance over training", notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# dispatch and saving
+
+
+def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str = "baseline",
+         reliability: pd.DataFrame | None = None, summary: Mapping[str, Any] | None = None,
+         title: str | None = None, **options: Any) -> plt.Figure:
+    """The figure of ``kind`` (a key of :data:`lmablate.harvest.FIGURE_KINDS`)."""
+    if kind == "loss_curves":
+        return loss_curves(runs, curves, baseline, title=title, **options)
+    if kind == "final_metric":
+        return final_metric(runs, baseline, title=title, **options)
+    if kind == "params_vs_loss":
+        return params_vs_loss(runs, baseline, title=title, **options)
+    if kind == "scaling_law":
+        fit = (summary or {}).get("scaling") if summary is not None else None
+        return scaling_law(runs, fit, title=title, **options)
+    if kind == "heatmap":
+        return heatmap(runs, title=title, **options)
+    if kind == "lr_sensitivity":
+        return lr_sensitivity(runs, baseline, title=title, **options)
+    if kind == "efficiency":
+        return efficiency(runs, baseline, title=title, **options)
+    if kind == "calibration":
+        rel = reliability if reliability is not None else pd.DataFrame(
+            columns=["run_id", "group", "bin", "confidence", "accuracy", "count"])
+        return calibration(runs, rel, baseline, title=title, **options)
+    if kind == "moe_load":
+        return moe_load(runs, curves, baseline, title=title, **options)
+    raise ValueError(f"unknown figure kind {kind!r}")
 
 
 def save(fig: plt.Figure, path: str | Path) -> None:
     """Save atomically (temp file then rename) and close the figure."""
-    import os
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, bbox_inches="tight")
+    fig.savefig(tmp, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     os.replace(tmp, path)

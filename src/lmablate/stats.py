@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as st
 
-__all__ = ["Summary", "summarize", "compare", "Comparison"]
+__all__ = ["Summary", "summarize", "compare", "Comparison", "holm", "pareto_front", "t_quantile"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class Summary:
         return asdict(self)
 
 
+@lru_cache(maxsize=1024)
+def t_quantile(q: float, df: float) -> float:
+    """Student-t quantile, cached: a 1,000-run study asks for the same few thousands of times."""
+    return float(st.t.ppf(q, df))
+
+
+def _p_two_sided(t: float, df: float) -> float:
+    return float(2 * st.t.sf(abs(t), df))
+
+
 def _clean(values: Sequence[float]) -> np.ndarray:
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     return arr[np.isfinite(arr)]
@@ -45,7 +56,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary | No
     if len(x) == 1:
         return Summary(1, mean, 0.0, mean, mean, mean, mean)
     std = float(x.std(ddof=1))
-    half = float(st.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / math.sqrt(len(x)))
+    half = t_quantile(0.5 + confidence / 2, len(x) - 1) * std / math.sqrt(len(x))
     return Summary(len(x), mean, std, mean - half, mean + half, float(x.min()), float(x.max()))
 
 
@@ -86,8 +97,9 @@ def compare(variant: Sequence[float], baseline: Sequence[float],
         vb = dict(zip(variant_seeds, v))
         diffs = np.asarray([vb[s] - bb for s, bb in zip(baseline_seeds, b)])
         sd = float(diffs.std(ddof=1))
-        half = float(st.t.ppf(q, len(diffs) - 1) * sd / math.sqrt(len(diffs)))
-        p = float(st.ttest_rel([vb[s] for s in baseline_seeds], b).pvalue) if sd > 0 else (
+        se = sd / math.sqrt(len(diffs))
+        half = t_quantile(q, len(diffs) - 1) * se
+        p = _p_two_sided(float(diffs.mean()) / se, len(diffs) - 1) if sd > 0 else (
             0.0 if delta != 0 else 1.0)
         return Comparison(delta, rel, delta - half, delta + half, p, "paired t", len(v), len(b))
     if len(v) < 2 or len(b) < 2:
@@ -98,6 +110,36 @@ def compare(variant: Sequence[float], baseline: Sequence[float],
         return Comparison(delta, rel, delta, delta, 0.0 if delta else 1.0, "Welch t", len(v),
                           len(b))
     df = (va + vb_) ** 2 / (va**2 / (len(v) - 1) + vb_**2 / (len(b) - 1))
-    half = float(st.t.ppf(q, df) * se)
-    p = float(st.ttest_ind(v, b, equal_var=False).pvalue)
+    half = t_quantile(q, float(df)) * se
+    p = _p_two_sided(delta / se, float(df))
     return Comparison(delta, rel, delta - half, delta + half, p, "Welch t", len(v), len(b))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (same order; None stays None).
+
+    A study compares every variant with the baseline, so some raw p < 0.05 are expected by chance
+    alone; Holm's step-down adjustment controls the family-wise error rate without assuming the
+    tests are independent (they are not: they share the baseline's seeds).
+    """
+    idx = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
+    order = sorted(idx, key=lambda i: p_values[i])
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+def pareto_front(cost: Sequence[float], loss: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both cost and loss (lower is better for
+    both), ordered by cost: the configurations worth choosing at some budget."""
+    pts = sorted((c, l_, i) for i, (c, l_) in enumerate(zip(cost, loss))
+                 if math.isfinite(c) and math.isfinite(l_))
+    front, best = [], math.inf
+    for c, l_, i in pts:
+        if l_ < best:
+            front.append(i)
+            best = l_
+    return front

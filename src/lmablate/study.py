@@ -50,6 +50,7 @@ TOP_KEYS = {
     "defaults": "Model and train settings every run starts from.",
     "sweep": "variants / grid / zip / where / seeds.",
     "baseline": "Variant that deltas, plots and tests compare against (default: baseline).",
+    "figures": "Pick and name the study's figures (default: every figure its sweep axes support).",
     "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

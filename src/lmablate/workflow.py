@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import LmablateError
 
-__all__ = ["run_step", "setup_logging", "train_tokenizer_step", "train_run_step",
+__all__ = ["run_step", "setup_logging", "train_tokenizer_step", "tokenize_step", "train_run_step",
            "plot_study_step"]
 
 
@@ -40,51 +40,93 @@ def run_step(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def train_tokenizer_step(manifest: str, tokenizer: Mapping[str, Any], val_fraction: float,
+def train_tokenizer_step(manifest: str | None, tokenizer: Mapping[str, Any], val_fraction: float,
                          out: str) -> dict:
+    """Build the tokenizer from the train side of the corpus (a copy for ``kind: file``)."""
     from .config import TokenizerConfig, from_dict
-    from .corpora import is_val, iter_documents, load_manifest
+    from .corpora import load_manifest, split_documents
     from .tokenizer import build_tokenizer
 
     cfg = from_dict(TokenizerConfig, dict(tokenizer), "tokenizer")
-    man = load_manifest(manifest)
-    docs = (d for d in iter_documents(man) if not is_val(d, val_fraction))
+    docs = iter(())
+    if manifest:
+        man = load_manifest(manifest)
+        docs = (d for _, d in split_documents(man, val_fraction, split="train"))
     meta = build_tokenizer(cfg, docs, out)
     logging.getLogger("lmablate").info("tokenizer: %s", meta)
     return meta
+
+
+def tokenize_step(spec: Mapping[str, Any], manifest: str | None, tokenizer: str | None, out: str,
+                  val_fraction: float) -> dict:
+    """Text corpora are encoded with the tokenizer; pre-tokenized (hdf5) ones are imported."""
+    from .corpora import located
+    from .tokens import encode_corpus, import_hdf5
+
+    if spec["source"] == "hdf5":
+        return import_hdf5(located(spec), out, tokenizer_path=tokenizer)
+    return encode_corpus(manifest, tokenizer, out, val_fraction=val_fraction)
 
 
 RUN_META_KEYS = ("run_id", "variant", "seed", "axes", "diff", "data_id", "tok_id")
 
 
 def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, study: str,
-                   ckpt_dir: str, threads: int | None = None, device: str = "auto") -> dict:
-    """Train one run of a study from its ``Run.to_dict()``."""
-    from .config import SECTIONS
-    from .gpu import claim_device
+                   ckpt_dir: str, threads: int | None = None, device: str = "auto",
+                   runs_per_gpu: int | None = None) -> dict:
+    """Train one run of a study from its ``Run.to_dict()`` on a GPU slot (or the CPU).
+
+    ``runs_per_gpu``: runs sharing one GPU; default from the model size
+    (:func:`lmablate.gpu.default_runs_per_gpu`)."""
+    from . import accounting
+    from .config import SECTIONS, ModelConfig, from_dict
+    from .gpu import claim_device, default_runs_per_gpu
     from .train import train
 
     cfg = {k: run[k] for k in SECTIONS}
     meta = {"study": study, **{k: run[k] for k in RUN_META_KEYS if k in run}}
-    with claim_device(device) as dev:
+    if runs_per_gpu is None:
+        model = from_dict(ModelConfig, cfg["model"])
+        vocab = model.vocab_size or cfg["tokenizer"].get("vocab_size", 50_000)
+        runs_per_gpu = default_runs_per_gpu(accounting.param_counts(model, vocab, 1024)["total"])
+    with claim_device(device, slots=runs_per_gpu) as dev:
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
                      device=dev, threads=threads)
 
 
 def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str], *,
-                    baseline: str, study: str) -> None:
+                    baseline: str, study: str,
+                    figures: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Draw each requested figure (output name -> path) from the harvested tables.
+
+    ``figures`` maps output names to ``{"kind": ..., options}`` (the plan the Snakefile made with
+    :func:`lmablate.harvest.plan_figures`); without it the plan is rebuilt from the runs table,
+    which gives the same names because it reads the same config columns. The calibration bins and
+    the scaling fit are read from reliability.parquet and summary.json beside the runs table.
+    """
+    import json
+
     import pandas as pd
 
     from . import plots
+    from .harvest import DEFAULT_FIGURES, load_reliability, plan_figures
 
     runs, curves = pd.read_parquet(runs_path), pd.read_parquet(curves_path)
-    figures = {
-        "loss_curves": lambda: plots.loss_curves(runs, curves, baseline,
-                                                 title=f"{study}: validation loss vs {baseline} "
-                                                       "(mean, 95% CI over seeds)"),
-        "final_val_loss": lambda: plots.final_metric(runs, baseline, "val_loss",
-                                                     title=f"{study}: final validation loss per "
-                                                           "variant (mean, 95% CI; dots = seeds)"),
-    }
+    results = Path(runs_path).parent
+    summary_path = results / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    reliability = load_reliability(results)
+    plan = dict(figures) if figures else plan_figures(runs.to_dict("records"))
+    log = logging.getLogger("lmablate")
     for name, path in outputs.items():
-        plots.save(figures[name](), path)
+        spec = plan.get(name)
+        if spec is None and name in DEFAULT_FIGURES:
+            kind, opts = DEFAULT_FIGURES[name]
+            spec = {"kind": kind, **opts}
+        if spec is None:
+            raise ValueError(f"figure {name!r} is not in the figure plan {sorted(plan)}")
+        opts = {k: v for k, v in spec.items() if k != "kind"}
+        fig = plots.draw(spec["kind"], runs, curves, baseline=baseline, summary=summary,
+                         reliability=reliability, **opts)
+        plots.save(fig, path)
+        log.info("%s: %s -> %s", study, name, path)
