@@ -18,6 +18,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 include: "rules/harvest.smk"
 include: "rules/report.smk"
 
@@ -32,3 +33,4 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+        get_task_outputs(),

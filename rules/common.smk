@@ -5,6 +5,7 @@ import sys
 
 import lmablate
 import lmablate.corpora
+import lmablate.evaluation
 from lmablate.harvest import plan_figures, planned_rows
 from snakemake.utils import min_version, validate
 
@@ -72,9 +73,38 @@ def get_run_finals(wildcards):
     return [f"{run_dir(r)}/final.json" for r in RUNS]
 
 
+# Downstream tasks (only for studies with `eval_tasks:`; rules/evaluate.smk).
+EVAL = None
+try:
+    EVAL = lmablate.evaluation.study_eval(STUDY)
+except lmablate.ConfigError as err:
+    sys.exit(f"lmablate: {err}")
+
+
+def get_task_outputs():
+    """tasks.json (and harness.json) of every run, for `rule all` and harvest; [] without
+    eval_tasks."""
+    if EVAL is None:
+        return []
+    names = (["tasks.json"] if EVAL.config.tasks else []) + (
+        ["harness.json"] if EVAL.harness else []
+    )
+    return [f"{run_dir(r)}/{name}" for r in RUNS for name in names]
+
+
+def get_eval_task_inputs(wildcards):
+    return EVAL.inputs[wildcards.task_id]
+
+
+def get_run_tokenizer(wildcards):
+    return f"resources/tokenizers/{dataset_of(RUNS[wildcards.run_id])}/tokenizer.json"
+
+
 # The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
 # every figure the sweep axes support, or the study's own `figures:` pick.
 FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
+if EVAL is not None and not STUDY.doc.get("figures"):
+    FIGURES["tasks"] = {"kind": "tasks"}
 FIGURE_SUBCATEGORY = {
     "loss_curves": "Loss",
     "final_metric": "Loss",
@@ -85,6 +115,7 @@ FIGURE_SUBCATEGORY = {
     "efficiency": "Efficiency and calibration",
     "calibration": "Efficiency and calibration",
     "moe_load": "Mixture of experts",
+    "tasks": "Downstream tasks",
 }
 
 

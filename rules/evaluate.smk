@@ -5,34 +5,6 @@
 # trained run is scored into results/<study>/runs/<run_id>/tasks.json, and with
 # `eval_tasks.harness.tasks` also through lm-evaluation-harness into harness.json.
 
-import lmablate.evaluation
-
-EVAL = None
-try:
-    EVAL = lmablate.evaluation.study_eval(STUDY)
-except lmablate.ConfigError as err:
-    sys.exit(f"lmablate: {err}")
-
-
-def get_task_outputs():
-    """tasks.json (and harness.json) of every run, for `rule all` and harvest; [] without
-    eval_tasks."""
-    if EVAL is None:
-        return []
-    names = (["tasks.json"] if EVAL.config.tasks else []) + (
-        ["harness.json"] if EVAL.harness else []
-    )
-    return [f"{run_dir(r)}/{name}" for r in RUNS for name in names]
-
-
-def get_eval_task_inputs(wildcards):
-    return EVAL.inputs[wildcards.task_id]
-
-
-def get_run_tokenizer(wildcards):
-    return f"resources/tokenizers/{dataset_of(RUNS[wildcards.run_id])}/tokenizer.json"
-
-
 if EVAL is not None:
 
     rule prepare_eval_task:
@@ -46,6 +18,8 @@ if EVAL is not None:
             "benchmarks/prepare_eval_task/{task_id}.tsv"
         wildcard_constraints:
             task_id=r"[A-Za-z0-9_-]+",
+        conda:
+            "../envs/train.yaml"
         params:
             name=lambda w: EVAL.specs[w.task_id].name,
             identity=lambda w: canonical(EVAL.identity(w.task_id)),
@@ -66,6 +40,8 @@ if EVAL is not None:
             f"logs/{NAME}/evaluate_tasks/{{run_id}}.log",
         benchmark:
             f"benchmarks/{NAME}/evaluate_tasks/{{run_id}}.tsv"
+        conda:
+            "../envs/train.yaml"
         threads: EXECUTION.get("train_threads", 1)
         resources:
             gpu=gpus_per_run(),
@@ -88,6 +64,8 @@ if EVAL is not None:
             f"logs/{NAME}/evaluate_harness/{{run_id}}.log",
         benchmark:
             f"benchmarks/{NAME}/evaluate_harness/{{run_id}}.tsv"
+        conda:
+            "../envs/eval.yaml"
         threads: EXECUTION.get("train_threads", 1)
         resources:
             gpu=gpus_per_run(),

@@ -182,6 +182,11 @@ def load_run(run_dir: str | Path) -> RunData:
               "vocab_size", "epochs", "device", "precision", *FINAL_METRICS):
         row[k] = final.get(k)
     row["flops"] = (final.get("flops_per_token") or 0) * (final.get("tokens") or 0) or None
+    for fname, prefix in (("tasks.json", "task"), ("harness.json", "harness")):
+        if (d / fname).is_file():  # downstream tasks (lmablate.evaluation), joined as columns
+            from .evaluation.runner import tasks_to_columns
+
+            row.update(tasks_to_columns(_read_json(d / fname), prefix))
     rel = final.get("reliability")
     return RunData(row, curve_blocks(_read_jsonl(d / "metrics.jsonl")),
                    rel if isinstance(rel, Mapping) else None)
@@ -330,6 +335,8 @@ FIGURE_KINDS = {  # kind -> what it shows (RESULTS.md; report captions say more)
                    "per bin, with the expected calibration error.",
     "moe_load": "Mixture-of-experts routing: each expert's share of tokens over training, and "
                 "the Gini coefficient and entropy of the load.",
+    "tasks": "Downstream task accuracy per group (seed dots, mean with 95% CI), with the "
+             "chance line.",
     "scaling_law": "Final loss against parameters with the fitted scaling law "
                    "L(N) = E + A/N^alpha (and L(N, D) when budgets vary), bootstrap bands.",
 }

@@ -1135,6 +1135,10 @@ def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str =
         return calibration(runs, rel, baseline, title=title, **options)
     if kind == "moe_load":
         return moe_load(runs, curves, baseline, title=title, **options)
+    if kind == "tasks":
+        from .evaluation.figure import plot_tasks
+
+        return plot_tasks(runs, baseline, title=title, **options)
     raise ValueError(f"unknown figure kind {kind!r}")
 
 

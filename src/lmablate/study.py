@@ -50,6 +50,8 @@ TOP_KEYS = {
     "defaults": "Model and train settings every run starts from.",
     "sweep": "variants / grid / zip / where / seeds.",
     "baseline": "Variant that deltas, plots and tests compare against (default: baseline).",
+    "eval_tasks": "Downstream tasks scored on every run (lmablate.evaluation): tasks (names, "
+                  "presets such as smallbench, or mappings), mode, limit, finetune, harness.",
     "figures": "Pick and name the study's figures (default: every figure its sweep axes support).",
     "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
 }
