@@ -4,7 +4,9 @@
 
 rule train_model:
     input:
-        tokens=get_tokens,
+        # ancient: the store's identity is in the run ID (data_id), so its mtime (a rebuilt or
+        # touched file) must never re-run, and so delete, finished runs
+        tokens=ancient(get_tokens),
     output:
         final=f"results/{NAME}/runs/{{run_id}}/final.json",
         config=f"results/{NAME}/runs/{{run_id}}/config.yaml",

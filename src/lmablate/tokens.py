@@ -181,6 +181,9 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
     tok = load_tokenizer(tokenizer_path)
     meta_path = Path(tokenizer_path).with_name("tokenizer_meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("sha256") and sha256_file(tokenizer_path) != meta["sha256"]:
+        raise DataError(f"{tokenizer_path}: changed since it was built (sha256 mismatch with "
+                        "tokenizer_meta.json); delete it to rebuild it")
     vocab = tok.get_vocab_size()
     eot = meta.get("eot_id")
     dtype = _dtype_for(vocab)
