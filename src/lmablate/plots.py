@@ -503,6 +503,10 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     bounds = [v for st_ in stats.values() if st_ is not None and st_.n > 1
               for v in (st_.ci_low, st_.ci_high)]
     ax.set_xlim(*_limits_with_intervals(values, bounds, log=geometric))
+    lo, hi = ax.get_xlim()
+    if geometric and hi / lo < 10:  # within a decade matplotlib labels minor ticks "4.4 x 10^1"
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_ylim(len(order) - 0.5, -0.5)
     trans = blended_transform_factory(ax.transAxes, ax.transData)
     clipped = False
