@@ -143,6 +143,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _solve(args: argparse.Namespace) -> int:
     from .config import ModelConfig, TokenizerConfig, from_dict
+    from .errors import ConfigError
     from .solve import TOLERANCE, model_vocab, solve
 
     model = from_dict(ModelConfig, {"d_model": args.d_model, "n_heads": args.n_heads,
@@ -151,6 +152,8 @@ def _solve(args: argparse.Namespace) -> int:
                                     "vocab_multiple": args.vocab_multiple,
                                     "embedding_share": args.embedding_share,
                                     "glu_expansion": args.glu_expansion}, "model")
+    if args.vocab is not None and args.vocab < 2:
+        raise ConfigError(f"expected an integer >= 2, got {args.vocab}", key="--vocab")
     vocab = model_vocab(model, TokenizerConfig(vocab_size=args.vocab))
     sol = solve(model, vocab, args.seq_len, model.params_target,
                 embedding_share=args.embedding_share, glu_expansion=args.glu_expansion,

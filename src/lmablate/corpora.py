@@ -45,6 +45,7 @@ __all__ = ["PRESETS", "PACKAGE_DATA", "resolve_corpora", "prepare_corpus", "iter
            "split_documents", "load_manifest", "is_val"]
 
 PACKAGE_DATA = Path(__file__).parent / "corpora_data"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HF_MAIN = "main"  # presets follow the default branch; pin `revision:` to a commit for exact reruns
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -130,6 +131,9 @@ def resolve_corpora(raw: Mapping[str, Any], base_dir: Path) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, spec in {**PRESETS, **dict(raw)}.items():
         key = f"corpora.{name}"
+        if not NAME_RE.match(str(name)):  # names become directories under resources/
+            raise ConfigError("corpus names may hold letters, digits, '.', '_' and '-' (and start "
+                              "with a letter or digit)", key=key)
         if isinstance(spec, str):  # alias: `mycorpus: tinystories`
             spec = {"preset": spec}
         if not isinstance(spec, Mapping):

@@ -102,7 +102,13 @@ def get_lr(step: int, cfg: RunConfig, plan: Plan) -> float:
 
 def select_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
-        return torch.device(requested)
+        try:
+            return torch.device(requested)
+        except RuntimeError:
+            from .errors import ConfigError
+
+            raise ConfigError(f"expected auto, cpu, cuda or cuda:N, got {requested!r}",
+                              key="--device") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
