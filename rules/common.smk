@@ -1,5 +1,6 @@
 # Load and check the study, expand its runs, and the small path helpers every rule uses.
 # All logic lives in the lmablate library; this file only calls it.
+import copy
 import json
 import sys
 
@@ -16,7 +17,9 @@ try:
     STUDY = lmablate.study_from_dict(config, source=STUDY_FILE)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
-validate(config, schema="../schemas/config.schema.yaml")
+# the merged study (includes, scale, overrides applied), not the raw config; a copy, because
+# validate() fills in defaults
+validate(copy.deepcopy(STUDY.doc), schema="../schemas/config.schema.yaml")
 
 NAME = STUDY.name
 RUNS = STUDY.by_id

@@ -417,11 +417,6 @@ def test_config_text_is_only_read_with_safe_yaml_and_never_evaluated() -> None:
 
 @pytest.mark.workflow
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "rules/common.smk validates Snakemake's raw `config` against the schema, before `include:` is "
-    "merged, so a study that takes `study:` from its base fails with \"'study' is a required "
-    "property\" (lmablate plan accepts it). Fix in rules/common.smk: validate(STUDY.doc, ...) — "
-    "the merged document — instead of validate(config, ...)."))
 def test_a_study_that_includes_its_name_runs_under_snakemake(work: Workdir) -> None:
     study = work.cases / "included_name.yaml"
     study.write_text("include: base.yaml\nsweep: {seeds: [0]}\n")
