@@ -312,12 +312,6 @@ JOB_CASES = [n for n, c in CASES.items() if c.get("stage") == "job" and "xfail" 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "profiles/default/config.yaml sets show-failed-logs: true, so Snakemake prints the failed "
-    "job's whole log, traceback included, to the terminal. Fix: show-failed-logs: false there, and "
-    "in src/lmablate/workflow.py run_step print the one `lmablate: error: ...` line to "
-    "sys.__stderr__ (the terminal Snakemake shares with its jobs) as well as to the log; the "
-    "traceback stays in the log, whose path Snakemake prints."))
 def test_failed_jobs_show_no_traceback_on_the_terminal(outcomes: dict) -> None:
     shown = [n for n in JOB_CASES if TRACEBACK in outcomes[n].terminal]
     assert not shown, f"a traceback reached the terminal for {shown}"

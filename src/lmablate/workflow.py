@@ -35,6 +35,8 @@ def run_step(fn: Callable[[], Any]) -> Any:
     except LmablateError as err:
         traceback.print_exc(file=sys.stderr)
         print(f"lmablate: error: {err}", file=sys.stderr, flush=True)
+        if sys.stderr is not sys.__stderr__:  # the rule's log took stderr; tell the terminal too
+            print(f"lmablate: error: {err}", file=sys.__stderr__, flush=True)
         raise SystemExit(1) from None
     log.info("step finished in %.1f s", time.perf_counter() - t0)
     return result
