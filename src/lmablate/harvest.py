@@ -35,7 +35,7 @@ import yaml
 
 from .errors import ConfigError, DataError
 from .io import atomic_write_bytes, atomic_write_text
-from .sweep import flatten
+from .sweep import flatten, format_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -170,7 +170,7 @@ def load_run(run_dir: str | Path) -> RunData:
                            "variant": cfg.get("variant") or "baseline",
                            "seed": cfg.get("train", {}).get("seed", cfg.get("seed")),
                            "status": final.get("status", "unknown"), "source": "lmablate",
-                           "differs": ", ".join(f"{k}={_fmt_value(v)}"
+                           "differs": ", ".join(f"{k}={format_value(v)}"
                                                 for k, v in (cfg.get("diff") or {}).items())}
     for k, v in flatten({s: cfg.get(s, {}) for s in ("model", "train", "data", "tokenizer")}).items():
         row[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
@@ -208,14 +208,6 @@ def collect(run_dirs: Iterable[str | Path], workers: int | None = None
         return tables(pool.map(load_run, dirs, chunksize=max(1, len(dirs) // (4 * workers))))
 
 
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
 def short_names(columns: Sequence[str]) -> dict[str, str]:
     """``axis.model.d_model`` -> ``d_model`` (the dotted name when two axes end alike)."""
     short = {k: k.rsplit(".", 1)[-1] for k in columns}
@@ -234,7 +226,7 @@ def _group_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     show_variant = len({r.get("variant") for r in rows}) > 1 or not varying
     labels = []
     for r in rows:
-        parts = [f"{short[k]}={_fmt_value(r[k])}" for k in varying if r.get(k) is not None]
+        parts = [f"{short[k]}={format_value(r[k])}" for k in varying if r.get(k) is not None]
         variant = str(r.get("variant") or "baseline")
         if show_variant:
             labels.append(f"{variant}, {', '.join(parts)}" if parts else variant)

@@ -432,7 +432,8 @@ def _seeds(spec: Any, key: str) -> list[int]:
     return spec
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A config value as it appears in run IDs and group labels (``3e-4``, ``true``)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
@@ -443,7 +444,7 @@ def _fmt(v: Any) -> str:
 def _slug(variant: str | None, axes: Mapping[str, Any], seed: int) -> str:
     parts = [variant] if variant else []
     # sorted, so reordering grid axes in the YAML keeps every run ID
-    parts += [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sorted(axes.items())]
+    parts += [f"{k.split('.')[-1]}={format_value(v)}" for k, v in sorted(axes.items())]
     slug = "-".join(parts) or "run"
     slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", slug)[:72].strip("-_")
     return f"{slug}-s{seed}"
@@ -495,7 +496,7 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         kept = 0
         for point in points:
             flat = {**vbase, **point}
-            pkey = f"{vkey} ({', '.join(f'{k}={_fmt(v)}' for k, v in sorted(point.items()))})" \
+            pkey = f"{vkey} ({', '.join(f'{k}={format_value(v)}' for k, v in sorted(point.items()))})" \
                 if point else vkey
             cfg, resolved = resolver.resolve_with_dict({**flat, "train.seed": seeds[0]}, pkey,
                                                        base_flat)
