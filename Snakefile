@@ -18,6 +18,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/ranking.smk"
 include: "rules/evaluate.smk"
 include: "rules/harvest.smk"
 include: "rules/report.smk"
@@ -27,6 +28,8 @@ localrules:
     all,
     harvest_metrics,
     plot_study,
+    rank_phase1,
+    plot_lr_find,
 
 
 rule all:

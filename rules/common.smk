@@ -7,6 +7,8 @@ import sys
 import lmablate
 import lmablate.corpora
 import lmablate.evaluation
+import lmablate.lrfind
+import lmablate.phases
 from lmablate.harvest import plan_figures, planned_rows
 from snakemake.utils import min_version, validate
 
@@ -22,8 +24,19 @@ except lmablate.ConfigError as err:
 validate(copy.deepcopy(STUDY.doc), schema="../schemas/config.schema.yaml")
 
 NAME = STUDY.name
-RUNS = STUDY.by_id
 EXECUTION = STUDY.execution
+# Two-phase studies (`ranking:`): phase-1 runs train first; the checkpoint rule rank_phase1 picks
+# the study runs that phase 2 trains (rules/ranking.smk).
+try:
+    RANKING = lmablate.phases.ranking_of(STUDY)
+except lmablate.ConfigError as err:
+    sys.exit(f"lmablate: {err}")
+RUNS = {**STUDY.by_id, **(RANKING.phase1 if RANKING else {})}
+# `lr_find:` LR range tests of some runs (rules/train.smk: lr_find, rules/report.smk)
+try:
+    LR_FIND = lmablate.lrfind.study_lr_find(STUDY)
+except lmablate.ConfigError as err:
+    sys.exit(f"lmablate: {err}")
 
 
 wildcard_constraints:
@@ -57,7 +70,7 @@ def corpus_of(dataset):
 def get_corpus_manifest(wildcards):
     """Text corpora are prepared into a manifest; pre-tokenized (hdf5) corpora have none."""
     spec = corpus_of(wildcards.dataset)
-    return [] if spec["source"] == "hdf5" else f"resources/corpora/{spec['name']}/manifest.json"
+    return [] if spec["source"] == "hdf5" else lmablate.corpora.manifest_path(spec)
 
 
 def get_tokenize_inputs(wildcards):
@@ -73,7 +86,39 @@ def run_dir(run_id):
 
 
 def get_run_finals(wildcards):
-    return [f"{run_dir(r)}/final.json" for r in RUNS]
+    """The runs the study's results are made of: every run, or in a two-phase study the runs
+    phase 1 selected (known once the rank_phase1 checkpoint has run)."""
+    return [f"{run_dir(r)}/final.json" for r in selected_runs()]
+
+
+def selected_runs():
+    if RANKING is None:
+        return list(STUDY.by_id)
+    with open(checkpoints.rank_phase1.get().output.selected) as fh:
+        return json.load(fh)["selected"]
+
+
+def get_train_inputs(wildcards):
+    """The token store, and for a phase-2 run that continues phase 1 the phase-1 run (whose
+    checkpoint it resumes)."""
+    inputs = {"tokens": ancient(get_tokens(wildcards))}
+    phase1 = RANKING.phase1_of.get(wildcards.run_id) if RANKING else None
+    if phase1 and RANKING.resume == "continue":
+        inputs["phase1"] = ancient(f"{run_dir(phase1)}/final.json")
+    return inputs
+
+
+def get_train_phase(wildcards):
+    """train() options of a run in a two-phase study: the early-stopping cohort file of phase 1,
+    the phase-1 checkpoint a `resume: continue` phase-2 run starts from."""
+    if RANKING is None:
+        return {}
+    if wildcards.run_id in RANKING.phase1:
+        return {"cohort": f"checkpoints/{NAME}/phase1-cohort.jsonl"} if RANKING.early_stop else {}
+    phase1 = RANKING.phase1_of.get(wildcards.run_id)
+    if phase1 and RANKING.resume == "continue":
+        return {"init_from": f"checkpoints/{NAME}/{phase1}"}
+    return {}
 
 
 # Downstream tasks (only for studies with `eval_tasks:`; rules/evaluate.smk).
@@ -106,6 +151,10 @@ def get_run_tokenizer(wildcards):
 # The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
 # every figure the sweep axes support, or the study's own `figures:` pick.
 FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
+PHASE1_ONLY_FIGURES = ("heatmap", "lr_sensitivity", "scaling_law")
+if RANKING is not None and not STUDY.doc.get("figures"):
+    # phase 2 holds only the selected configurations: no figures that need the whole sweep
+    FIGURES = {n: f for n, f in FIGURES.items() if f["kind"] not in PHASE1_ONLY_FIGURES}
 if EVAL is not None and not STUDY.doc.get("figures"):
     FIGURES["tasks"] = {"kind": "tasks"}
 FIGURE_SUBCATEGORY = {
@@ -124,6 +173,10 @@ FIGURE_SUBCATEGORY = {
 
 def figure_path(name):
     return f"results/{NAME}/plots/{name}.png"
+
+
+def get_lr_find_results(wildcards):
+    return [f"results/{NAME}/lr_find/{r}/lr_find.json" for r in LR_FIND[0]]
 
 
 def get_figure_paths():
@@ -145,13 +198,10 @@ def figure_outputs():
 
 
 def get_final_output():
-    return [
-        f"results/{NAME}/runs.csv",
-        f"results/{NAME}/summary.json",
-        f"results/{NAME}/analysis.txt",
-        f"results/{NAME}/RESULTS.md",
-        *get_figure_paths(),
-    ]
+    phase1 = [f"results/{NAME}/phase1/selected.json"] if RANKING else []
+    lr_find = [f"results/{NAME}/plots/lr_finder.png"] if LR_FIND else []
+    tables = [f"results/{NAME}/{f}" for f in ("runs.csv", "summary.json", "analysis.txt")]
+    return [*phase1, *lr_find, *tables, f"results/{NAME}/RESULTS.md", *get_figure_paths()]
 
 
 def gpus_per_run():
@@ -159,3 +209,23 @@ def gpus_per_run():
     if "gpus_per_run" in EXECUTION:
         return int(EXECUTION["gpus_per_run"])
     return 1 if lmablate.cuda_available() else 0
+
+
+def train_rate():
+    """Throughput the training time limits assume (lmablate.plan.study_train_rate): the study's
+    execution.tokens_per_s, else the measured rate of its finished runs; read once per parse."""
+    if not hasattr(train_rate, "value"):
+        import lmablate.plan
+
+        train_rate.value = lmablate.plan.study_train_rate(STUDY, "results")
+    return train_rate.value
+
+
+def train_runtime(wildcards):
+    """Slurm runtime (minutes) of a training job: execution.train_runtime_min, else the run's
+    planned tokens at train_rate() with a margin (lmablate.plan.train_runtime_min)."""
+    if "train_runtime_min" in EXECUTION:
+        return int(EXECUTION["train_runtime_min"])
+    import lmablate.plan
+
+    return lmablate.plan.train_runtime_min(RUNS[wildcards.run_id], train_rate())

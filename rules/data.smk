@@ -1,13 +1,17 @@
 # corpus -> tokenizer -> tokens.h5
 
 
+# A corpus is prepared into a folder named by its spec's identity (lmablate.corpora.manifest_path),
+# so a study that redefines a corpus name never deletes, or reuses, another spec's corpus.
 rule prepare_corpus:
     output:
-        manifest="resources/corpora/{corpus}/manifest.json",
+        manifest="resources/corpora/{corpus}-{corpus_hash}/manifest.json",
     log:
-        "logs/prepare_corpus/{corpus}.log",
+        "logs/prepare_corpus/{corpus}-{corpus_hash}.log",
     benchmark:
-        "benchmarks/prepare_corpus/{corpus}.tsv"
+        "benchmarks/prepare_corpus/{corpus}-{corpus_hash}.tsv"
+    wildcard_constraints:
+        corpus_hash=r"[0-9a-f]{8}",
     conda:
         "../envs/train.yaml"
     params:
@@ -52,3 +56,4 @@ rule tokenize_corpus:
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/tokenize_corpus.py"
+

@@ -35,8 +35,9 @@ rule harvest_metrics:
     conda:
         "../envs/analysis.yaml"
     params:
-        run_ids=sorted(RUNS),
+        run_ids=sorted(STUDY.by_id),
         study=NAME,
         baseline=STUDY.baseline,
+        figures=FIGURES,
     script:
         "../workflow_scripts/harvest_metrics.py"

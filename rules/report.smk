@@ -24,3 +24,25 @@ rule plot_study:
         figures=FIGURES,
     script:
         "../workflow_scripts/plot_study.py"
+
+
+# The LR range tests of a study with `lr_find:`, in one figure.
+rule plot_lr_find:
+    input:
+        get_lr_find_results,
+    output:
+        report(
+            f"results/{NAME}/plots/lr_finder.png",
+            category="Figures",
+            subcategory="Sweep axes",
+            caption="../report/lr_finder.rst",
+            labels={"figure": "lr_finder"},
+        ),
+    log:
+        f"logs/{NAME}/plot_lr_find.log",
+    benchmark:
+        f"benchmarks/{NAME}/plot_lr_find.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/plot_lr_find.py"

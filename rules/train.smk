@@ -6,7 +6,7 @@ rule train_model:
     input:
         # ancient: the store's identity is in the run ID (data_id), so its mtime (a rebuilt or
         # touched file) must never re-run, and so delete, finished runs
-        tokens=ancient(get_tokens),
+        unpack(get_train_inputs),
     output:
         final=f"results/{NAME}/runs/{{run_id}}/final.json",
         config=f"results/{NAME}/runs/{{run_id}}/config.yaml",
@@ -26,10 +26,35 @@ rule train_model:
     resources:
         gpu=gpus_per_run(),
         mem_mb=EXECUTION.get("train_mem_mb", 4000),
-        runtime=EXECUTION.get("train_runtime_min", 240),
+        runtime=train_runtime,
     params:
         run=lambda w: canonical(RUNS[w.run_id].to_dict()),
         study=NAME,
         ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
+        phase=get_train_phase,
     script:
         "../workflow_scripts/train_model.py"
+
+
+# `lr_find:` in the study: Smith's LR range test of the chosen runs (lmablate lr-find).
+rule lr_find:
+    input:
+        tokens=ancient(get_tokens),
+    output:
+        result=f"results/{NAME}/lr_find/{{run_id}}/lr_find.json",
+        plot=f"results/{NAME}/lr_find/{{run_id}}/lr_find.png",
+    log:
+        f"logs/{NAME}/lr_find/{{run_id}}.log",
+    benchmark:
+        f"benchmarks/{NAME}/lr_find/{{run_id}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: EXECUTION.get("train_threads", 1)
+    resources:
+        gpu=gpus_per_run(),
+        mem_mb=EXECUTION.get("train_mem_mb", 4000),
+    params:
+        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
+        options=LR_FIND[1] if LR_FIND else {},
+    script:
+        "../workflow_scripts/lr_find.py"

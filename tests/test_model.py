@@ -48,7 +48,10 @@ KNOBS = [
                  id="nonorm-post-qknorm-mqa"),
     pytest.param({"init_scaled_residual": False, "dropout": 0.1, "pos_emb": "none"},
                  id="unscaled-init-dropout-nope"),
-    pytest.param({"num_experts": 4, "top_k": 2}, id="moe-dense"),
+    pytest.param({"num_experts": 4, "top_k": 2, "init": "trunc_normal"}, id="moe-dense-truncnormal"),
+    pytest.param({"init": "small", "tie_embeddings": False}, id="small-init-untied"),
+    pytest.param({"init": "xavier", "ffn": "gelu"}, id="xavier-init"),
+    pytest.param({"init": "mitchell", "num_experts": 2, "top_k": 1}, id="mitchell-init-moe"),
     pytest.param({"num_experts": 4, "top_k": 1, "moe_init": "sparse", "ffn": "relu", "bias": True,
                   "expert_d_ff": 48}, id="moe-sparse-top1-bias"),
     pytest.param({"num_experts": 3, "top_k": 2, "moe_init": "sparse", "freeze_experts": True,
@@ -59,7 +62,7 @@ KNOBS = [
 def test_knob_table_covers_every_value():
     rows = [tiny(**p.values[0]) for p in KNOBS]
     hints = typing.get_type_hints(ModelConfig)
-    for name in ("ffn", "norm", "norm_position", "pos_emb", "moe_init"):
+    for name in ("ffn", "norm", "norm_position", "pos_emb", "moe_init", "init"):
         assert {getattr(r, name) for r in rows} == set(typing.get_args(hints[name])), name
     for name in ("qk_norm", "bias", "tie_embeddings", "init_scaled_residual", "freeze_experts"):
         assert {getattr(r, name) for r in rows} == {True, False}, name
@@ -326,6 +329,34 @@ def test_init_scheme():
             assert p.std().item() == pytest.approx(scaled, rel=0.1), name
         else:
             assert p.std().item() == pytest.approx(cfg.init_std, rel=0.1), name
+
+
+@pytest.mark.parametrize("scheme", ["trunc_normal", "small", "xavier", "mitchell"])
+def test_other_init_schemes_give_their_stds(scheme):
+    torch.manual_seed(0)
+    d, L = 256, 8
+    cfg = ModelConfig(d_model=d, n_layers=L, n_heads=4, d_ff=512, init=scheme, init_std=0.05,
+                      tie_embeddings=False)
+    model = LM(cfg, 512, max_seq_len=64)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            continue
+        out, fan_in = p.shape[0], p.shape[-1]
+        is_out = name.endswith(("attn.wo.weight", "w2.weight"))
+        layer = int(name.split(".")[1]) if name.startswith("blocks.") else 0
+        if scheme == "xavier":
+            want = cfg.init_std if name == "embed.weight" else math.sqrt(2 / (fan_in + out))
+        elif scheme == "mitchell":
+            want = (1 / math.sqrt(d) if name == "embed.weight" else
+                    1 / math.sqrt(2 * fan_in * (layer + 1)) if is_out else 1 / math.sqrt(fan_in))
+            want *= 0.986  # a normal cut at 3 std keeps 98.6% of its std
+        else:
+            want = math.sqrt(2 / (5 * d)) if scheme == "small" else cfg.init_std
+            want /= math.sqrt(2 * L) if is_out else 1
+            want *= 0.986 if scheme == "trunc_normal" else 1
+        assert p.std().item() == pytest.approx(want, rel=0.08), name
+        if scheme in ("trunc_normal", "mitchell"):
+            assert p.abs().max().item() <= 3 * want / 0.986 + 1e-6, name
 
 
 def test_post_norm_has_no_final_norm():

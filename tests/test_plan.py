@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -14,8 +15,10 @@ from lmablate import accounting
 from lmablate.__main__ import main
 from lmablate.config import ModelConfig
 from lmablate.errors import ConfigError
-from lmablate.plan import select_top_k
-from lmablate.study import read_study
+from lmablate.plan import (DEFAULT_TRAIN_FLOPS_PER_S, DEFAULT_TRAIN_RUNTIME_MIN,
+                           DEFAULT_TRAIN_TOKENS_PER_S, planned_tokens, select_top_k,
+                           study_train_rate, train_runtime_min)
+from lmablate.study import read_study, study_from_dict
 
 STUDY = {
     "study": "p",
@@ -110,6 +113,55 @@ def test_tokens_per_second_flag(study_file, tmp_path, capsys):
     doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path,
                           "--tokens-per-second", "1024"))
     assert [r["est_seconds"] for r in doc["runs"]] == [10.0] * 4
+
+
+def _study(**train):
+    import copy
+
+    doc = copy.deepcopy(STUDY)
+    doc["defaults"]["train"].update(train)
+    return study_from_dict(doc)
+
+
+def test_train_runtime_is_the_planned_tokens_at_the_rate_with_margin_and_floor():
+    run = _study().runs[0]
+    assert planned_tokens(run) == 10_240  # 10_000 rounded up to whole steps of 8 x 32
+    assert train_runtime_min(run, 1.0) == math.ceil(2 * 10_240 / 60)
+    assert train_runtime_min(run, 1.0, margin=1.0) == math.ceil(10_240 / 60)
+    assert train_runtime_min(run, 1e6) == 30  # a short run gets the floor
+    assert train_runtime_min(run, 1e6, floor=5) == 5
+    # a measured FLOP rate becomes this run's tokens/s: a bigger model gets a longer limit
+    base, wide = [r for r in _study(tokens=10**9).runs if r.seed == 0]
+    fpt = accounting.flops_per_token(base.config.model, 512, 32)
+    assert train_runtime_min(base, ("flops", 1e4 * fpt)) == train_runtime_min(base, 1e4)
+    assert train_runtime_min(wide, ("flops", 1e4 * fpt)) > train_runtime_min(base, 1e4)
+    assert train_runtime_min(base, ("tokens", 1e4)) == train_runtime_min(base, 1e4)
+
+
+def test_train_runtime_default_rate_is_slow_and_epoch_budgets_get_a_fixed_limit():
+    run = _study(tokens=10**9).runs[0]
+    rate = min(DEFAULT_TRAIN_TOKENS_PER_S, DEFAULT_TRAIN_FLOPS_PER_S /
+               accounting.flops_per_token(run.config.model, 512, 32))
+    assert train_runtime_min(run) == math.ceil(2 * planned_tokens(run) / rate / 60)
+    epochs = _study(epochs=2).runs[0]
+    assert planned_tokens(epochs) is None
+    assert train_runtime_min(epochs, 1e4) == DEFAULT_TRAIN_RUNTIME_MIN
+    with pytest.raises(ValueError, match="throughput"):
+        train_runtime_min(run, 0.0)
+
+
+def test_study_train_rate_prefers_the_study_then_finished_runs(tmp_path):
+    study = _study()
+    assert study_train_rate(study, tmp_path) is None  # nothing known: the default applies
+    run_dir = tmp_path / "p" / "runs" / study.runs[0].run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "final.json").write_text(json.dumps({"tokens_per_s": 5000.0,
+                                                    "flops_per_token": 1e6}))
+    assert study_train_rate(study, tmp_path) == ("flops", 5e9)
+    doc = {**STUDY, "execution": {"tokens_per_s": 2000}}
+    assert study_train_rate(study_from_dict(doc), tmp_path) == 2000.0
+    with pytest.raises(ConfigError, match="execution.tokens_per_s"):
+        study_from_dict({**STUDY, "execution": {"tokens_per_s": 0.5}})
 
 
 def test_solve_prints_dims_within_tolerance(capsys):

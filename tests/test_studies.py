@@ -3,6 +3,7 @@ and (workflow, slow) each smoke scale run through real snakemake."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import REPO, planned, snakemake
 
 from lmablate import accounting
 from lmablate.solve import model_vocab
+from lmablate.phases import ranking_of
 from lmablate.study import read_study
 
 STUDIES = REPO / "studies"
@@ -134,11 +136,22 @@ def run_smoke(tmp_path: Path, name: str, *args: str):
 def test_smoke_study_runs_through_snakemake(tmp_path, name):
     run_smoke(tmp_path, name, "-c2")
     s = load(name, "smoke")
-    table = pd.read_csv(tmp_path / "results" / s.name / "runs.csv")
-    assert sorted(table.run_id) == sorted(s.by_id)
+    res = tmp_path / "results" / s.name
+    table = pd.read_csv(res / "runs.csv")
     assert set(table.status) == {"completed"}
-    for r in s.runs:
-        assert (tmp_path / "results" / s.name / "runs" / r.run_id / "final.json").is_file()
+    ranking = ranking_of(s)
+    if ranking is None:
+        assert sorted(table.run_id) == sorted(s.by_id)
+        trained = list(s.by_id)
+    else:  # two phases: every run trained short, the top_k (of those that completed) long
+        phase1 = pd.read_csv(res / "phase1" / "runs.csv")
+        assert sorted(phase1.run_id) == sorted(ranking.phase1)
+        selected = json.loads((res / "phase1" / "selected.json").read_text())["selected"]
+        assert sorted(table.run_id) == sorted(selected)
+        assert len(selected) == min(ranking.top_k, (phase1.status == "completed").sum())
+        trained = [*ranking.phase1, *selected]
+    for run_id in trained:
+        assert (res / "runs" / run_id / "final.json").is_file()
     rules, _ = planned(tmp_path, "--configfile", str(STUDIES / f"{name}.yaml"), "--config",
                        "scale=smoke", configfile=None)
     assert not rules, rules  # nothing left to do

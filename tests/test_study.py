@@ -138,3 +138,17 @@ def test_study_document_round_trips_through_json(tmp_path):
     """The merged document is plain data (what the report and config.yaml files record)."""
     s = read_study(write(tmp_path / "s.yaml", STUDY), {"scale": "smoke"})
     assert json.loads(json.dumps(s.doc))["scale"] == "smoke"
+
+
+def test_schema_file_is_regenerated_from_the_dataclasses():
+    """schemas/config.schema.yaml is what `lmablate schema` writes today (no drift)."""
+    import json
+
+    import yaml
+
+    from conftest import REPO
+    from lmablate.schema import study_schema
+
+    on_disk = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    assert on_disk == json.loads(json.dumps(study_schema())), \
+        "run: lmablate schema -o schemas/config.schema.yaml"

@@ -7,6 +7,8 @@ come from the synthetic fixtures in tests/data/tasks/ (see its README) served as
 
 from __future__ import annotations
 
+import lmablate.corpora
+
 import io
 import json
 import re
@@ -540,8 +542,11 @@ def test_study_eval_plans_one_prepared_folder_per_task(tiny_study: dict, tmp_pat
     plan = study_eval(study)
     assert list(plan.task_ids) == ["sst2", "rte", "boolq", "mrpc", "continuation", "mine"]
     cont = plan.task_ids["continuation"]
-    assert plan.inputs[cont] == ["resources/corpora/tiny-stories/manifest.json"]
-    assert plan.context[cont] == {"corpus": "tiny-stories", "val_fraction": 0.1}
+    manifest = lmablate.corpora.manifest_path(study.corpora["tiny-stories"])
+    assert manifest.startswith("resources/corpora/tiny-stories-")  # the corpus's identity folder
+    assert plan.inputs[cont] == [manifest]
+    assert plan.context[cont] == {"corpus": "tiny-stories", "val_fraction": 0.1,
+                                  "manifest": manifest}
     assert plan.inputs[plan.task_ids["mine"]] == [str(tmp_path / "data/dev.jsonl")]
     assert plan.inputs[plan.task_ids["sst2"]] == []  # downloaded by the rule itself
     assert plan.task_file("sst2") == f"resources/tasks/{plan.task_ids['sst2']}/task.json"

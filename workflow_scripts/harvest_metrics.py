@@ -11,4 +11,5 @@ from lmablate.workflow import run_step
 
 run_step(lambda: harvest([Path(f).parent for f in snakemake.input.finals],
                          Path(snakemake.output.summary).parent, study=snakemake.params.study,
-                         baseline=snakemake.params.baseline))
+                         baseline=snakemake.params.baseline,
+                         figures=snakemake.params.figures))

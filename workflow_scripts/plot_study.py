@@ -8,4 +8,5 @@ from lmablate.workflow import plot_study_step, run_step
 
 run_step(lambda: plot_study_step(snakemake.input.runs, snakemake.input.curves,
                                  dict(snakemake.output.items()), baseline=snakemake.params.baseline,
-                                 study=snakemake.params.study))
+                                 study=snakemake.params.study,
+                                 figures=snakemake.params.figures))

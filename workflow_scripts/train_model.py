@@ -13,4 +13,5 @@ execution = snakemake.config.get("execution") or {}
 run_step(lambda: train_run_step(snakemake.params.run, snakemake.input.tokens,
                                 Path(snakemake.output.final).parent, study=snakemake.params.study,
                                 ckpt_dir=snakemake.params.ckpt_dir, threads=snakemake.threads,
-                                runs_per_gpu=execution.get("runs_per_gpu")))
+                                runs_per_gpu=execution.get("runs_per_gpu"),
+                                **snakemake.params.phase))

@@ -4,6 +4,8 @@
     lmablate plan studies/x.yaml --config scale=smoke --format csv
     lmablate solve --params 10M --embedding-share 0.35 --glu-expansion 2.66 --vocab 16000
     lmablate train config.yaml RUN_ID         train one run here, outside Snakemake
+    lmablate lr-find config.yaml [RUN]        LR range test of a run (or variant); writes a plot
+    lmablate overfit config.yaml [RUN]        can the model memorise one batch? (a sanity check)
     lmablate schema -o schemas/config.schema.yaml
     lmablate import-hf runs/* --name-pattern '(?P<heads>[0-9]+)_(?P<layers>[0-9]+)' --out results/hf
     lmablate eval-harness results/default/runs/RUN_ID --tasks arc_easy --limit 100
@@ -16,6 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import LmablateError
 
@@ -80,6 +83,37 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                     "workflow's resources/tokens/<corpus>-<data_id>.h5)")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     tr.add_argument("--threads", type=int, default=None)
+
+    lf = sub.add_parser("lr-find", help="LR range test of one run: loss vs an exponentially "
+                        "growing LR, with suggested LRs and a plot",
+                        description="Train one run's model from its initialisation while the LR "
+                        "grows exponentially from --min-lr to --max-lr (Smith 2017); stop when "
+                        "the smoothed loss exceeds 4x its minimum. Writes lr_find.json and "
+                        "lr_find.png to --out and prints the suggested LRs (valley = LR at the "
+                        "minimum / 10; steepest descent). The token store must exist (run "
+                        "snakemake first, or point --tokens at one).")
+    ov = sub.add_parser("overfit", help="sanity check: can one run's model memorise one batch?",
+                        description="Train one run's model on the first --tokens train tokens "
+                        "(one fixed batch) at its LR until the loss falls below --target nats. "
+                        "Passing means the model, optimiser and data are wired so that learning "
+                        "happens; exit status 1 when it fails.")
+    for sp in (lf, ov):
+        sp.add_argument("study", type=Path)
+        sp.add_argument("run", nargs="?", default=None, help="run ID or variant name (default: "
+                        "the first run of the baseline variant)")
+        sp.add_argument("--config", "-C", action="append", default=[], metavar="KEY=VALUE")
+        sp.add_argument("--tokens-file", type=Path, default=None, metavar="H5",
+                        help="HDF5 token store (default: the workflow's resources/tokens/...)")
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+        sp.add_argument("--threads", type=int, default=None)
+    lf.add_argument("--min-lr", type=float, default=1e-6)
+    lf.add_argument("--max-lr", type=float, default=10.0)
+    lf.add_argument("--steps", type=int, default=100, help="steps of the ramp (default 100)")
+    lf.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: "
+                    "results/<study>/lr_find/<run_id>")
+    ov.add_argument("--tokens", type=int, default=1024, help="tokens in the batch (default 1024)")
+    ov.add_argument("--target", type=float, default=0.2, help="loss to reach, nats (default 0.2)")
+    ov.add_argument("--max-steps", type=int, default=500)
 
     sc = sub.add_parser("schema", help="write the JSON schema of study files")
     sc.add_argument("-o", "--output", type=Path, default=None, help="file (default: stdout)")
@@ -167,6 +201,75 @@ def _solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pick_run(study: Any, which: str | None, file: Path) -> Any:
+    """A run of ``study`` by run ID or variant name (its first run); default: the baseline's."""
+    from .errors import ConfigError, did_you_mean
+
+    which = which or study.baseline
+    if which in study.by_id:
+        return study.by_id[which]
+    for run in study.runs:
+        if run.variant == which:
+            return run
+    if which == study.baseline and not any(r.variant == which for r in study.runs):
+        return study.runs[0]
+    names = [*sorted({r.variant for r in study.runs}), *study.by_id]
+    raise ConfigError(f"no run or variant {which!r} in this study{did_you_mean(which, names)}",
+                      file=str(file))
+
+
+def _tokens_file(run: Any, given: Path | None) -> Path:
+    from .errors import DataError
+
+    path = given or Path(f"resources/tokens/{run.config.data.corpus}-{run.data_id}.h5")
+    if not path.is_file():
+        raise DataError(f"{path}: token store not found; build it with `snakemake -c2 {path}` "
+                        "(with --configfile for a study other than config.yaml), or pass "
+                        "--tokens-file")
+    return path
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from .lrfind import lr_range_test
+    from .study import read_study
+
+    study = read_study(args.study, _overrides(args.config))
+    run = _pick_run(study, args.run, args.study)
+    out = args.out or Path(f"results/{study.name}/lr_find/{run.run_id}")
+    res = lr_range_test(run.to_dict(), _tokens_file(run, args.tokens_file), out,
+                        min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                        device=args.device, threads=args.threads, run_id=run.run_id,
+                        progress=sys.stderr.isatty())
+    if res["lr_valley"] is None:
+        print(f"{run.run_id}: the loss never fell between {args.min_lr:g} and {args.max_lr:g} "
+              f"({res['stopped']}); plot: {out / 'lr_find.png'}")
+        return 1
+    print(f"{run.run_id}: suggested LR {res['lr_valley']:.3g} (valley), steepest descent at "
+          f"{res['lr_steepest']:.3g}, min loss at {res['lr_min_loss']:.3g}; configured "
+          f"{res['configured_lr']:.3g}. {res['steps']} steps ({res['stopped']}). "
+          f"Plot: {out / 'lr_find.png'}")
+    return 0
+
+
+def _overfit(args: argparse.Namespace) -> int:
+    from .lrfind import overfit_check
+    from .study import read_study
+
+    study = read_study(args.study, _overrides(args.config))
+    run = _pick_run(study, args.run, args.study)
+    res = overfit_check(run.to_dict(), _tokens_file(run, args.tokens_file), tokens=args.tokens,
+                        target=args.target, max_steps=args.max_steps, device=args.device,
+                        threads=args.threads)
+    verdict = "passed" if res["passed"] else "FAILED"
+    print(f"overfit check {verdict} ({run.run_id}): loss {res['initial_loss']:.3f} -> "
+          f"{res['final_loss']:.3f} nats in {res['steps']} steps on {res['tokens']} tokens "
+          f"(target {res['target']:g}, lr {res['lr']:g})")
+    if not res["passed"]:
+        print("the model could not memorise one batch: check the learning rate, the model "
+              "(masking, a frozen or zero-initialised layer) and the data", file=sys.stderr)
+    return 0 if res["passed"] else 1
+
+
 def _train(args: argparse.Namespace) -> int:
     from .study import read_study
     from .workflow import setup_logging, train_run_step
@@ -240,7 +343,8 @@ def main(cli_args: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(cli_args)
     try:
         return {"plan": _plan, "solve": _solve, "train": _train, "schema": _schema,
-                "import-hf": _import_hf, "eval-harness": _eval_harness}[args.command](args)
+                "import-hf": _import_hf, "eval-harness": _eval_harness, "lr-find": _lr_find,
+                "overfit": _overfit}[args.command](args)
     except LmablateError as err:
         print(f"lmablate: error: {err}", file=sys.stderr)
         return 2

@@ -46,8 +46,13 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
     torch.save(state, buf)
     data = buf.getvalue()
     path = d / f"step-{step:08d}.pt"
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    try:
+        atomic_write_bytes(path, data)
+        atomic_write_text(path.with_name(path.name + ".sha256"),
+                          hashlib.sha256(data).hexdigest() + "\n")
+    except OSError as err:  # a full disk, a quota: the user's to fix, said in one line
+        path.unlink(missing_ok=True)  # without its checksum it would only be skipped
+        raise _unwritable(path, err) from err
     for old in list_checkpoints(d)[keep:]:
         for p in (old, old.with_name(old.name + ".sha256")):
             try:
@@ -56,6 +61,14 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
                 pass
     fsync_dir(d)
     return path
+
+
+def _unwritable(path: Path, err: OSError) -> CheckpointError:
+    previous = next((p for p in list_checkpoints(path.parent) if p != path), None)
+    fallback = (f"the previous one, {previous}, is intact and a rerun resumes from it" if previous
+                else "there is no earlier one, so a rerun starts the run over")
+    return CheckpointError(f"{path}: cannot write the checkpoint ({err.strerror or err}); "
+                           f"{fallback}")
 
 
 def _verified_bytes(path: Path) -> bytes:

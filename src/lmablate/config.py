@@ -15,6 +15,7 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,9 +35,14 @@ __all__ = [
 
 
 def F(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
-      le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with its help text and numeric bounds (checked in :func:`from_dict`)."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
+      le: float | None = None, lt: float | None = None, since: str | None = None) -> Any:
+    """A dataclass field with its help text and numeric bounds (checked in :func:`from_dict`).
+
+    ``since``: the version that added the field. Such a field enters run IDs only when it is set
+    to something other than its default, so adding it keeps every existing run ID (and finished
+    run) valid.
+    """
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "since": since}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,6 +87,12 @@ class ModelConfig:
     init_std: float = F(0.02, "Std of the normal init of linear layers and embeddings.", gt=0)
     init_scaled_residual: bool = F(True, "Scale the init of each residual output projection by "
                                    "1/sqrt(2 * n_layers) (GPT-2).")
+    init: Literal["normal", "trunc_normal", "small", "xavier", "mitchell"] = F(
+        "normal", "Weight init scheme: normal(init_std) (GPT-2); trunc_normal (normal cut at "
+        "±3 std); small = normal(sqrt(2 / (5 d_model))) (Nguyen & Salazar 2019); xavier = "
+        "uniform Glorot; mitchell = std 1/sqrt(fan_in), cut at ±3 std, output projections "
+        "scaled by 1/sqrt(2 (layer + 1)) (OLMo). init_scaled_residual applies to normal, "
+        "trunc_normal and small.", since="0.2")
     # mixture of experts (seed 004)
     num_experts: int = F(0, "Experts per MoE FFN; 0 = dense FFN.", ge=0)
     top_k: int = F(2, "Experts each token is routed to.", ge=1)
@@ -183,6 +195,19 @@ class TrainConfig:
     keep_checkpoints: int = F(2, "Checkpoints kept on disk (older ones are deleted).", ge=1)
     diverge_loss: float | None = F(None, "Train loss above which a run counts as diverged; None = "
                                    "ln(vocab) + 2 after warmup. NaN/inf always count.", gt=0)
+    stop_tokens: int | None = F(None, "End the run after this many tokens while the LR schedule "
+                                "follows the full budget (`tokens`): a phase-1 ranking run that "
+                                "phase 2 continues. None = train the full budget.", ge=1,
+                                since="0.2")
+    early_stop_delta: float | None = F(None, "Early stopping: end the run (status stopped_early) "
+                                       "when its validation metric has been worse than the best "
+                                       "of its cohort (other runs of the phase, or its own best) "
+                                       "by at least this much for early_stop_tokens. None = off.",
+                                       gt=0, since="0.2")
+    early_stop_metric: Literal["loss", "ppl"] = F("loss", "Early stopping compares validation "
+                                                  "loss (nats) or perplexity.", since="0.2")
+    early_stop_tokens: int = F(1_000_000, "Early stopping patience in training tokens.", ge=1,
+                               since="0.2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,6 +292,13 @@ def parse_size(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def later_fields() -> dict[str, Any]:
+    """Dotted key -> default of every field added after the first release (``F(since=...)``)."""
+    return {f"{section}.{f.name}": f.default for section, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.metadata.get("since")}
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -277,6 +309,21 @@ def _type_name(tp: Any) -> str:
         return "null"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
             list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def expected_type(section: str, name: str) -> str:
+    """What setting ``section.name`` takes, in words (``"an integer"``); null left out."""
+    tp = _type_hints(SECTIONS[section])[name]
+    args = [a for a in (typing.get_args(tp) if typing.get_origin(tp) in (typing.Union,
+            types.UnionType) else (tp,)) if a is not type(None)]
+    return " or ".join(_type_name(a) for a in args)
+
+
+def unknown_key(name: str, fields: Iterable[str], key: str) -> ConfigError:
+    """The error for a setting ``name`` that is none of ``fields``, with a did-you-mean."""
+    fields = list(fields)
+    return ConfigError(f"unknown key{did_you_mean(name, fields)}; expected one of: "
+                       f"{', '.join(fields)}", key=key)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -362,8 +409,7 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     for name, value in data.items():
         sub = f"{key}.{name}" if key else str(name)
         if name not in fields:
-            issues.append(ConfigError(f"unknown key{did_you_mean(str(name), fields)}; expected one "
-                                      f"of: {', '.join(fields)}", key=sub))
+            issues.append(unknown_key(str(name), fields, sub))
             continue
         tp = hints[name]
         try:

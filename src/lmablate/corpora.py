@@ -18,7 +18,8 @@ A corpus is a named spec (``corpora:`` in the study, or a preset below)::
 Validation documents come from ``val`` when a corpus has one, otherwise from a deterministic
 split by document hash (:func:`is_val`). Limits apply to the training side only.
 
-:func:`prepare_corpus` copies or downloads the files into ``resources/corpora/<name>/`` and writes
+:func:`prepare_corpus` copies or downloads the files into a folder (the workflow's is
+``resources/corpora/<name>-<hash of the spec>/``, :func:`manifest_path`) and writes
 ``manifest.json`` (files, sizes, sha256, split) last, atomically, so a manifest is proof the corpus
 is complete. :func:`iter_documents` streams documents from a manifest without loading whole files.
 ``hdf5`` corpora hold token ids, not text: they skip this module's text path and are converted by
@@ -40,11 +41,13 @@ from urllib.parse import urlparse
 
 from .errors import ConfigError, DataError, did_you_mean
 from .io import atomic_write_text, sha256_file
+from .sweep import run_hash
 
 __all__ = ["PRESETS", "PACKAGE_DATA", "resolve_corpora", "prepare_corpus", "iter_documents",
-           "split_documents", "load_manifest", "is_val"]
+           "split_documents", "load_manifest", "is_val", "manifest_path"]
 
 PACKAGE_DATA = Path(__file__).parent / "corpora_data"
+CORPORA_DIR = "resources/corpora"  # prepared corpora of the workflow (rules/data.smk)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HF_MAIN = "main"  # presets follow the default branch; pin `revision:` to a commit for exact reruns
 
@@ -239,7 +242,9 @@ def _check_spec(spec: dict[str, Any], key: str) -> None:
 ABS = {"path": "_abs", "train": "_abs_train", "val": "_abs_val"}
 
 
-def _local_path(path: str, base_dir: Path) -> str:
+def local_path(path: str, base_dir: Path) -> str:
+    """Absolute location of a path written in a study: relative to ``base_dir`` (the study
+    file's folder), ``~`` expanded, ``package:name`` inside lmablate's shipped data."""
     if path.startswith("package:"):
         return str(PACKAGE_DATA / path.removeprefix("package:"))
     return str((base_dir / os.path.expanduser(path)).resolve())
@@ -250,7 +255,7 @@ def _locate(spec: dict[str, Any], base_dir: Path) -> None:
     keys = {"file": ("path", "val"), "hdf5": ("train", "val")}.get(spec["source"], ())
     for k in keys:
         if k in spec:
-            spec[ABS[k]] = _local_path(spec[k], base_dir)
+            spec[ABS[k]] = local_path(spec[k], base_dir)
 
 
 def portable(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,13 +275,20 @@ def located(spec: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(spec)
     for k in ABS.values():
         if k in out:
-            out[k] = _local_path(out[k], Path.cwd())
+            out[k] = local_path(out[k], Path.cwd())
     return out
 
 
 def identity(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a spec that defines the corpus (no machine-specific absolute paths)."""
     return {k: v for k, v in spec.items() if not k.startswith("_")}
+
+
+def manifest_path(spec: Mapping[str, Any]) -> str:
+    """Where the workflow prepares a text corpus: ``resources/corpora/<name>-<hash>/manifest.json``
+    with the hash of the spec's identity, so a changed spec is prepared into a folder of its own
+    and its job never deletes, or reuses, the corpus another spec of that name prepared."""
+    return f"{CORPORA_DIR}/{spec['name']}-{run_hash(identity(spec))}/manifest.json"
 
 
 def _glob(spec: Mapping[str, Any], key: str) -> list[Path]:

@@ -15,8 +15,16 @@ Each member computes exactly what it would alone:
 - loss: the sum of the members' mean cross-entropies, so each member's gradient is its own;
 - clipping: each member's global grad norm, clipped to its own ``grad_clip`` (as
   ``clip_grad_norm_``);
-- AdamW: per-member learning rate (a (K,) tensor read from a table of every step's
-  :func:`lmablate.train.get_lr`) and weight decay, decay on matrices only, as ``torch.optim.AdamW``.
+- AdamW: ``torch.optim.AdamW`` itself (fused on CUDA, as train()), one parameter group per
+  (member, decay class), each group one contiguous row of the flat buffer below: per-member
+  learning rate (every step's :func:`lmablate.train.get_lr`) and weight decay, decay on matrices
+  only.
+
+Storage: all parameters live in one flat ``(K, P)`` fp32 buffer, member-major (member k's P
+values contiguous, its matrices first, then its vectors); every stacked parameter ``(K, ...)`` is
+a view of it, and so is its gradient (a ``(K, P)`` buffer that backward accumulates into). The
+clipping and the optimiser touch 2K long rows instead of hundreds of small tensors, so nothing but
+the model's loss is compiled.
 
 ``tests/test_fused.py`` trains K members together and each alone with ``train()`` and compares the
 loss curves and the final weights. Supported: dense models, RMSNorm or no norm, pre or post norm,
@@ -26,6 +34,7 @@ any position embedding / FFN / tying / qk_norm / GQA, no bias, no dropout, grad_
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import model as _model
 from .config import RunConfig
 from .errors import ConfigError
 from .model import _ACT, _SDPA_GQA, LM, apply_rope
@@ -78,21 +88,36 @@ class FusedLM(nn.Module):
     """K :class:`~lmablate.model.LM` members with stacked parameters, ``(K, B, T) -> (K, B, T, V)``.
 
     Parameter ``p`` of member k is ``self.stacked[name][k]`` under ``LM``'s own name (dots
-    replaced by ``/`` in the ParameterDict); a tied head is the embedding.
+    replaced by ``/`` in the ParameterDict); a tied head is the embedding. Every parameter and
+    its ``.grad`` are views of ``self.flat`` / ``self.flat_grad`` (K, P), so build the model on
+    its device (``device=``) and never move it with ``.to()`` (that would copy the views apart).
+    The first ``self.n_decay`` columns hold the matrices (weight decay), the rest the vectors.
     """
 
-    def __init__(self, members: Sequence[LM]):
+    def __init__(self, members: Sequence[LM], device: torch.device | str | None = None):
         super().__init__()
         first = members[0]
         self.cfg, self.vocab_size, self.k = first.cfg, first.vocab_size, len(members)
-        self.names = [n for n, _ in first.named_parameters()]  # tied head: listed once
-        self.stacked = nn.ParameterDict({
-            n.replace(".", "/"): nn.Parameter(torch.stack([m.get_parameter(n).detach()
-                                                           for m in members]))
-            for n in self.names})
+        names = [n for n, _ in first.named_parameters()]  # tied head: listed once
+        shapes = {n: tuple(first.get_parameter(n).shape) for n in names}
+        self.names = [n for n in names if len(shapes[n]) >= 2] + \
+            [n for n in names if len(shapes[n]) < 2]  # matrices (decayed) first
+        self.n_decay = sum(math.prod(shapes[n]) for n in names if len(shapes[n]) >= 2)
+        self.flat = torch.cat([torch.stack([m.get_parameter(n).detach().reshape(-1)
+                                            for m in members]) for n in self.names],
+                              dim=1).to(device)  # (K, P)
+        self.flat_grad = torch.zeros_like(self.flat)
+        params, offset = {}, 0
+        for n in self.names:
+            size = math.prod(shapes[n])
+            params[n.replace(".", "/")] = p = nn.Parameter(
+                self.flat[:, offset:offset + size].view(self.k, *shapes[n]))
+            p.grad = self.flat_grad[:, offset:offset + size].view(self.k, *shapes[n])
+            offset += size
+        self.stacked = nn.ParameterDict(params)
         if self.cfg.pos_emb == "rope":
-            self.register_buffer("rope_cos", first.rope_cos.clone(), persistent=False)
-            self.register_buffer("rope_sin", first.rope_sin.clone(), persistent=False)
+            self.register_buffer("rope_cos", first.rope_cos.clone().to(device), persistent=False)
+            self.register_buffer("rope_sin", first.rope_sin.clone().to(device), persistent=False)
 
     def p(self, name: str) -> torch.Tensor:
         return self.stacked[name.replace(".", "/")]
@@ -124,14 +149,19 @@ class FusedLM(nn.Module):
         cfg, pre = self.cfg, f"blocks.{i}.attn."
         K, B, T, C = x.shape
         nh, nkv, hs = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        q = self._linear(x, self.p(pre + "wq.weight")).view(K, B, T, nh, hs)
-        k = self._linear(x, self.p(pre + "wk.weight")).view(K, B, T, nkv, hs)
-        v = self._linear(x, self.p(pre + "wv.weight")).view(K, B, T, nkv, hs)
+        ws = [self.p(pre + f"w{c}.weight") for c in "qkv"]
+        if _model.FUSE_PROJECTIONS and x.is_cuda:  # one batched matmul: [wq; wk; wv]
+            q, k, v = self._linear(x, torch.cat(ws, dim=1)).split([C, nkv * hs, nkv * hs], -1)
+        else:
+            q, k, v = (self._linear(x, w) for w in ws)
+        q, k, v = q.view(K, B, T, nh, hs), k.view(K, B, T, nkv, hs), v.view(K, B, T, nkv, hs)
         if cfg.qk_norm:
             q, k = self._norm(q, pre + "q_norm.weight"), self._norm(k, pre + "k_norm.weight")
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.reshape(K * B, T, -1, hs).transpose(1, 2) for t in (q, k, v))  # (KB, h, T, hs)
+        if _model.SDPA_CONTIGUOUS and q.is_cuda:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         extra = {}
         if nkv != nh:
             if _SDPA_GQA:
@@ -144,6 +174,10 @@ class FusedLM(nn.Module):
 
     def _ffn(self, x: torch.Tensor, i: int) -> torch.Tensor:
         pre = f"blocks.{i}.ffn."
+        if self.cfg.gated and _model.FUSE_PROJECTIONS and x.is_cuda:  # one bmm: [w1; w3]
+            w13 = torch.cat([self.p(pre + "w1.weight"), self.p(pre + "w3.weight")], dim=1)
+            gate, up = self._linear(x, w13).chunk(2, dim=-1)
+            return self._linear(_ACT[self.cfg.ffn](gate) * up, self.p(pre + "w2.weight"))
         h = _ACT[self.cfg.ffn](self._linear(x, self.p(pre + "w1.weight")))
         if self.cfg.gated:
             h = h * self._linear(x, self.p(pre + "w3.weight"))
@@ -180,34 +214,6 @@ class FusedLM(nn.Module):
         return ce.view(K, -1).mean(dim=1)
 
 
-def _adamw_update(params: list[torch.Tensor], grads: list[torch.Tensor],
-                  exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
-                  decay: list[bool], step: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor,
-                  clip: torch.Tensor, beta1: float, beta2: float, eps: float) -> torch.Tensor:
-    """Per-member grad clipping + AdamW on stacked tensors (leading axis K); returns (K,) norms.
-
-    The arithmetic follows ``clip_grad_norm_`` and ``torch.optim.AdamW`` (single-tensor path).
-    ``lr``, ``wd``, ``clip`` are (K,) tensors; ``step`` a 0-d tensor already incremented.
-    """
-    K = params[0].size(0)
-    sq = torch.stack([g.float().pow(2).reshape(K, -1).sum(1) for g in grads]).sum(0)  # (K,)
-    norms = sq.sqrt()
-    coef = torch.where(clip > 0, (clip / (norms + 1e-6)).clamp(max=1.0), torch.ones_like(clip))
-    bc1 = 1 - beta1 ** step
-    bc2_sqrt = (1 - beta2 ** step).sqrt()
-    for p, g, m, v, dec in zip(params, grads, exp_avgs, exp_avg_sqs, decay):
-        shape = (K,) + (1,) * (p.dim() - 1)
-        g = g * coef.view(shape).to(g.dtype)
-        lr_k = lr.view(shape)
-        if dec:
-            p.mul_(1 - lr_k * wd.view(shape))
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / bc2_sqrt).add_(eps)
-        p.sub_(lr_k / bc1 * m / denom)
-    return norms
-
-
 class FusedBatches:
     """Batch i of every member, (K, B, T + 1) int64 on the device; member k's from its seed.
 
@@ -236,8 +242,8 @@ class FusedTrainer:
 
     ``step(windows)`` does one optimiser step of every member and returns their (K,) losses as a
     device tensor (no host sync). On CUDA with compile the loss is compiled with
-    ``mode="reduce-overhead"`` (CUDA graphs of forward and backward) and the update with the
-    default mode.
+    ``mode="reduce-overhead"`` (CUDA graphs of forward and backward); clipping and AdamW run
+    eager on the flat rows (a handful of kernels, nothing to compile).
     """
 
     def __init__(self, cfgs: Sequence[RunConfig], vocab_size: int, train_tokens: int,
@@ -250,30 +256,36 @@ class FusedTrainer:
         for c in cfgs:
             torch.manual_seed(c.train.seed)  # the init train() draws for this run
             members.append(LM(c.model, vocab_size, max_seq_len=max_len))
-        self.model = FusedLM(members).to(self.device)
+        self.model = FusedLM(members, device=self.device)
         del members
         cuda = self.device.type == "cuda"
         self.autocast = torch.bfloat16 if (t.precision == "bf16" or (
             t.precision == "auto" and cuda)) else None
-        params = list(self.model.stacked.values())
-        self.params = params
-        self.decay = [p.dim() >= 3 for p in params]  # a member's matrix: (K, out, in)
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        self.step_count = torch.zeros((), device=self.device)
-        self.lr_table = torch.tensor(
-            [[get_lr(s, c, p) for c, p in zip(cfgs, self.plans)]
-             for s in range(self.plans[0].total_steps)], dtype=torch.float32, device=self.device)
-        self.wd = torch.tensor([c.train.weight_decay for c in cfgs], device=self.device)
-        self.clip = torch.tensor([c.train.grad_clip for c in cfgs], device=self.device)
-        self.betas, self.eps = (t.beta1, t.beta2), t.eps
-        self.steps_done = 0
+        self.betas, self.eps, self.fused_adamw = (t.beta1, t.beta2), t.eps, cuda
+        self._set_members(cfgs, self.plans)
         compile = (t.compile == "true" or (t.compile == "auto" and cuda)) if compile is None \
             else compile
         self.graphs = compile and cuda
         self._loss = torch.compile(self._losses, mode="reduce-overhead" if cuda else None) \
             if compile else self._losses
-        self._update = torch.compile(_adamw_update) if compile else _adamw_update
+
+    def _set_members(self, cfgs: Sequence[RunConfig], plans: list[Plan]) -> None:
+        """Per-member learning rates, clip and a fresh AdamW (one group per member and decay)."""
+        flat, grad, nd = self.model.flat, self.model.flat_grad, self.model.n_decay
+        self.lr_table = [[get_lr(s, c, p) for c, p in zip(cfgs, plans)]
+                         for s in range(plans[0].total_steps)]
+        groups, self.group_member = [], []
+        for k, c in enumerate(cfgs):
+            for cols, wd in ((slice(0, nd), c.train.weight_decay), (slice(nd, None), 0.0)):
+                row = flat[k, cols]  # a view: the optimiser updates the model's parameters
+                if row.numel():
+                    row.grad = grad[k, cols]
+                    groups.append({"params": [row], "weight_decay": wd})
+                    self.group_member.append(k)
+        self.opt = torch.optim.AdamW(groups, lr=0.0, betas=self.betas, eps=self.eps,
+                                     **({"fused": True} if self.fused_adamw else {}))
+        self.clip = torch.tensor([c.train.grad_clip for c in cfgs], device=self.device)
+        self.steps_done = 0
 
     @property
     def total_steps(self) -> int:
@@ -290,19 +302,31 @@ class FusedTrainer:
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         losses = self._loss(windows)
-        losses.sum().backward()
+        with warnings.catch_warnings():  # strided grads of strided views: by design
+            warnings.filterwarnings("ignore", message="grad and param do not obey")
+            losses.sum().backward()  # accumulates into the views of model.flat_grad
         losses = losses.detach().clone()  # a graph output is overwritten by the next replay
-        self.step_count += 1
-        lr = self.lr_table[self.steps_done]
-        grads = [p.grad for p in self.params]
-        with torch.no_grad():
-            self._update(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.decay,
-                         self.step_count, lr, self.wd, self.clip, self.betas[0],
-                         self.betas[1], self.eps)
-        for p in self.params:
-            p.grad = None
-        self.steps_done += 1
+        self.clip_and_update()
         return losses
+
+    @torch.no_grad()
+    def clip_and_update(self) -> torch.Tensor:
+        """Clip each member's gradient, one AdamW step, zero the gradients; the (K,) norms.
+
+        As ``clip_grad_norm_``: grads times ``min(1, clip / (norm + 1e-6))``; clip 0: none.
+        """
+        g = self.model.flat_grad  # (K, P)
+        norms = g.pow(2).sum(dim=1).sqrt()  # (K,)
+        coef = torch.where(self.clip > 0, (self.clip / (norms + 1e-6)).clamp(max=1.0),
+                           torch.ones_like(self.clip))
+        g.mul_(coef[:, None])
+        lrs = self.lr_table[self.steps_done]
+        for group, k in zip(self.opt.param_groups, self.group_member):
+            group["lr"] = lrs[k]
+        self.opt.step()
+        g.zero_()
+        self.steps_done += 1
+        return norms
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         return {n: v.cpu() for n, v in self.model.member_state_dict(k).items()}
@@ -326,14 +350,9 @@ class FusedTrainer:
                 lm = LM(c.model, vocab, max_seq_len=max_len)
                 for n in self.model.names:
                     self.model.p(n)[k].copy_(lm.get_parameter(n))
-            for t in self.exp_avgs + self.exp_avg_sqs:
-                t.zero_()
-            self.step_count.zero_()
-            self.lr_table.copy_(torch.tensor(
-                [[get_lr(s, c, p) for c, p in zip(cfgs, plans)] for s in range(self.total_steps)]))
-            self.wd.copy_(torch.tensor([c.train.weight_decay for c in cfgs]))
-            self.clip.copy_(torch.tensor([c.train.grad_clip for c in cfgs]))
-        self.cfgs, self.plans, self.steps_done = list(cfgs), plans, 0
+            self.model.flat_grad.zero_()
+        self._set_members(cfgs, plans)
+        self.cfgs, self.plans = list(cfgs), plans
 
 
 def padded_vocab(cfg: RunConfig, vocab: int) -> int:

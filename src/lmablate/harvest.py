@@ -21,6 +21,7 @@ time (to decide which figures a study gets) and every job re-parses the Snakefil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -110,13 +111,21 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, sha256: str | None = None) -> list[dict[str, Any]]:
     """metrics.jsonl parsed as one JSON array (a third of the time of a loads() per line); a
-    torn last line (a killed writer) is dropped, as :func:`lmablate.io.read_jsonl` does."""
+    torn last line (a killed writer) is dropped, as :func:`lmablate.io.read_jsonl` does.
+    ``sha256``: the checksum final.json recorded; the file must still be the one written then."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
+        data = None
+    if sha256 is not None and (data is None or hashlib.sha256(data).hexdigest() != sha256):
+        raise DataError(f"{path}: {'missing' if data is None else 'changed'} since the run "
+                        "finished (sha256 mismatch with final.json); restore it, or delete "
+                        f"{path.parent / 'final.json'} and rerun to redo the run")
+    if data is None:
         return []
+    text = data.decode()
     lines = [ln for ln in text.split("\n") if ln.strip()]
     try:
         return json.loads("[" + ",".join(lines) + "]")
@@ -188,7 +197,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
             row.update(tasks_to_columns(_read_json(d / fname), prefix))
     rel = final.get("reliability")
-    return RunData(row, curve_blocks(_read_jsonl(d / "metrics.jsonl")),
+    records = _read_jsonl(d / "metrics.jsonl", final.get("metrics_sha256"))
+    return RunData(row, curve_blocks(records),
                    rel if isinstance(rel, Mapping) else None)
 
 

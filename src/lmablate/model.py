@@ -32,6 +32,7 @@ Design choices (defaults first; each knob is branched locally where it acts, no 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -40,7 +41,8 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["FFN", "LM", "SPARSE_EXPERT_DENSITY", "Experts", "MoE", "RMSNorm", "load_hf_llama"]
+__all__ = ["FFN", "LM", "SPARSE_EXPERT_DENSITY", "Experts", "MoE", "RMSNorm", "cross_entropy",
+           "load_hf_llama"]
 
 SPARSE_EXPERT_DENSITY = 0.1  # moe_init="sparse": share of each expert weight matrix left non-zero
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (T, head_dim)
@@ -96,6 +98,25 @@ def _sparsify_(w: torch.Tensor, density: float) -> None:
     w.mul_(keep.view_as(w))
 
 
+# Two CUDA-only layout knobs (performance only: same parameters, names and math), both off: on
+# one H100 (bench/README.md, session 2) each made the compiled training step slower, although
+# the second one wins in isolation (bench/attn_backends.py).
+# FUSE_PROJECTIONS: q/k/v (and gate/up) as one matmul against the weights concatenated in the
+# forward. tiny5m -8%, cs336 -4%, gpt2s -7% (with SDPA_CONTIGUOUS).
+FUSE_PROJECTIONS = False
+# SDPA_CONTIGUOUS: contiguous (B, nh, T, hs) q/k/v for SDPA instead of transposed (B, T, nh, hs)
+# views. cuDNN's flash attention forward + backward alone is 30% faster so at head_dim 16, but
+# the whole tiny5m step is 3% slower (cs336 -2%).
+SDPA_CONTIGUOUS = False
+
+
+def _fused_linear(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> torch.Tensor:
+    """``cat([l(x) for l in layers], -1)`` as one matmul."""
+    w = torch.cat([layer.weight for layer in layers])
+    b = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+    return F.linear(x, w, b)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -113,14 +134,21 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hs)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
+        if FUSE_PROJECTIONS and x.is_cuda:  # one matmul against [wq; wk; wv]
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = _fused_linear(x, (self.wq, self.wk, self.wv)).split([C, kv, kv], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hs)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hs)
+        if SDPA_CONTIGUOUS and q.is_cuda:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gqa = self.n_kv_heads != self.n_heads
         if gqa and not _SDPA_GQA:
             rep = self.n_heads // self.n_kv_heads
@@ -149,6 +177,9 @@ class FFN(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if FUSE_PROJECTIONS and self.w3 is not None and x.is_cuda:  # one matmul: [w1; w3]
+            gate, up = _fused_linear(x, (self.w1, self.w3)).chunk(2, dim=-1)
+            return self.resid_drop(self.w2(self.act(gate) * up))
         h = self.act(self.w1(x))  # (..., d_ff)
         if self.w3 is not None:
             h = h * self.w3(x)
@@ -346,18 +377,26 @@ class LM(nn.Module):
                                                 every expert weight matrix set to zero (exact
                                                 count per matrix); biases zero
         ======================================  =================================================
+
+        That table is ``init: normal``. The other schemes change the matrices (embeddings, linear
+        and expert weights); norms and biases are as above:
+
+        - ``trunc_normal``: the same stds, cut at +-3 std.
+        - ``small``: std sqrt(2 / (5 d_model)) instead of init_std (Nguyen & Salazar 2019).
+        - ``xavier``: linear and expert weights uniform Glorot (+-sqrt(6 / (fan_in + fan_out))),
+          embeddings normal(0, init_std); no residual scaling.
+        - ``mitchell`` (OLMo): std 1/sqrt(fan_in) cut at +-3 std, residual output projections of
+          block l std 1/sqrt(2 fan_in (l + 1)), embeddings std 1/sqrt(d_model).
         """
         cfg = self.cfg
-        std = cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.init_scaled_residual else std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 is_out = name.endswith(("attn.wo", ".w2"))
-                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+                self._init_matrix(module.weight, is_out, name)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                self._init_matrix(module.weight, False, name, embedding=True)
             elif isinstance(module, (RMSNorm, nn.LayerNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
@@ -367,10 +406,42 @@ class LM(nn.Module):
                     if pname.startswith("b"):  # b1, b3, b2
                         nn.init.zeros_(p)
                         continue
-                    nn.init.normal_(p, mean=0.0, std=out_std if pname == "w2" else std)
+                    self._init_matrix(p, pname == "w2", name)  # (E, out, in)
                     if cfg.moe_init == "sparse":
                         for w in p:  # each expert's (out, in) matrix
                             _sparsify_(w, SPARSE_EXPERT_DENSITY)
+
+    def _init_matrix(self, w: torch.Tensor, is_out: bool, name: str, *,
+                     embedding: bool = False) -> None:
+        """One weight matrix (out, in), or a stack of them (E, out, in), by ``cfg.init`` (see
+        :meth:`init_weights`)."""
+        cfg, scheme = self.cfg, self.cfg.init
+        fan_in = w.shape[-1]
+        if scheme == "xavier":
+            if embedding:
+                nn.init.normal_(w, mean=0.0, std=cfg.init_std)
+            else:
+                for m in (w if w.dim() == 3 else [w]):
+                    nn.init.xavier_uniform_(m)
+            return
+        if scheme == "mitchell":
+            if embedding:
+                std = 1 / math.sqrt(cfg.d_model)
+            elif is_out:
+                match = re.search(r"blocks\.(\d+)\.", name)
+                layer = int(match.group(1)) if match else 0
+                std = 1 / math.sqrt(2 * fan_in * (layer + 1))
+            else:
+                std = 1 / math.sqrt(fan_in)
+            nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std)
+            return
+        std = math.sqrt(2 / (5 * cfg.d_model)) if scheme == "small" else cfg.init_std
+        if is_out and cfg.init_scaled_residual:
+            std /= math.sqrt(2 * cfg.n_layers)
+        if scheme == "trunc_normal":
+            nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        else:
+            nn.init.normal_(w, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.size(1)  # idx (B, T)
@@ -411,6 +482,91 @@ class LM(nn.Module):
         for m in moes:
             m.load = None
         return torch.stack([r.cpu() for r in rows]).to(torch.float64).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# the training loss
+
+
+# FUSED_CROSS_ENTROPY (CUDA with Triton only; performance only, same math): the forward of the
+# cross-entropy as one Triton kernel that reads each row of bf16 logits once and takes one exp per
+# element (blockwise online logsumexp), instead of inductor's online-softmax reduction, which takes
+# two per element and ran at ~1.4 TB/s on an H100 (ours ~3 TB/s: gpt2s step +1.7%; bench/README.md,
+# "Session 2, profile"). The backward is plain torch (softmax - one-hot), one pointwise kernel
+# under torch.compile. Only for rows of a multiple of 128 bytes (vocab 50304, 8192): otherwise
+# inductor pads the logits' row stride and copies them back for the op (cs336, vocab 10000: the
+# kernel's gain eaten, +600 MB), and F.cross_entropy is used.
+FUSED_CROSS_ENTROPY = True
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (N, V) logits against (N,) class ids in [0, V), statistics in fp32:
+    ``F.cross_entropy(logits.float(), targets)`` (no ignore_index: every target is a token)."""
+    if (FUSED_CROSS_ENTROPY and logits.is_cuda and _ce_rows is not None
+            and logits.size(-1) * logits.element_size() % 128 == 0):
+        loss_rows, _ = _ce_rows(logits.contiguous(), targets.contiguous())
+        return loss_rows.mean()
+    return F.cross_entropy(logits.float(), targets)
+
+
+def _make_ce_op():
+    """torch.ops.lmablate.ce_rows(logits (N, V), targets (N,)) -> (loss (N,), lse (N,)) fp32, with
+    its autograd formula; None without Triton or torch.library.triton_op."""
+    try:
+        import triton
+        import triton.language as tl
+        from torch.library import triton_op, wrap_triton
+    except ImportError:
+        return None
+
+    @triton.jit
+    def _ce_rows_kernel(x_ptr, t_ptr, loss_ptr, lse_ptr, stride, V, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        base = x_ptr + row * stride
+        cols = tl.arange(0, BLOCK)
+        m = float("-inf")
+        d = 0.0
+        for start in range(0, V, BLOCK):
+            idx = start + cols
+            x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(d)
+        target = tl.load(t_ptr + row)
+        x_t = tl.load(base + target).to(tl.float32)
+        tl.store(lse_ptr + row, lse)
+        tl.store(loss_ptr + row, lse - x_t)
+
+    @triton_op("lmablate::ce_rows", mutates_args=())
+    def ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, v = logits.shape
+        loss = torch.empty(n, device=logits.device, dtype=torch.float32)
+        lse = torch.empty(n, device=logits.device, dtype=torch.float32)
+        block = 2048 if v <= 16384 else 4096
+        wrap_triton(_ce_rows_kernel)[(n,)](logits, targets, loss, lse, logits.stride(0), v,
+                                           BLOCK=block, num_warps=8)
+        return loss, lse
+
+    def setup_context(ctx, inputs, output):
+        logits, targets = inputs
+        ctx.save_for_backward(logits, targets, output[1])
+
+    def backward(ctx, grad_loss, grad_lse):
+        logits, targets, lse = ctx.saved_tensors
+        cols = torch.arange(logits.size(-1), device=logits.device)
+        p = torch.exp(logits.float() - lse[:, None])  # softmax
+        grad = (p - (cols == targets[:, None]).float()) * grad_loss[:, None]
+        return grad.to(logits.dtype), None
+
+    ce_rows.register_autograd(backward, setup_context=setup_context)
+    return ce_rows
+
+
+try:
+    _ce_rows = _make_ce_op()
+except RuntimeError:  # registered already (module reloaded): fall back to F.cross_entropy
+    _ce_rows = None
 
 
 # --------------------------------------------------------------------------------------------------

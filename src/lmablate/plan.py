@@ -27,7 +27,17 @@ from .errors import ConfigError
 from .solve import model_vocab
 from .study import Study
 
-__all__ = ["measured_rate", "plan_table", "plan_totals", "render", "select_top_k"]
+__all__ = ["measured_rate", "plan_table", "plan_totals", "planned_tokens", "render",
+           "select_top_k", "study_train_rate", "train_runtime_min"]
+
+# The throughput a Slurm time limit assumes when a study neither sets `execution.tokens_per_s`
+# nor has finished runs to measure (:func:`train_runtime_min`): deliberately slow, a few percent
+# of a current GPU's FLOP rate and at most 1e5 tokens/s however small the model, so that a first
+# run is not killed at its limit. This is the one place the default lives.
+DEFAULT_TRAIN_FLOPS_PER_S = 1e12
+DEFAULT_TRAIN_TOKENS_PER_S = 1e5
+# The limit of a run whose token count is unknown until its data is (an `epochs` budget).
+DEFAULT_TRAIN_RUNTIME_MIN = 240
 
 
 def _vocab(run: Any) -> int:
@@ -59,6 +69,58 @@ def measured_rate(finals: dict[str, dict[str, Any]]) -> tuple[str, float] | None
     return ("tokens", tokens[len(tokens) // 2]) if tokens else None
 
 
+def planned_tokens(run: Any) -> int | None:
+    """Tokens ``run`` trains on (its budget rounded up to whole steps); None for an epoch
+    budget, which depends on the data."""
+    t = run.config.train
+    if t.epochs is not None:
+        return None
+    per_step = t.batch_size * t.grad_accum * t.seq_len
+    return math.ceil(t.tokens / per_step) * per_step
+
+
+def _flops_per_token(run: Any) -> float:
+    return accounting.flops_per_token(run.config.model, _vocab(run), run.config.train.seq_len)
+
+
+def study_train_rate(study: Study, results_root: str | Path = "results"
+                     ) -> float | tuple[str, float] | None:
+    """The throughput :func:`train_runtime_min` plans ``study``'s jobs with: the study's
+    ``execution.tokens_per_s`` (tokens/s), else :func:`measured_rate` of its finished runs under
+    ``results_root``, else None (the conservative default)."""
+    if study.execution.get("tokens_per_s"):
+        return float(study.execution["tokens_per_s"])
+    return measured_rate(_finals(study, results_root))
+
+
+def train_runtime_min(run: Any, tokens_per_s: float | tuple[str, float] | None = None,
+                      margin: float = 2.0, floor: int = 30) -> int:
+    """Wall-time limit in minutes (Slurm ``runtime``) for training ``run``: its planned tokens
+    at ``tokens_per_s``, times ``margin`` (evaluation, checkpoints, start-up, a slower node),
+    at least ``floor``.
+
+    ``tokens_per_s`` is tokens/s, or a :func:`measured_rate` pair (a ``"flops"`` rate is turned
+    into this run's tokens/s by its FLOPs per token, so a bigger model gets a longer limit);
+    None assumes the slow default above (``DEFAULT_TRAIN_FLOPS_PER_S``, at most
+    ``DEFAULT_TRAIN_TOKENS_PER_S``). An epoch budget gets ``DEFAULT_TRAIN_RUNTIME_MIN``.
+    """
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin!r}")
+    tokens = planned_tokens(run)
+    if tokens is None:
+        return max(floor, DEFAULT_TRAIN_RUNTIME_MIN)
+    if tokens_per_s is None:
+        rate = min(DEFAULT_TRAIN_TOKENS_PER_S, DEFAULT_TRAIN_FLOPS_PER_S / _flops_per_token(run))
+    elif isinstance(tokens_per_s, tuple):
+        kind, value = tokens_per_s
+        rate = value / _flops_per_token(run) if kind == "flops" else value
+    else:
+        rate = tokens_per_s
+    if not rate or rate <= 0 or not math.isfinite(rate):
+        raise ValueError(f"expected a throughput > 0, got {tokens_per_s!r}")
+    return max(floor, math.ceil(margin * tokens / rate / 60))
+
+
 def _short_keys(diff: dict[str, Any]) -> str:
     """``d_model=48, lr=0.001``: leaf names, dotted where two sections share a leaf."""
     leaves = [k.split(".")[-1] for k in diff]
@@ -76,8 +138,7 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
         vocab, t = _vocab(r), r.config.train
         ctx = r.config.model.context_length or t.seq_len
         counts = accounting.param_counts(r.config.model, vocab, ctx)
-        per_step = t.batch_size * t.grad_accum * t.seq_len
-        tokens = math.ceil(t.tokens / per_step) * per_step if t.epochs is None else None
+        tokens = planned_tokens(r)
         flops = accounting.flops_per_token(r.config.model, vocab, t.seq_len) * tokens \
             if tokens else None
         est = None

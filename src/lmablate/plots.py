@@ -43,7 +43,7 @@ from .harvest import (  # noqa: E402
 from .stats import pareto_front, summarize  # noqa: E402
 
 __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
-           "lr_sensitivity", "efficiency", "calibration", "moe_load", "scaling_law", "draw",
+           "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law", "draw",
            "save", "group_palette", "REFERENCE_COLOR", "DIVERGED_COLOR"]
 
 REFERENCE_COLOR = "#3a3a3a"
@@ -827,7 +827,7 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     if "train.lr" not in runs or runs["train.lr"].nunique() < 2:
         return _empty(title or "Learning-rate sensitivity", "The learning rate does not vary.")
     ref, _ = reference_group(runs, baseline)
-    runs = runs.assign(line=lr_lines(runs))
+    runs = runs_all = runs.assign(line=lr_lines(runs))
     ok = _ok(runs)
     ok = ok[ok[metric].notna()]
     ref_mean = ok[ok.group == ref][metric].mean() if ref is not None else float("nan")
@@ -837,11 +837,17 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     ok = ok[ok.line.isin(runs.line)]
     fig, ax = _subplots(figsize=(10.5, 6))
     ax.set_xscale("log")
-    if len(ok):
-        ax.set_ylim(*_data_limits(ok[metric].tolist(), pad=0.1))
-    if np.isfinite(ref_mean) and not (ok.group == ref).any():
+    show_ref = bool(np.isfinite(ref_mean) and not (ok.group == ref).any())
+    if len(ok):  # the reference line must stay inside the axes, however far from the sweep
+        ax.set_ylim(*_data_limits(ok[metric].tolist() + ([ref_mean] if show_ref else []),
+                                  pad=0.1))
+    if show_ref:
+        ref_lr = runs_all.loc[runs_all.group == ref, "train.lr"].dropna().unique()
         ax.axhline(ref_mean, color=REFERENCE_COLOR, ls="--", lw=1,
-                   label=f"{ref} (reference, one LR): mean")
+                   label=f"{ref} (reference, one LR"
+                   + (f" = {_num(float(ref_lr[0]))}" if len(ref_lr) == 1 else "") + "): mean")
+        if len(ref_lr) == 1:
+            ax.plot(ref_lr[0], ref_mean, "D", color=REFERENCE_COLOR, ms=6, zorder=5)
     means = ok.groupby("line")[metric].mean().sort_values()
     lines = list(means.index) + [k for k in dict.fromkeys(runs.line) if k not in means.index]
     colors = sns.color_palette("colorblind", 10) if len(lines) <= 10 else \
@@ -1112,6 +1118,58 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
 
 # --------------------------------------------------------------------------------------------------
 # dispatch and saving
+
+
+def lr_finder(results: Sequence[Mapping[str, Any]], path: str | Path | None = None, *,
+              title: str | None = None) -> plt.Figure:
+    """LR range tests (:func:`lmablate.lrfind.lr_range_test` results): smoothed training loss vs
+    learning rate, one line per run, with the suggested LRs marked; saved to ``path`` if given."""
+    style()
+    fig, ax = _subplots(figsize=(7.5, 4.6))
+    names = [str(r.get("label") or r.get("run_id")) for r in results]
+    colors = dict(zip(names, sns.color_palette("colorblind", len(names))))
+    lows, highs = [], []
+    for name, r in zip(names, results):
+        c = pd.DataFrame(r["curve"]).dropna()
+        if c.empty:
+            continue
+        color = colors[name]
+        ax.plot(c["lr"], c["loss"], color=color, alpha=0.25, lw=0.8)
+        ax.plot(c["lr"], c["smoothed"], color=color, lw=2, label=name)
+        for key, marker, what in (("lr_steepest", "v", "steepest"), ("lr_valley", "o", "valley")):
+            lr = r.get(key)
+            if lr:
+                y = float(np.interp(np.log(lr), np.log(c["lr"]), c["smoothed"]))
+                ax.plot([lr], [y], marker=marker, color=color, ms=8, mec="black", ls="none")
+        if r.get("configured_lr"):
+            ax.axvline(r["configured_lr"], color=color, ls=":", lw=1)
+        finite = c[np.isfinite(c["smoothed"]) & np.isfinite(c["loss"])]
+        lows.append(min(finite["smoothed"].min(), finite["loss"].min()))
+        highs.append(finite["smoothed"].iloc[: max(1, len(finite) // 5)].max())
+    ax.set_xscale("log")
+    if lows:  # the start of the curve and its minimum; the blow-up at the end may leave the axes
+        lo, hi = min(lows), max(highs)
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.25 * (hi - lo))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss (nats/token)")
+    handles, labels = ax.get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    handles += [Line2D([], [], marker="v", color="gray", mec="black", ls="none"),
+                Line2D([], [], marker="o", color="gray", mec="black", ls="none"),
+                Line2D([], [], color="gray", ls=":")]
+    labels += ["steepest descent", "valley (min-loss LR / 10)", "configured LR"]
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
+    picks = "; ".join(f"{n}: valley {_num(r['lr_valley'])}, steepest {_num(r['lr_steepest'])}"
+                      for n, r in zip(names, results) if r.get("lr_valley"))
+    _finish(fig, title or "LR range test",
+            "thick: smoothed loss (bias-corrected EMA); faint: per-step loss; the LR grows "
+            "exponentially each step; the axes end above the starting loss, so the blow-up at "
+            "the highest LRs leaves them", [f"Suggested LRs — {picks}" if picks else
+                                        "No suggestion: the loss never fell."])
+    if path is not None:
+        save(fig, path)
+    return fig
 
 
 def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str = "baseline",

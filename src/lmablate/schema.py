@@ -64,6 +64,9 @@ def _section(cls: type, description: str) -> dict[str, Any]:
 
 
 def study_schema() -> dict[str, Any]:
+    from .lrfind import LR_FIND_KEYS
+    from .phases import RANKING_KEYS
+
     model = _section(C.ModelConfig, "Model architecture (every field is an ablation knob).")
     train = _section(C.TrainConfig, "Optimisation, budget, evaluation and checkpoints.")
     delta = {"type": "object", "description": "Settings as nested sections or dotted keys "
@@ -109,6 +112,10 @@ def study_schema() -> dict[str, Any]:
         "seeds": {"description": "Seeds each configuration is trained with.",
                   "type": "array", "items": {"type": "integer", "minimum": 0}, "default": [0]},
     }})
+    p["ranking"].update({"type": "object", "additionalProperties": False, "required": ["tokens"],
+                         "properties": {k: {"description": v} for k, v in RANKING_KEYS.items()}})
+    p["lr_find"].update({"type": ["boolean", "object"], "additionalProperties": False,
+                         "properties": {k: {"description": v} for k, v in LR_FIND_KEYS.items()}})
     p["execution"].update({"type": "object", "properties": {
         "train_threads": {"description": "CPU threads per training job.", "type": "integer",
                           "minimum": 1, "default": 1},
@@ -118,6 +125,12 @@ def study_schema() -> dict[str, Any]:
         "train_mem_mb": {"description": "Memory per training job (Slurm mem_mb).",
                          "type": "integer", "default": 4000},
         "train_runtime_min": {"description": "Wall-time limit per training job in minutes "
-                                             "(Slurm runtime).", "type": "integer", "default": 240},
+                                             "(Slurm runtime); default: planned tokens / "
+                                             "tokens_per_s x 2, at least 30.",
+                              "type": "integer", "minimum": 1},
+        "tokens_per_s": {"description": "Training throughput (tokens/s) the Slurm time limit "
+                                        "assumes; default: the median of the study's finished "
+                                        "runs, else a slow default (lmablate.plan).",
+                         "type": "integer", "minimum": 1},
     }, "additionalProperties": True})
     return schema

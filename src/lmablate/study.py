@@ -22,6 +22,7 @@ sets the axis ``model.n_heads``), see :func:`lmablate.sweep.set_override`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,10 +53,19 @@ TOP_KEYS = {
     "baseline": "Variant that deltas, plots and tests compare against (default: baseline).",
     "eval_tasks": "Downstream tasks scored on every run (lmablate.evaluation): tasks (names, "
                   "presets such as smallbench, or mappings), mode, limit, finetune, harness.",
+    "ranking": "Two-phase study (seed 003): every run trains a short budget first and the top_k "
+               "go on to the full budget (lmablate.phases): tokens, top_k, metric, per, "
+               "early_stop, resume.",
+    "lr_find": "LR range test (lmablate lr-find) of some runs as part of the workflow: true, or "
+               "{runs, min_lr, max_lr, steps}; draws plots/lr_finder.png.",
     "figures": "Pick and name the study's figures (default: every figure its sweep axes support).",
     "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# `execution:` settings (rules/*.smk, workflow_scripts/train_model.py) and their least value
+EXECUTION_KEYS = {"train_threads": 1, "gpus_per_run": 0, "train_mem_mb": 1,
+                  "train_runtime_min": 1, "eval_runtime_min": 1, "runs_per_gpu": 1,
+                  "tokens_per_s": 1}
 
 
 @dataclass
@@ -171,6 +181,35 @@ def _mapping(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _execution(execution: Any) -> dict[str, Any]:
+    """The checked ``execution:`` block: known keys, whole numbers (strings from ``snakemake
+    --config`` read as numbers again)."""
+    if not isinstance(execution, Mapping):
+        raise ConfigError(f"expected a mapping, got {execution!r}", key="execution")
+    out = {}
+    for key, value in _reparsed(dict(execution)).items():
+        if key not in EXECUTION_KEYS:
+            raise ConfigError(f"unknown key{did_you_mean(str(key), EXECUTION_KEYS)}; expected one "
+                              f"of: {', '.join(EXECUTION_KEYS)}", key=f"execution.{key}")
+        least = EXECUTION_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"expected an integer >= {least}, got {value!r}",
+                              key=f"execution.{key}")
+        out[key] = value
+    return out
+
+
+def _tokenizer_located(run: Run, base_dir: Path) -> Run:
+    """``tokenizer.path`` (kind: file) is relative to the study file, as corpus paths are
+    (``package:`` allowed). The run's config holds the absolute location, for the job that copies
+    it; its identity and config.yaml keep the path as written."""
+    tok = run.config.tokenizer
+    if not tok.path:
+        return run
+    located = dataclasses.replace(tok, path=corpora_mod.local_path(tok.path, base_dir))
+    return dataclasses.replace(run, config=dataclasses.replace(run.config, tokenizer=located))
+
+
 def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None,
            base_dir: Path) -> Study:
     doc = _with_includes(doc, base_dir, source or "")
@@ -223,8 +262,11 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
                               f"dotted settings (model.x, train.y) and {', '.join(VARIANT_KEYS)}",
                               key=f"sweep.variants.{vname}.{key}")
 
+    if doc.get("execution") is not None:
+        doc["execution"] = _execution(doc["execution"])
+
     corpora = corpora_mod.resolve_corpora(doc.get("corpora") or {}, base_dir)
-    runs = expand(doc, corpora)
+    runs = [_tokenizer_located(r, base_dir) for r in expand(doc, corpora)]
     used = {r.config.data.corpus for r in runs}
     for corpus in sorted(used):
         if corpus not in corpora:

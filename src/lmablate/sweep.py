@@ -19,6 +19,7 @@ once), so seed 000's 1,152-point grid expands in about a second on 2 CPU cores.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -214,16 +215,30 @@ def _is_number(text: str) -> bool:
 # resolution
 
 
+SECTION_EXAMPLES = {"model": "{preset: debug}", "train": "{lr: 3e-4}",
+                    "data": "{val_fraction: 0.05}", "tokenizer": "{kind: bpe}"}
+
+
 def _normalise_delta(delta: Any, key: str) -> dict[str, Any]:
-    """A variant / defaults block in nested or dotted form -> flat dotted dict under sections."""
+    """A variant / defaults block in nested or dotted form -> flat dotted dict under sections.
+    An empty section (``model:``) sets nothing."""
     if delta is None:
         return {}
     if not isinstance(delta, Mapping):
         raise ConfigError(f"expected a mapping of settings, got {delta!r}", key=key)
-    flat = flatten(delta)
+    for name, block in delta.items():
+        _check_section_block(name, block, f"{key}.{name}")
+    flat = flatten({k: v for k, v in delta.items() if not (k in C.SECTIONS and not v)})
     for k in flat:
         _check_section(k, f"{key}.{k}")
     return flat
+
+
+def _check_section_block(name: str, block: Any, key: str) -> None:
+    """``model: debug`` where a mapping of model settings (``model: {preset: debug}``) goes."""
+    if name in C.SECTIONS and block is not None and not isinstance(block, Mapping):
+        raise ConfigError(f"expected a mapping of settings (e.g. {name}: "
+                          f"{SECTION_EXAMPLES[name]}), got {block!r}", key=key)
 
 
 def _check_section(dotted: str, key: str) -> None:
@@ -232,6 +247,16 @@ def _check_section(dotted: str, key: str) -> None:
         raise ConfigError(f"unknown section '{section}'{did_you_mean(section, C.SECTIONS)}; "
                           f"settings live under {', '.join(C.SECTIONS)} (e.g. model.d_model)",
                           key=key)
+
+
+def _check_axis(dotted: str, key: str) -> None:
+    """A grid/zip axis names a setting of a section (``model.d_model``), checked before the
+    sweep expands, so a typo is reported under the axis and not under a point of the grid."""
+    _check_section(dotted, key)
+    section, name = dotted.split(".", 1)
+    fields = [f.name for f in dataclasses.fields(C.SECTIONS[section])]
+    if name not in fields:
+        raise C.unknown_key(name, fields, key)
 
 
 def _apply_presets(flat: dict[str, Any], key: str) -> dict[str, Any]:
@@ -347,8 +372,20 @@ def _evaluate_derived(flat: dict[str, Any], key: str,
                               "value that depends on it)", key=f"{key}.{k}")
         for k in ready:
             others = {n: v for n, v in flat.items() if n not in pending}
-            flat[k] = evaluate(pending.pop(k), _names({**fallback, **others}), key=f"{key}.{k}")
+            flat[k] = _evaluate_setting(k, pending.pop(k), _names({**fallback, **others}),
+                                        f"{key}.{k}")
     return flat
+
+
+def _evaluate_setting(setting: str, text: str, names: Mapping[str, Any], key: str) -> Any:
+    """The value of a setting's expression. A lone word that names nothing (``batch_size:
+    eight``) is a value of the wrong type rather than an expression, and is reported so."""
+    word = text.strip()
+    if word.isidentifier() and word not in names and word not in ("True", "False", "None"):
+        section, name = setting.split(".", 1)
+        raise ConfigError(f"expected {C.expected_type(section, name)} or an expression over "
+                          f"config keys, got {text!r}{did_you_mean(word, names)}", key=key)
+    return evaluate(text, names, key=key)
 
 
 def _refs(text: str, key: str) -> set[str]:
@@ -362,7 +399,7 @@ def _refs(text: str, key: str) -> set[str]:
 
 def _axis_values(axis: str, spec: Any, names: Mapping[str, Any], key: str) -> list[Any]:
     if _is_expr(axis, spec):
-        spec = evaluate(spec, names, key=key)
+        spec = _evaluate_setting(axis, spec, names, key)
     if not isinstance(spec, list):
         spec = [spec]
     if not spec:
@@ -378,7 +415,7 @@ def _axis_order(grid: Mapping[str, Any], key: str) -> list[str]:
     """
     deps = {}
     for axis, spec in grid.items():
-        _check_section(axis, f"{key}.{axis}")
+        _check_axis(axis, f"{key}.{axis}")
         refs = _refs(spec, f"{key}.{axis}") if _is_expr(axis, spec) else set()
         deps[axis] = {a for a in grid if a != axis and (a in refs or a.split(".")[-1] in refs)}
     order: list[str] = []
@@ -410,7 +447,7 @@ def _zip_rows(zipped: Mapping[str, Any], names: dict[str, Any], key: str) -> lis
         return [{}]
     cols = {}
     for k, v in zipped.items():
-        _check_section(k, f"{key}.{k}")
+        _check_axis(k, f"{key}.{k}")
         cols[k] = _axis_values(k, v, _names(names), f"{key}.{k}")
     lengths = {len(v) for v in cols.values()}
     if len(lengths) != 1:
@@ -460,10 +497,14 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
     corpora = corpora or {}
     resolver = _Resolver()
     defaults = _apply_presets(_normalise_delta(study.get("defaults"), "defaults"), "defaults")
-    for section in ("data", "tokenizer"):
-        for k, v in flatten(study.get(section) or {}).items():
-            defaults.setdefault(f"{section}.{k}", v)
-    base_cfg = resolver.resolve(defaults, "defaults")
+    written = set(defaults)
+    top = _top_level_settings(study)
+    for k, v in top.items():
+        defaults.setdefault(k, v)
+    try:
+        base_cfg = resolver.resolve(defaults, "defaults")
+    except ConfigError as err:
+        raise _keyed_as_written(err, {k.split(".")[0] for k in top}, written) from None
     base_flat = flatten(C.to_dict(base_cfg))
 
     sweep = study.get("sweep") or {}
@@ -525,10 +566,36 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
     return list(runs.values())
 
 
+def _top_level_settings(study: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's top-level ``data:`` and ``tokenizer:`` sections as dotted settings (defaults
+    for every run, below ``defaults:``)."""
+    out: dict[str, Any] = {}
+    for section in ("data", "tokenizer"):
+        block = study.get(section)
+        _check_section_block(section, block, section)
+        out.update(flatten({section: block}) if block else {})
+    return out
+
+
+def _keyed_as_written(err: ConfigError, top_sections: set[str], written: set[str]) -> ConfigError:
+    """An error in a setting of a top-level ``tokenizer:``/``data:`` section, keyed as the study
+    wrote it (``tokenizer.kind``) rather than as the defaults it was merged into."""
+    key = err.key or ""
+    inner = key.removeprefix("defaults.")
+    if key.startswith("defaults.") and inner.split(".")[0] in top_sections and inner not in written:
+        return ConfigError(err.message, key=inner, file=err.file)
+    return err
+
+
 def identity(sections: Mapping[str, Any], data_id: str) -> dict[str, Any]:
     """What a run ID hashes: the resolved model and train sections and the data identity (the
-    data and tokenizer sections enter through ``data_id``)."""
-    return {"model": sections["model"], "train": sections["train"], "data_id": data_id}
+    data and tokenizer sections enter through ``data_id``). Fields added in a later version
+    (``F(since=...)``) enter only when set to something other than their default, so adding a
+    field never changes the ID of an existing run."""
+    later = C.later_fields()
+    return {name: {k: v for k, v in sections[name].items()
+                   if f"{name}.{k}" not in later or later[f"{name}.{k}"] != v}
+            for name in ("model", "train")} | {"data_id": data_id}
 
 
 def _make_run(cfg: C.RunConfig, resolved: Mapping[str, Any], variant: str | None,

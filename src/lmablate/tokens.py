@@ -25,8 +25,10 @@ come from ``numpy.random.default_rng([seed, s])``, so the data order is a pure f
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -62,7 +64,7 @@ class _Appender:
     def __init__(self, f: h5py.File, name: str, dtype: Any):
         self.name = name
         self.ds = f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                   chunks=(CHUNK,))
+                                   chunks=(CHUNK,), fletcher32=True)
         self.docs = array("q")  # 8 bytes per document, not a Python int object each
         self.n = 0  # tokens in the dataset
         self.buf: list[np.ndarray] = []
@@ -96,7 +98,8 @@ class _Appender:
 
     def finish(self, f: h5py.File) -> None:
         self.flush()
-        f.create_dataset(f"{self.name}_docs", data=np.frombuffer(self.docs, dtype=np.int64))
+        f.create_dataset(f"{self.name}_docs", data=np.frombuffer(self.docs, dtype=np.int64),
+                         fletcher32=True)
 
 
 def _truncate(ids: np.ndarray, starts: Sequence[int], room: int) -> tuple[np.ndarray, list[int]]:
@@ -105,20 +108,37 @@ def _truncate(ids: np.ndarray, starts: Sequence[int], room: int) -> tuple[np.nda
 
 @contextmanager
 def _store_file(out_path: str | Path) -> Iterator[h5py.File]:
-    """An HDF5 file that appears at ``out_path`` only if the block completes (temp + rename)."""
+    """An HDF5 file that appears at ``out_path`` only if the block completes (temp + rename).
+
+    Temporary files of earlier attempts that were killed are removed first (Snakemake's lock
+    makes this job the store's only writer); a full disk is one line naming the store."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_path.parent.glob(f".{out_path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            with h5py.File(tmp, "w") as f:
+                yield f
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError
+            if _disk_full(err):
+                raise DataError(f"{out_path}: no space left on the device while writing the token "
+                                f"store ({shutil.disk_usage(out_path.parent).free} bytes free in "
+                                f"{out_path.parent})") from err
+            raise
         os.replace(tmp, out_path)
         fsync_dir(out_path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _disk_full(err: BaseException) -> bool:
+    return (getattr(err, "errno", None) == errno.ENOSPC or "errno = 28" in str(err)
+            or "No space left" in str(err))
 
 
 def _provenance(**attrs: Any) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from . import accounting
 from .checkpoint import load_latest, save_checkpoint
 from .config import RunConfig, from_dict, to_dict
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from .metrics import EvalAccumulator, entropy, gini
 from .model import LM
 from .tokens import Batches, TokenStore, val_windows
@@ -161,6 +160,13 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 # It needs static shapes and no state kept across steps, so it is used only for dense models
 # without grad_accum (see :func:`loss_function`); others get the default mode.
 CUDA_COMPILE_MODE: str | None = "reduce-overhead"
+# the compile modes that use CUDA graphs, each with its fallback without them
+_GRAPH_MODES = {"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}
+# extra torch._inductor.config options for that compile on CUDA, on top of the mode's own. The
+# two-pass logsumexp (online_softmax off) makes the cross-entropy's forward reduction 1.6x faster
+# where model.cross_entropy falls back to F.cross_entropy (cs336 step +2.6% on an H100;
+# bench/README.md, "Session 2, profile"); it changes no other kernel of these models.
+CUDA_COMPILE_OPTIONS: dict[str, Any] = {"online_softmax": False}
 DEVICE_DATA_MAX_BYTES = 2 << 30  # keep the train split on the GPU (int32) when it is this small
 
 
@@ -199,22 +205,29 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     The cross-entropy sits inside the compiled graph with the model, so inductor fuses the fp32
     upcast of the logits into the log-softmax instead of writing a (tokens, vocab) fp32 copy.
     """
+    from .model import cross_entropy  # F.cross_entropy in fp32, or its Triton forward on CUDA
+
     t = cfg.train
     accum = t.grad_accum
 
     def fn(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _autocast(device, autocast):
             logits = model(w[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), w[:, 1:].reshape(-1))
+            loss = cross_entropy(logits.view(-1, logits.size(-1)), w[:, 1:].reshape(-1))
             total = (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
         return loss, total
 
     if not (t.compile == "true" or (t.compile == "auto" and device.type == "cuda")):
         return fn, False
     mode = CUDA_COMPILE_MODE if device.type == "cuda" else None
-    if mode == "reduce-overhead" and (cfg.model.num_experts or accum > 1):
-        mode = None  # MoE load counters and accumulated grads outlive a graph replay
-    return torch.compile(fn, mode=mode), mode == "reduce-overhead"
+    if mode in _GRAPH_MODES and (cfg.model.num_experts or accum > 1):
+        mode = _GRAPH_MODES[mode]  # MoE load counters and accumulated grads outlive a replay
+    if device.type == "cuda" and CUDA_COMPILE_OPTIONS:  # torch.compile takes mode or options
+        import torch._inductor as inductor
+
+        opts = {**(inductor.list_mode_options(mode) if mode else {}), **CUDA_COMPILE_OPTIONS}
+        return torch.compile(fn, options=opts), mode in _GRAPH_MODES
+    return torch.compile(fn, mode=mode), mode in _GRAPH_MODES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,13 +360,18 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
           ckpt_dir: str | Path | None = None, run_id: str | None = None,
           meta: Mapping[str, Any] | None = None, device: str = "auto", threads: int | None = None,
           resume: bool | str = "auto", progress: bool | None = None,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
+          stop_after_steps: int | None = None, cohort: str | Path | None = None,
+          init_from: str | Path | None = None) -> dict[str, Any]:
     """Train one run; write its outputs to ``out_dir``; return the contents of final.json.
 
     ``run``: a RunConfig or its dict; ``meta``: extra identity written to config.yaml (study,
     variant, seed, run_id, ...); ``ckpt_dir``: resumable state (default ``out_dir/ckpt``);
     ``resume``: "auto" (continue from the newest valid checkpoint), False (start over).
     ``stop_after_steps``: stop (checkpointed, not final) after this many steps — for tests.
+    ``cohort``: a JSON-lines file the runs of one phase share for early stopping (each appends its
+    validation metric per evaluation; without it a run compares against its own best).
+    ``init_from``: a checkpoint dir to continue when ``ckpt_dir`` has none (phase 2 continuing a
+    phase-1 run of the same config whose ``train.stop_tokens`` ended it early).
     """
     t_start = time.perf_counter()
     cfg = run if isinstance(run, RunConfig) else from_dict(RunConfig, dict(run))
@@ -401,9 +419,19 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     window_loss, window_n = torch.zeros((), device=dev), 0  # train loss summed since last log
     step, tokens_seen, best_val, train_time = 0, 0, math.inf, 0.0
     status, diverged_at = "completed", None
+    worse_since: int | None = None  # early stopping: tokens when the run fell behind its cohort
+    end_step = plan.total_steps if not cfg.train.stop_tokens else min(
+        plan.total_steps, math.ceil(cfg.train.stop_tokens / plan.tokens_per_step))
+    stopper = EarlyStop(cfg, run_id, cohort) if cfg.train.early_stop_delta else None
     state = load_latest(ckpt, map_location=dev) if resume else None
+    if state is None and resume and init_from is not None:
+        state = load_latest(Path(init_from), map_location=dev)
+        if state is not None and state.get("status") != "completed":
+            log.warning("%s ended %s: not continuing it, starting over", init_from,
+                        state.get("status"))
+            state = None
     if state is not None:
-        if state.get("config") != to_dict(cfg):
+        if not same_training(state.get("config"), to_dict(cfg), phase=init_from is not None):
             raise ValueError(f"{state['_path']}: checkpoint belongs to a different config; "
                              f"remove {ckpt} to start over")
         model.load_state_dict(state["model"])
@@ -414,6 +442,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
         records, best_val = state["records"], state["best_val"]
         train_time = state.get("train_time", 0.0)
         status, diverged_at = state.get("status", "completed"), state.get("diverged_at")
+        worse_since = state.get("worse_since")
         _set_rng_state(state["rng"])
         window_loss, window_n = state["window"][0].to(dev), state["window"][1]
         log.info("resumed from %s at step %d/%d (%d tokens)", state["_path"], step,
@@ -439,6 +468,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                 "scaler": scaler.state_dict() if scaler else None, "step": step,
                 "tokens_seen": tokens_seen, "records": records, "best_val": best_val,
                 "train_time": train_time, "status": status, "diverged_at": diverged_at,
+                "worse_since": worse_since,
                 "window": (window_loss.detach().clone(), window_n), "rng": _rng_state(),
                 "config": to_dict(cfg), "run_id": run_id}
 
@@ -462,7 +492,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     model.train()
     t_window = time.perf_counter()
     with _Preemption() as pre:
-        while step < plan.total_steps and status == "completed":
+        while step < end_step and status == "completed":
             t_step = time.perf_counter()
             lr = get_lr(step, cfg, plan)
             for group in opt.param_groups:
@@ -492,7 +522,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
             window_n += 1
             train_time += time.perf_counter() - t_step
 
-            last = step == plan.total_steps
+            last = step == end_step
             if step % cfg.train.log_every == 0 or last or step == 1:
                 t_sync = time.perf_counter()
                 mean_loss = (window_loss / window_n).item()  # the only host sync per window
@@ -524,6 +554,15 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                     fh.write(json.dumps(rec) + "\n")
                 log.info("eval step %d: val loss %.4f ppl %.2f acc %.3f", step, rec["loss"],
                          rec["ppl"], rec["acc"])
+                if stopper is not None:  # the last evaluation still informs the cohort
+                    worse_since = stopper.update(tokens_seen, rec, worse_since, records)
+                    if not last and worse_since is not None and tokens_seen - worse_since >= \
+                            cfg.train.early_stop_tokens:
+                        status = "stopped_early"
+                        log.warning("stopping early at step %d: val %s %.4f has been worse than "
+                                    "the cohort's best by >= %g since %d tokens", step,
+                                    cfg.train.early_stop_metric, stopper.value(rec),
+                                    cfg.train.early_stop_delta, worse_since)
             if step % plan.checkpoint_every == 0 or last or status != "completed" or pre.signal:
                 save_checkpoint(checkpoint_state(), ckpt, step, keep=cfg.train.keep_checkpoints)
             if pre.signal:
@@ -543,7 +582,9 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     final: dict[str, Any] = {"run_id": run_id, "status": status, "steps": step,
                              "tokens": tokens_seen, "planned_tokens": plan.total_tokens,
                              "diverged_at_step": diverged_at}
-    if status == "completed":
+    if status == "stopped_early":
+        final["stopped_early_at_step"] = step
+    if status in ("completed", "stopped_early"):
         res = evaluate(compiled, val_final, batch_size=cfg.train.batch_size, device=dev,
                        autocast=autocast, vocab_size=vocab, reliability=True)
         final.update({f"val_{k}": v for k, v in res.items() if k != "reliability"})
@@ -572,17 +613,18 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     })
     if final.get("val_loss") is not None:
         final["val_ppl"] = final.get("val_ppl")
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     seen, unique = set(), {}
     for k, v in model.state_dict().items():  # tied weights: store once
         if v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             unique[k] = v.detach().contiguous().cpu()
-    tmp = out / ".model.safetensors.tmp"
-    save_file(unique, str(tmp), metadata={"run_id": run_id, "format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    # atomically, with the umask's permissions (safetensors' own save_file makes 0600 files)
+    atomic_write_bytes(out / "model.safetensors",
+                       save(unique, metadata={"run_id": run_id, "format": "pt"}))
     _write_metrics(metrics_path, records)
+    final["metrics_sha256"] = sha256_file(metrics_path)  # harvest checks metrics.jsonl with it
     atomic_write_json(out / "trainer_state.json",
                       _trainer_state(records, plan, cfg, len(train_tokens),
                                      final["best_val_loss"], flops))
@@ -591,6 +633,82 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     log.info("done %s: status %s, val loss %s, %.0f tok/s, %.1f s", run_id, status,
              final.get("val_loss"), final["tokens_per_s"], final["wall_s"])
     return final
+
+
+# --------------------------------------------------------------------------------------------------
+# phases: early stopping against a cohort, continuing a phase-1 checkpoint
+
+# settings that may differ between a phase-1 run and the phase-2 run continuing its checkpoint
+PHASE_KEYS = ("stop_tokens", "early_stop_delta", "early_stop_metric", "early_stop_tokens")
+
+
+def same_training(saved: Mapping[str, Any] | None, current: Mapping[str, Any], *,
+                  phase: bool = False) -> bool:
+    """Whether a checkpoint's config trains the same run as ``current``.
+
+    Fields added in a later version at their default are ignored (a checkpoint written before they
+    existed still resumes); with ``phase``, so are the phase settings (:data:`PHASE_KEYS`)."""
+    from .config import later_fields
+
+    if saved is None:
+        return False
+    later = later_fields()
+
+    def norm(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for section, values in cfg.items():
+            out[section] = {k: v for k, v in dict(values).items()
+                            if not (phase and section == "train" and k in PHASE_KEYS)
+                            and not (f"{section}.{k}" in later and later[f"{section}.{k}"] == v)}
+        return out
+
+    return norm(saved) == norm(current)
+
+
+class EarlyStop:
+    """Seed 003's rule: stop when the dev metric is worse than the cohort's best-so-far by delta.
+
+    The cohort file (JSON lines ``{"run_id", "tokens", "value"}``, appended under a lock) is shared
+    by the runs of one phase; the best-so-far at ``t`` tokens is the lowest value any of them logged
+    at <= t tokens. Which peers have logged by then depends on scheduling, so with parallel runs the
+    decision can differ between repeats (the reference run and value are logged). Without a cohort
+    file a run compares against its own best (plain patience).
+    """
+
+    def __init__(self, cfg: RunConfig, run_id: str, cohort: str | Path | None):
+        self.delta = float(cfg.train.early_stop_delta or 0)
+        self.metric = cfg.train.early_stop_metric
+        self.run_id, self.cohort = run_id, Path(cohort) if cohort else None
+
+    def value(self, rec: Mapping[str, Any]) -> float:
+        return float(rec["ppl"] if self.metric == "ppl" else rec["loss"])
+
+    def _peers(self, tokens: int, value: float, records: list[dict]) -> list[tuple[int, float]]:
+        if self.cohort is None:  # its own evaluations (from the records: survives a resume)
+            return [(r["tokens"], self.value(r)) for r in records if r["split"] == "val"]
+        import fcntl
+
+        self.cohort.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"run_id": self.run_id, "tokens": tokens, "value": value}) + "\n"
+        with open(self.cohort, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(line)
+            fh.flush()
+            fh.seek(0)
+            rows = [json.loads(x) for x in fh.read().splitlines() if x.strip()]
+        return [(int(r["tokens"]), float(r["value"])) for r in rows
+                if math.isfinite(float(r["value"]))]
+
+    def update(self, tokens: int, rec: Mapping[str, Any], worse_since: int | None,
+               records: list[dict]) -> int | None:
+        """The new ``worse_since`` (tokens since which the run is behind, or None)."""
+        value = self.value(rec)
+        seen = [v for t, v in self._peers(tokens, value, records) if t <= tokens and
+                math.isfinite(v)]
+        best = min(seen, default=math.inf)
+        if math.isfinite(value) and value - best < self.delta:
+            return None
+        return tokens if worse_since is None else worse_since
 
 
 def _peak_rss_mb() -> float:

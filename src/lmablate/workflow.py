@@ -75,11 +75,13 @@ RUN_META_KEYS = ("run_id", "variant", "seed", "axes", "diff", "data_id", "tok_id
 
 def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, study: str,
                    ckpt_dir: str, threads: int | None = None, device: str = "auto",
-                   runs_per_gpu: int | None = None) -> dict:
+                   runs_per_gpu: int | None = None, cohort: str | None = None,
+                   init_from: str | None = None) -> dict:
     """Train one run of a study from its ``Run.to_dict()`` on a GPU slot (or the CPU).
 
     ``runs_per_gpu``: runs sharing one GPU; default from the model size
-    (:func:`lmablate.gpu.default_runs_per_gpu`)."""
+    (:func:`lmablate.gpu.default_runs_per_gpu`). ``cohort``, ``init_from``: see
+    :func:`lmablate.train.train` (two-phase studies)."""
     from . import accounting
     from .config import SECTIONS, ModelConfig, from_dict
     from .gpu import claim_device, default_runs_per_gpu
@@ -93,7 +95,30 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
         runs_per_gpu = default_runs_per_gpu(accounting.param_counts(model, vocab, 1024)["total"])
     with claim_device(device, slots=runs_per_gpu) as dev:
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
-                     device=dev, threads=threads)
+                     device=dev, threads=threads, cohort=cohort, init_from=init_from)
+
+
+def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str, Any], *,
+                     study: str, baseline: str) -> dict[str, Any]:
+    """Harvest phase 1 beside ``selected_path`` (runs.csv, analysis.txt, ...) and write the
+    selection (:func:`lmablate.phases.select`) to it."""
+    from .harvest import harvest, load_results
+    from .io import atomic_write_json
+    from .phases import select
+
+    out = Path(selected_path).parent
+    harvest([Path(f).parent for f in finals], out, study=f"{study} (phase 1)", baseline=baseline)
+    runs, _ = load_results(out)
+    chosen = select(ranking, runs)
+    if not chosen["selected"]:
+        from .errors import DataError
+
+        raise DataError("no phase-1 run finished with a finite "
+                        f"{chosen['metric']}: nothing to train in phase 2 (see {out}/runs.csv)")
+    atomic_write_json(selected_path, chosen)
+    print(f"phase 2: {len(chosen['selected'])} of {len(finals)} configurations "
+          f"({', '.join(chosen['selected'])})", file=sys.__stderr__)
+    return chosen
 
 
 def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str], *,

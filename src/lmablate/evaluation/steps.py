@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import to_dict
+from ..corpora import manifest_path
 from ..errors import ConfigError
 from .specs import (
     DATA_FIELDS,
@@ -31,7 +32,6 @@ __all__ = ["EvalPlan", "study_eval", "prepare_task_step", "evaluate_tasks_step",
 
 TASKS_DIR = "resources/tasks"
 HARNESS_KEYS = ("harness", "device", "batch_size", "fewshot_seed")
-CORPUS_MANIFEST = "resources/corpora/{corpus}/manifest.json"  # rules/data.smk's prepare_corpus
 
 
 @dataclass
@@ -56,7 +56,9 @@ class EvalPlan:
 
     def identity(self, tid: str) -> dict[str, Any]:
         """What defines the rows of task ``tid`` (the preparation rule's params)."""
-        return data_identity(self.specs[tid], **self.context[tid])
+        ctx = self.context[tid]
+        return data_identity(self.specs[tid], corpus=ctx.get("corpus"),
+                             val_fraction=ctx.get("val_fraction"))
 
     def task_file(self, name: str) -> str:
         return f"{TASKS_DIR}/{self.task_ids[name]}/task.json"
@@ -87,11 +89,12 @@ def study_eval(study: Any) -> EvalPlan | None:
                 raise ConfigError(f"corpus {corpus!r} is not a corpus of this study "
                                   f"({', '.join(study.corpora) or 'none'})",
                                   key=f"eval_tasks.tasks[{i}].corpus", file=study.source)
-            context = {"corpus": corpus, "val_fraction": data.val_fraction if data else 0.05}
-            inputs = [CORPUS_MANIFEST.format(corpus=corpus)]
+            context = {"corpus": corpus, "val_fraction": data.val_fraction if data else 0.05,
+                       "manifest": manifest_path(study.corpora[corpus])}
+            inputs = [context["manifest"]]
         elif spec.source == "jsonl":
             inputs = [str(resolve_path(p, base_dir)) for p in (spec.eval, spec.train) if p]
-        tid = task_id(spec, **context)
+        tid = task_id(spec, corpus=context.get("corpus"), val_fraction=context.get("val_fraction"))
         plan.task_ids[spec.name] = tid
         plan.specs[tid], plan.inputs[tid], plan.context[tid] = spec, inputs, context
     return plan
@@ -107,7 +110,7 @@ def prepare_task_step(name: str, identity: Mapping[str, Any], out: str | Path, *
     spec = TaskSpec(name=name, **{k: v for k, v in identity.items() if k in DATA_FIELDS})
     corpus = context.get("corpus")
     return prepare_task(spec, Path(out).parent, base_dir=base_dir,
-                        manifest=CORPUS_MANIFEST.format(corpus=corpus) if corpus else None,
+                        manifest=context.get("manifest") if corpus else None,
                         val_fraction=context.get("val_fraction"), corpus=corpus)
 
 

@@ -1,0 +1,24 @@
+# Two-phase studies (`ranking:`, seed 003): harvest phase 1 and pick the runs phase 2 trains.
+# A checkpoint: once it has run, Snakemake re-evaluates the DAG and schedules the selected runs
+# (rules/common.smk: get_run_finals reads selected.json).
+
+
+checkpoint rank_phase1:
+    input:
+        finals=lambda w: [f"{run_dir(r)}/final.json" for r in RANKING.phase1],
+    output:
+        selected=f"results/{NAME}/phase1/selected.json",
+        runs_csv=f"results/{NAME}/phase1/runs.csv",
+        analysis=f"results/{NAME}/phase1/analysis.txt",
+    log:
+        f"logs/{NAME}/rank_phase1.log",
+    benchmark:
+        f"benchmarks/{NAME}/rank_phase1.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        study=NAME,
+        baseline=STUDY.baseline,
+        ranking=RANKING.selection() if RANKING else {},
+    script:
+        "../workflow_scripts/rank_phase1.py"
