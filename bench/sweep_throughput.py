@@ -144,7 +144,7 @@ def parse(executor: str) -> tuple[str, int, int]:
 
 
 def run_executor(executor: str, shape: tuple, device: str, steps: int, work: Path,
-                 timeout: float) -> dict[str, Any]:
+                 timeout: float, model_flags: str = "default") -> dict[str, Any]:
     kind, k, procs = parse(executor)
     runs = [(lr, s) for lr in LRS for s in SEEDS]
     per = len(runs) // procs
@@ -154,6 +154,7 @@ def run_executor(executor: str, shape: tuple, device: str, steps: int, work: Pat
     children = []
     for p in range(procs):
         spec = {"kind": kind, "k": k, "runs": runs[p * per:(p + 1) * per], "shape": shape,
+                "model_flags": model_flags,
                 "device": device, "steps": steps, "result": str(work / f"{executor}-{p}.json")}
         log = open(spec["result"] + ".log", "w")  # noqa: SIM115 (open while it runs)
         children.append((subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -193,11 +194,13 @@ def run_executor(executor: str, shape: tuple, device: str, steps: int, work: Pat
 
 def write_result(args: argparse.Namespace, info: dict[str, Any], shape: tuple, steps: int,
                  rows: list[dict[str, Any]]) -> None:
-    date = time.strftime("%Y-%m-%d")
+    date = args.date or time.strftime("%Y-%m-%d")
     tag = info.get("device_name", "cpu").replace(" ", "-")
+    tag = f"{args.session}-{tag}" if args.session else tag
     result = {"benchmark": "sweep_throughput", "date": date, "quick": args.quick,
               "shape": shape, "steps_per_run": steps, "lrs": LRS, "seeds": SEEDS,
-              "target_tokens_per_s": TARGET, **info, "rows": rows}
+              "target_tokens_per_s": TARGET, "model_flags": args.model_flags, **info,
+              "rows": rows}
     for dest in [args.out] + ([args.copy_to] if args.copy_to else []):
         dest.mkdir(parents=True, exist_ok=True)
         path = dest / f"{date}-{tag}-sweep_throughput{'-quick' if args.quick else ''}.json"
@@ -213,11 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per executor")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--copy-to", type=Path, default=None)
+    ap.add_argument("--date", default=None, help="date in the file name (default today)")
+    ap.add_argument("--session", default="", help="tag after the date in the file name")
+    ap.add_argument("--model-flags", choices=("default", "s1", "s2"), default="default",
+                    help="lmablate.model's FUSE_PROJECTIONS and SDPA_CONTIGUOUS in every executor: "
+                         "the library's defaults, both off (s1) or both on (s2)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         runs = [tuple(r) for r in spec["runs"]]
+        if spec.get("model_flags", "default") != "default":
+            from lmablate import model as lm_model
+
+            lm_model.FUSE_PROJECTIONS = lm_model.SDPA_CONTIGUOUS = spec["model_flags"] == "s2"
         if spec["kind"] == "single":
             res = worker_single(runs, tuple(spec["shape"]), spec["device"], spec["steps"])
         else:
@@ -231,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     info = device_info(args.device)
     rows: list[dict[str, Any]] = []
     for ex in args.executors.split(","):
-        row = run_executor(ex, shape, args.device, steps, work, args.timeout)
+        row = run_executor(ex, shape, args.device, steps, work, args.timeout,
+                           args.model_flags)
         rows.append(row)
         print(f"  {ex:12s} " + (f"{row['tokens_per_s_wall']:>12,.0f} tok/s wall, "
                                 f"{row['tokens_per_s_steady']:>12,.0f} steady"

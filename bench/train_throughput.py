@@ -16,7 +16,28 @@ embeddings, weight decay on matrices only):
 ``lm-nograph``      lmablate's step now (:func:`lmablate.train.loss_function`,
                     :class:`lmablate.train.DeviceBatches`) in default mode: loss inside the
                     compiled graph, windows gathered on the GPU
-``lm``              the same with ``mode="reduce-overhead"`` (CUDA graphs): train()'s default
+``lm``              the same in train()'s compile mode (``lmablate.train.CUDA_COMPILE_MODE``,
+                    ``"reduce-overhead"``: CUDA graphs) and model (``lmablate.model.FUSE_PROJECTIONS``)
+``lm-ro``           ``lm`` with ``mode="reduce-overhead"``
+``lm-max``          ``lm`` with ``mode="max-autotune"`` (Triton GEMM templates autotuned against
+                    cuBLAS, coordinate-descent tuning, CUDA graphs); its compilation (autotuning
+                    benchmarks kernels on the GPU) holds the GPU lock
+``lm-maxng``        ``lm`` with ``mode="max-autotune-no-cudagraphs"`` (same lock)
+``lm-cdt``          ``lm`` with ``lmablate.train.CUDA_COMPILE_OPTIONS`` (train's inductor options on
+                    top of the mode's) replaced by ``coordinate_descent_tuning`` (Triton kernels'
+                    block sizes tuned on the GPU; its compilation holds the GPU lock, as max-autotune)
+``lm-agemm``        the same with ``max_autotune_gemm`` (GEMMs only: Triton templates autotuned
+                    against cuBLAS, epilogues fused into them; same lock)
+``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default since
+                    session 2b); ``lm-online``: no extra options (online softmax, session 2's)
+``lm*-ce``          with ``lmablate.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the loss, for
+                    128-byte-aligned vocab rows; default since session 2b); ``lm*-noce`` with it off.
+                    Session 2's step is ``lm-online-noce``
+``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and gate/up
+                    as one matmul each); ``lm*-nofuse`` with it off
+``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
+``lm*-s1``          both off (the model as in session 1, and the default again)
+``lm*-s2``          both on (what session 2's device run called ``lm``)
 ``lm-train``        ``lmablate.train.train`` end to end on a synthetic token store (tokens/s of its
                     log windows after the first; wall includes compile, eval and checkpoints)
 ==================  ===============================================================================
@@ -59,7 +80,7 @@ SHAPES = {
 QUICK_SHAPES = {"tiny5m": (512, 32, 32, 3, 2, 48, 4), "cs336": (640, 16, 64, 2, 4, 96, 8)}
 TARGETS = {"ratio_vs_hf_compiled": {"tiny5m": 1.6, "cs336": 1.3, "gpt2s": 1.15},
            "mfu": {"gpt2s": 0.45, "cs336": 0.32}}
-IMPLS = ("hf-compiled", "lm-before", "lm-nograph", "lm", "hf-eager")
+IMPLS = ("hf-compiled", "lm-before", "lm-nograph", "lm", "lm-s2", "hf-eager")
 TRAIN_TOKENS = 4_000_000  # synthetic train split (random ids): enough distinct windows
 
 
@@ -135,14 +156,50 @@ def device_info(device: str) -> dict[str, Any]:
 # one (shape, implementation) in this process
 
 
+LM_MODES = {"lm-nograph": None, "lm-ro": "reduce-overhead", "lm-max": "max-autotune",
+            "lm-maxng": "max-autotune-no-cudagraphs"}
+
+
+# lmablate.train.CUDA_COMPILE_OPTIONS per variant (inductor options on top of the mode's)
+LM_OPTIONS = {"lm-cdt": {"coordinate_descent_tuning": True},
+              "lm-agemm": {"max_autotune_gemm": True},
+              "lm-cdt-agemm": {"coordinate_descent_tuning": True, "max_autotune_gemm": True},
+              "lm-noonline": {"online_softmax": False}, "lm-online": {}}
+TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotune")
+
+
+def lm_variant(impl: str) -> tuple[str, dict[str, bool]]:
+    """(base impl, lmablate.model flags to set: the library's defaults for those not named)."""
+    for suffix, flags in (("-noce", {"FUSED_CROSS_ENTROPY": False}),
+                          ("-ce", {"FUSED_CROSS_ENTROPY": True}),
+                          ("-nofuse", {"FUSE_PROJECTIONS": False}),
+                          ("-fuse", {"FUSE_PROJECTIONS": True}),
+                          ("-contig", {"SDPA_CONTIGUOUS": True}),
+                          ("-s1", {"FUSE_PROJECTIONS": False, "SDPA_CONTIGUOUS": False}),
+                          ("-s2", {"FUSE_PROJECTIONS": True, "SDPA_CONTIGUOUS": True})):
+        if impl.endswith(suffix):
+            return impl[:-len(suffix)], flags
+    return impl, {}
+
+
+def lm_mode(impl: str, default: str | None) -> str | None:
+    base, _ = lm_variant(impl)
+    return LM_MODES.get(base, default)
+
+
 def make_step(impl: str, shape: tuple, device: str):
     """(step(i) -> loss tensor, model, tokens per step) for one implementation."""
     import torch
     import torch.nn.functional as F
 
+    from lmablate import model as lm_model
     from lmablate import train as lt
     from lmablate.model import LM
     from lmablate.tokens import Batches
+
+    if impl.startswith("lm"):
+        for flag, value in lm_variant(impl)[1].items():
+            setattr(lm_model, flag, value)
 
     dev = torch.device(device)
     cfg = run_config(shape, device)
@@ -188,7 +245,8 @@ def make_step(impl: str, shape: tuple, device: str):
             finish(loss)
             return loss.detach()
     else:
-        lt.CUDA_COMPILE_MODE = "reduce-overhead" if impl == "lm" else None
+        lt.CUDA_COMPILE_MODE = lm_mode(impl, lt.CUDA_COMPILE_MODE)
+        lt.CUDA_COMPILE_OPTIONS = LM_OPTIONS.get(lm_variant(impl)[0], lt.CUDA_COMPILE_OPTIONS)
         cfg = run_config(shape, device, compile="auto")
         loss_fn, graphs = lt.loss_function(model, cfg, dev, autocast)
         data = lt.DeviceBatches(batches, dev)
@@ -218,13 +276,16 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
     t0 = time.perf_counter()
     step, model, tokens_per_step = make_step(impl, shape, device)
     build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    step(0)  # compiles
-    sync()
-    first_step_s = time.perf_counter() - t0
-    for i in range(1, warmup):  # CUDA graph recording, autotuning, allocator warm-up
-        step(i)
-    sync()
+    tuning = set(LM_OPTIONS.get(lm_variant(impl)[0], {})) & set(TUNING_OPTIONS)
+    autotunes = impl.startswith("lm") and ("max-autotune" in str(lm_mode(impl, None)) or tuning)
+    with gpu_lock(lock if autotunes else None):  # autotuning times kernels on the GPU
+        t0 = time.perf_counter()
+        step(0)  # compiles
+        sync()
+        first_step_s = time.perf_counter() - t0
+        for i in range(1, warmup):  # CUDA graph recording, autotuning, allocator warm-up
+            step(i)
+        sync()
     with gpu_lock(lock):
         for i in range(warmup, warmup + 3):
             step(i)
@@ -280,8 +341,67 @@ def profile_steps(step, start: int, cuda: bool, n: int = 5) -> str:
     busy = sum(getattr(e, key, 0) for e in events) / 1e6  # us -> s
     head = (f"{n} steps, wall {wall * 1e3 / n:.2f} ms/step (profiler on), "
             f"{'GPU kernel' if cuda else 'CPU'} time {busy * 1e3 / n:.2f} ms/step "
-            f"({busy / wall:.0%} of wall)\n")
-    return head + events.table(sort_by=key, row_limit=25, max_name_column_width=60)
+            f"({busy / wall:.0%} of wall; counts CPU ops' device time too)\n")
+    table = events.table(sort_by=key, row_limit=25, max_name_column_width=60)
+    if not cuda:
+        return head + table
+    try:
+        breakdown = kernel_breakdown(events, n, wall)
+    except Exception as exc:  # noqa: BLE001 (the table below is still worth writing)
+        breakdown = f"kernel breakdown failed: {exc!r}\n"
+    return head + breakdown + "\n" + table
+
+
+# kernel name -> category: (category, lower-case substrings), first match wins; inductor's own
+# kernels (names "triton_...") and library kernels are matched separately
+TRITON_CATEGORIES = (
+    ("GEMM (cuBLAS / Triton mm)", ("triton_tem", "_mm_")),
+    ("cross-entropy / logits (Triton)", ("log_softmax", "eq_exp")),  # eq_exp: ce_rows' backward
+    ("elementwise / norms (Triton)", ("rms_norm",)),  # the last norm's backward + embedding's
+    ("embedding (gather / scatter-add)", ("embedding", "index_put", "scatter")),
+    ("elementwise / norms (Triton)", ("",)),
+)
+LIBRARY_CATEGORIES = (
+    ("optimizer (AdamW)", ("adam",)),
+    ("grad clip (foreach norm/mul)", ("multi_tensor_apply", "lpnorm", "foreach")),
+    ("attention (SDPA)", ("sdpa", "flash", "fmha", "attention", "dot_do_o", "convert_dq")),
+    ("GEMM (cuBLAS / Triton mm)", ("nvjet", "gemm", "xmma", "cutlass", "splitk", "gemv")),
+    ("cross-entropy / logits (Triton)", ("_ce_rows",)),
+    ("embedding (gather / scatter-add)", ("embedding", "index_put", "scatter", "indexing_backward",
+                                          "index_select")),
+    ("copies / memset", ("memcpy", "memset", "copy")),
+    ("other aten kernels", ("",)),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    table = TRITON_CATEGORIES if low.startswith("triton") else LIBRARY_CATEGORIES
+    return next(c for c, keys in table if any(k in low for k in keys))
+
+
+def kernel_breakdown(events, n: int, wall: float) -> str:
+    """ms/step of the CUDA kernels (not CPU ops) by category, then the top kernels, then a JSON
+    line of every kernel (name, calls, total us) so other categorisations can be made later."""
+    from torch.autograd import DeviceType
+
+    kernels = [(e.key, e.count, e.device_time_total) for e in events  # "#": annotations
+               if getattr(e, "device_type", None) == DeviceType.CUDA and "#" not in e.key]
+    total = sum(t for *_, t in kernels) or 1.0
+    cats: dict[str, float] = {}
+    for name, _, t in kernels:
+        cat = kernel_category(name)
+        cats[cat] = cats.get(cat, 0.0) + t
+    lines = [f"CUDA kernels only: {total / 1e3 / n:.2f} ms/step = {total / 1e6 / wall:.0%} of wall",
+             f"{'category':40s} {'ms/step':>8s} {'share':>6s}"]
+    for cat, t in sorted(cats.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{cat:40s} {t / 1e3 / n:8.3f} {t / total:6.1%}")
+    lines.append("\ntop kernels (ms/step, calls/step):")
+    for name, count, t in sorted(kernels, key=lambda k: -k[2])[:40]:
+        lines.append(f"{t / 1e3 / n:8.3f} {count / n:6.1f}  {name[:150]}")
+    lines.append("KERNELS_JSON " + json.dumps({"steps": n, "wall_s": wall,
+                                               "kernels": sorted(kernels, key=lambda k: -k[2])}))
+    return "\n".join(lines) + "\n"
 
 
 def measure_train(shape_name: str, shape: tuple, device: str, steps: int,
@@ -383,7 +503,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         hf_e = by.get((shape, "hf-eager"), {}).get("tokens_per_s")
         lm = by.get((shape, "lm"), {})
         s: dict[str, Any] = {}
-        for impl in ("lm", "lm-nograph", "lm-before", "lm-train"):
+        impls = [i for (sh, i) in by if sh == shape and i.startswith("lm")]
+        for impl in impls:
             t = by.get((shape, impl), {}).get("tokens_per_s")
             if t and hf_c:
                 s[f"{impl}/hf-compiled"] = t / hf_c
@@ -391,6 +512,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 s[f"{impl}/hf-eager"] = t / hf_e
         s["target_ratio"] = TARGETS["ratio_vs_hf_compiled"].get(shape)
         s["mfu_lm"] = lm.get("mfu")
+        for impl in impls:
+            if by[(shape, impl)].get("mfu"):
+                s[f"mfu_{impl}"] = by[(shape, impl)]["mfu"]
         s["target_mfu"] = TARGETS["mfu"].get(shape)
         out[shape] = s
     return out
@@ -412,10 +536,12 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
               f"{loss if loss is not None else float('nan'):>7.3f}")
     print()
     for shape, s in summary.items():
-        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in s.items() if "/" in k)
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in s.items() if "/hf-compiled" in k)
+        mfus = ", ".join(f"{k[4:]} {v:.1%}" for k, v in s.items() if k.startswith("mfu_lm-"))
         print(f"{shape}: {ratios}; target {s['target_ratio']}x"
-              + (f", MFU {s['mfu_lm']:.1%} (target {s['target_mfu']:.0%})"
-                 if s.get("mfu_lm") and s.get("target_mfu") else ""))
+              + (f"; MFU lm {s['mfu_lm']:.1%}" if s.get("mfu_lm") else "")
+              + (f", {mfus}" if mfus else "")
+              + (f" (target {s['target_mfu']:.0%})" if s.get("target_mfu") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=4, help="worker processes at a time")
     ap.add_argument("--e2e-shapes", default="tiny5m", help="shapes that also run lm-train")
     ap.add_argument("--profile", action="store_true", help="profile tiny5m's lmablate variants")
+    ap.add_argument("--profile-shapes", default="tiny5m", help="shapes --profile profiles")
+    ap.add_argument("--profile-impls", default="lm-before,lm,hf-compiled",
+                    help="implementations --profile profiles")
+    ap.add_argument("--skip", default="", help="comma-separated shape:impl pairs not to run")
+    ap.add_argument("--date", default=None, help="date in the file names (default today)")
+    ap.add_argument("--session", default="", help="tag after the date in the file names")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     ap.add_argument("--budget", type=float, default=3600, help="seconds for all workers")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -443,19 +575,22 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (3 if args.quick else 20)
     work = Path(tempfile.mkdtemp(prefix="lmablate-tt-"))
     lock = str(work / "gpu.lock")
-    date = time.strftime("%Y-%m-%d")
+    date = args.date or time.strftime("%Y-%m-%d")
     tag = "cpu" if args.device == "cpu" else "gpu"
     specs = []
     for impl in impls:  # compiled ones first: they take longest to start
         for name in names:
             if impl == "lm-train" and name not in args.e2e_shapes.split(","):
                 continue
+            if f"{name}:{impl}" in args.skip.split(","):
+                continue
             spec = {"impl": impl, "shape_name": name, "shape": shapes[name], "device": args.device,
                     "steps": steps if impl != "lm-train" else (40 if args.quick else 200),
                     "warmup": 3, "lock": lock, "threads": args.threads,
                     "result": str(work / f"{name}-{impl}.json")}
-            if args.profile and name == "tiny5m" and impl in ("lm-before", "lm", "hf-compiled"):
-                spec["profile"] = str(work / f"profile-{impl}.txt")
+            if (args.profile and name in args.profile_shapes.split(",")
+                    and impl in args.profile_impls.split(",")):
+                spec["profile"] = str(work / f"profile-{name}-{impl}.txt")
             specs.append(spec)
     t0 = time.perf_counter()
     rows = run_workers(specs, args.parallel, timeout=900, budget=args.budget)
@@ -464,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, summary)
     first_ok = next((r for r in rows if "torch" in r), {})
     tag = first_ok.get("device_name", tag).replace(" ", "-") if args.device == "cuda" else "cpu"
+    tag = f"{args.session}-{tag}" if args.session else tag
     result = {"benchmark": "train_throughput", "date": date, "quick": args.quick,
               "device": args.device, "device_name": first_ok.get("device_name", "cpu"),
               "torch": first_ok.get("torch"), "peak_flops_bf16": PEAK_BF16_FLOPS,
@@ -476,8 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         path = dest / f"{date}-{tag}-train_throughput{suffix}.json"
         path.write_text(json.dumps(result, indent=1))
         for prof in sorted(work.glob("profile-*.txt")):
-            (dest / f"{date}-{tag}-profile-tiny5m-{prof.stem[8:]}{suffix}.txt").write_text(
-                prof.read_text())
+            (dest / f"{date}-{tag}-{prof.stem}{suffix}.txt").write_text(prof.read_text())
         print(f"wrote {path}")
     return 0
 

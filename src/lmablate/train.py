@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import accounting
 from .checkpoint import load_latest, save_checkpoint
