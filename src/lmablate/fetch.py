@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlparse
 from .errors import DataError
 from .io import sha256_file
 
-__all__ = ["Net", "fetch", "download", "hf_files"]
+__all__ = ["Net", "fetch", "download", "hf_files", "hub_error"]
 
 log = logging.getLogger("lmablate.fetch")
 
@@ -256,30 +256,38 @@ def _hub_errors(spec: Mapping[str, Any], endpoint: str, revision: str,
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the hub client raises becomes one line
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            GatedRepoError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
         where = f"corpus {spec['name']!r}: hf dataset {spec['repo']!r} at {endpoint}"
-        if isinstance(err, GatedRepoError):
-            msg = "is gated: accept its terms on the hub and set HF_TOKEN"
-        elif isinstance(err, RepositoryNotFoundError):
-            msg = "not found (HTTP 404/401); check the name, and set HF_TOKEN if it is private"
-        elif isinstance(err, RevisionNotFoundError):
-            msg = f"has no revision {revision!r}"
-        elif isinstance(err, EntryNotFoundError):
-            msg = f"has no file {filename!r} at revision {revision!r}"
-        elif isinstance(err, HfHubHTTPError) and err.response is not None:
-            msg = f"answered HTTP {err.response.status_code}" + (
-                f" for {filename!r}" if filename else "")
-        else:
-            first = (str(err).strip().splitlines() or [""])[0]
-            msg = f"could not be downloaded ({type(err).__name__}: {first})"
-        raise DataError(_scrub(f"{where} {msg}")) from None
+        raise hub_error(where, err, revision, filename) from None
+
+
+def hub_error(where: str, err: Exception, revision: str, filename: str | None = None
+              ) -> DataError:
+    """One line for a hub client exception (``where``: what was being fetched, e.g. ``corpus
+    'x': hf dataset 'r' at https://...``), with the token scrubbed out; corpora and eval tasks
+    both use it."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(err, GatedRepoError):
+        msg = "is gated: accept its terms on the hub and set HF_TOKEN"
+    elif isinstance(err, RepositoryNotFoundError):
+        msg = "not found (HTTP 404/401); check the name, and set HF_TOKEN if it is private"
+    elif isinstance(err, RevisionNotFoundError):
+        msg = f"has no revision {revision!r}"
+    elif isinstance(err, EntryNotFoundError):
+        msg = f"has no file {filename!r} at revision {revision!r}"
+    elif isinstance(err, HfHubHTTPError) and err.response is not None:
+        msg = f"answered HTTP {err.response.status_code}" + (
+            f" for {filename!r}" if filename else "")
+    else:
+        first = (str(err).strip().splitlines() or [""])[0]
+        msg = f"could not be downloaded ({type(err).__name__}: {first})"
+    return DataError(_scrub(f"{where} {msg}"))
 
 
 def _scrub(text: str) -> str:

@@ -73,21 +73,15 @@ def _step(model: Any, opt: Any, scaler: Any, step_loss: Any, graphs: bool, windo
           lr: float, grad_clip: float) -> float:
     import torch
 
+    from .train import optimizer_step
+
     for group in opt.param_groups:
         group["lr"] = lr
     if graphs:
         torch.compiler.cudagraph_mark_step_begin()
     loss, total = step_loss(windows)
     (scaler.scale(total) if scaler is not None else total).backward()
-    if scaler is not None:
-        scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
+    optimizer_step(model, opt, scaler, grad_clip)
     return float(loss.detach())
 
 

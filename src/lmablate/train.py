@@ -137,6 +137,23 @@ def _optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: Any,
+                   grad_clip: float) -> torch.Tensor:
+    """Unscale (fp16), clip the global gradient norm (0 = no clipping), step, zero the grads.
+    Returns the norm before clipping."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                          grad_clip if grad_clip > 0 else float("inf"))
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return norm
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -224,7 +241,11 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     if device.type == "cuda" and CUDA_COMPILE_OPTIONS:  # torch.compile takes mode or options
         import torch._inductor as inductor
 
-        opts = {**(inductor.list_mode_options(mode) if mode else {}), **CUDA_COMPILE_OPTIONS}
+        from torch._inductor import config as inductor_config
+
+        known = {k: v for k, v in CUDA_COMPILE_OPTIONS.items() if hasattr(inductor_config, k)}
+        opts = {**(inductor.list_mode_options(mode) if mode else {}), **known}  # newer torch:
+        # an option it no longer has is dropped, not an error
         return torch.compile(fn, options=opts), mode in _GRAPH_MODES
     return torch.compile(fn, mode=mode), mode in _GRAPH_MODES
 
@@ -506,16 +527,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                 else:
                     total_loss.backward()
                 window_loss += loss.detach() / cfg.train.grad_accum
-            if scaler is not None:
-                scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"))
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(model, opt, scaler, cfg.train.grad_clip)
             step += 1
             tokens_seen += plan.tokens_per_step
             window_n += 1

@@ -93,29 +93,10 @@ def _endpoint() -> str:
 
 
 def _hub_error(spec: TaskSpec, endpoint: str, err: Exception, filename: str | None) -> DataError:
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from ..fetch import hub_error
 
-    if isinstance(err, GatedRepoError):
-        msg = "is gated: accept its terms on the hub and set HF_TOKEN"
-    elif isinstance(err, RepositoryNotFoundError):
-        msg = "not found (HTTP 404/401); check the name, and set HF_TOKEN if it is private"
-    elif isinstance(err, RevisionNotFoundError):
-        msg = f"has no revision {spec.revision!r}"
-    elif isinstance(err, EntryNotFoundError):
-        msg = f"has no file {filename!r}"
-    elif isinstance(err, HfHubHTTPError) and err.response is not None:
-        msg = f"answered HTTP {err.response.status_code}" + (f" for {filename!r}" if filename
-                                                             else "")
-    else:
-        first = (str(err).strip().splitlines() or [""])[0]
-        msg = f"could not be downloaded ({type(err).__name__}: {first})"
-    return DataError(f"task {spec.name!r}: hub dataset {spec.repo!r} at {endpoint} {msg}")
+    return hub_error(f"task {spec.name!r}: hub dataset {spec.repo!r} at {endpoint}", err,
+                     spec.revision, filename)
 
 
 def hub_task_files(spec: TaskSpec, out_dir: str | Path) -> tuple[dict[str, list[Path]], dict]:
