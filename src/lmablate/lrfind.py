@@ -5,9 +5,9 @@ model and optimiser train from their initialisation while the learning rate grow
 from ``min_lr`` to ``max_lr``; the loss is smoothed with a bias-corrected exponential average
 (``smooth`` 0.9: fastai's 0.98 lags by ~50 steps, which on a 100-step ramp moves the minimum by
 half a decade) and the test stops when it exceeds ``stop_factor`` x its minimum or rises 25%
-above where it started (a cross-entropy that starts at ln(vocab) rarely quadruples). Two suggestions are reported:
-``lr_steepest`` (where the smoothed loss falls fastest per decade of LR) and ``lr_valley``
-(the LR of the minimum divided by 10: the usual conservative pick). Nothing is checkpointed; the
+above where it started (a cross-entropy that starts at ln(vocab) rarely quadruples). Two
+suggestions are reported: ``lr_steepest`` (where the smoothed loss falls fastest per decade of
+LR) and ``lr_valley`` (the LR of the minimum divided by 10: the usual conservative pick). Nothing is checkpointed; the
 run itself is not touched.
 
 ``overfit_check``: train on one fixed batch of ``tokens`` tokens until the loss falls below
@@ -138,7 +138,8 @@ def lr_range_test(run: RunConfig | Mapping[str, Any], tokens_path: str | Path,
             stopped = "the loss blew up"
             break
     label = run.get("variant") if isinstance(run, Mapping) else None
-    result = {"run_id": run_id, "label": label or run_id, "min_lr": min_lr, "max_lr": max_lr, "steps": len(lrs),
+    result = {"run_id": run_id, "label": label or run_id, "min_lr": min_lr, "max_lr": max_lr,
+              "steps": len(lrs),
               "stopped": stopped, "smooth": smooth, **suggest(lrs, smoothed),
               "configured_lr": cfg.train.lr, "device": str(dev),
               "curve": [{"lr": a, "loss": b, "smoothed": c} for a, b, c in

@@ -105,7 +105,8 @@ def _phase1_settings(spec: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
                           key="ranking.overrides")
     for key, value in flatten(unflatten(dict(overrides))).items():
         if key.split(".")[0] not in ("model", "train"):
-            raise ConfigError("expected model.* or train.* settings", key=f"ranking.overrides.{key}")
+            raise ConfigError("expected model.* or train.* settings",
+                              key=f"ranking.overrides.{key}")
         settings[key] = value
     early = spec.get("early_stop")
     if early is not None:

@@ -123,7 +123,8 @@ def _precision(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None
             "fp32": (None, False)}[p]
 
 
-def _optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, cfg: RunConfig,
+               device: torch.device) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices (dim >= 2) only, not on norms or biases."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
