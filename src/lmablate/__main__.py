@@ -88,10 +88,11 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                         "growing LR, with suggested LRs and a plot",
                         description="Train one run's model from its initialisation while the LR "
                         "grows exponentially from --min-lr to --max-lr (Smith 2017); stop when "
-                        "the smoothed loss exceeds 4x its minimum. Writes lr_find.json and "
+                        "the smoothed loss exceeds 4x its minimum or rises 25%% above its start. "
+                        "Writes lr_find.json and "
                         "lr_find.png to --out and prints the suggested LRs (valley = LR at the "
                         "minimum / 10; steepest descent). The token store must exist (run "
-                        "snakemake first, or point --tokens at one).")
+                        "snakemake first, or point --tokens-file at one).")
     ov = sub.add_parser("overfit", help="sanity check: can one run's model memorise one batch?",
                         description="Train one run's model on the first --tokens train tokens "
                         "(one fixed batch) at its LR until the loss falls below --target nats. "
@@ -106,8 +107,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                         help="HDF5 token store (default: the workflow's resources/tokens/...)")
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
         sp.add_argument("--threads", type=int, default=None)
-    lf.add_argument("--min-lr", type=float, default=1e-6)
-    lf.add_argument("--max-lr", type=float, default=10.0)
+    lf.add_argument("--min-lr", type=float, default=1e-6, help="start of the ramp (default 1e-6)")
+    lf.add_argument("--max-lr", type=float, default=10.0, help="end of the ramp (default 10)")
     lf.add_argument("--steps", type=int, default=100, help="steps of the ramp (default 100)")
     lf.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: "
                     "results/<study>/lr_find/<run_id>")
