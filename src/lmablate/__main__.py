@@ -88,7 +88,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                         "growing LR, with suggested LRs and a plot",
                         description="Train one run's model from its initialisation while the LR "
                         "grows exponentially from --min-lr to --max-lr (Smith 2017); stop when "
-                        "the smoothed loss exceeds 4x its minimum or rises 25%% above its start. "
+                        "the smoothed loss exceeds 4x its minimum or rises 25% above its start. "
                         "Writes lr_find.json and "
                         "lr_find.png to --out and prints the suggested LRs (valley = LR at the "
                         "minimum / 10; steepest descent). The token store must exist (run "
