@@ -6,7 +6,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,30 @@ def planned(workdir: Path, *args: str, **kw) -> tuple[Counter, set[str]]:
             run_ids.add(m.group(1))
     rules.pop("all", None)
     return rules, run_ids
+
+
+class LocalServer(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a free port), for tests that drive the real download
+    clients (urllib, huggingface_hub) against it."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextmanager
+def serving(srv: LocalServer, poll_interval: float = 0.5) -> Iterator[LocalServer]:
+    """Serve ``srv`` on a background thread for the duration of the block, then close it."""
+    thread = threading.Thread(target=srv.serve_forever, args=(poll_interval,), daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)

@@ -22,17 +22,16 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import yaml
-from conftest import REPO, planned
+from conftest import REPO, LocalServer, planned, serving
 
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 CASES: dict[str, dict] = yaml.safe_load((CASES_DIR / "cases.yaml").read_text())
@@ -47,16 +46,10 @@ WRITABLE = ("results/", "resources/", "checkpoints/", "logs/", "benchmarks/", ".
 # a local server: the checksum case's download and a hub that hides a private dataset
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Server(LocalServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.auth: list[str | None] = []  # Authorization header of every hub request
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -91,12 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(Server(), 0.05) as srv:
+        yield srv
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,14 +23,14 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from conftest import LocalServer, serving
 
 from lmablate.corpora import iter_documents, load_manifest, prepare_corpus, resolve_corpora
 from lmablate.errors import ConfigError, DataError
@@ -44,18 +44,13 @@ STORIES = "".join(f"Story {i}: the cat sat on mat number {i}.\n\n" for i in rang
 # a scriptable local HTTP server
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+class Server(LocalServer):
     block_on_close = False
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.routes: dict[str, Callable[[_Handler], None]] = {}
         self.log: list[dict] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
     def hits(self, path: str) -> list[dict]:
         return [r for r in self.log if r["path"] == path]
@@ -143,13 +138,8 @@ def stall(seconds: float) -> Callable[[_Handler], None]:
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with serving(Server(), 0.02) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

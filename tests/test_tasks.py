@@ -7,22 +7,21 @@ come from the synthetic fixtures in tests/data/tasks/ (see its README) served as
 
 from __future__ import annotations
 
-import lmablate.corpora
-
 import io
 import json
 import re
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from threading import Thread
 from types import SimpleNamespace
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pytest
 import torch
+from conftest import LocalServer, serving
 
+import lmablate.corpora
 from lmablate import ConfigError, DataError, from_dict
 from lmablate.config import RunConfig
 from lmablate.evaluation import (
@@ -144,16 +143,10 @@ def hub_files() -> dict[str, dict[str, bytes]]:
     return files
 
 
-class Hub(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Hub(LocalServer):
     def __init__(self, files: dict[str, dict[str, bytes]]):
-        super().__init__(("127.0.0.1", 0), _HubHandler)
+        super().__init__(_HubHandler)
         self.files, self.log = files, []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 class _HubHandler(BaseHTTPRequestHandler):
@@ -212,18 +205,15 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> Iterator[Hub]:
-    srv = Hub(hub_files())
-    Thread(target=srv.serve_forever, daemon=True).start()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HF_ENDPOINT", srv.url)
-    mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "NO_PROXY", "no_proxy"):
-        mp.delenv(var, raising=False)
-    mp.setenv("NO_PROXY", "127.0.0.1")
-    yield srv
-    mp.undo()
-    srv.shutdown()
-    srv.server_close()
+    with serving(Hub(hub_files())) as srv:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("HF_ENDPOINT", srv.url)
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "NO_PROXY", "no_proxy"):
+            mp.delenv(var, raising=False)
+        mp.setenv("NO_PROXY", "127.0.0.1")
+        yield srv
+        mp.undo()
 
 
 @pytest.fixture(scope="module")
