@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .config import unknown_key
 from .errors import ConfigError, DataError, did_you_mean
 from .io import atomic_write_text, sha256_file
 from .sweep import run_hash
@@ -162,8 +163,7 @@ def _apply_preset(spec: dict[str, Any], key: str) -> dict[str, Any]:
 def _check_spec(spec: dict[str, Any], key: str) -> None:
     for k in spec:
         if k not in SPEC_KEYS:
-            raise ConfigError(f"unknown key{did_you_mean(str(k), SPEC_KEYS)}; expected one of: "
-                              f"{', '.join(SPEC_KEYS)}", key=f"{key}.{k}")
+            raise unknown_key(str(k), SPEC_KEYS, f"{key}.{k}")
     source = spec.get("source")
     if source not in SOURCES:
         raise ConfigError(f"expected source one of {', '.join(SOURCES)}, got {source!r}"

@@ -7,8 +7,8 @@ from ``min_lr`` to ``max_lr``; the loss is smoothed with a bias-corrected expone
 half a decade) and the test stops when it exceeds ``stop_factor`` x its minimum or rises 25%
 above where it started (a cross-entropy that starts at ln(vocab) rarely quadruples). Two
 suggestions are reported: ``lr_steepest`` (where the smoothed loss falls fastest per decade of
-LR) and ``lr_valley`` (the LR of the minimum divided by 10: the usual conservative pick). Nothing is checkpointed; the
-run itself is not touched.
+LR) and ``lr_valley`` (the LR of the minimum divided by 10: the usual conservative pick).
+Nothing is checkpointed; the run itself is not touched.
 
 ``overfit_check``: train on one fixed batch of ``tokens`` tokens until the loss falls below
 ``target`` nats. A model, optimiser and data pipeline that are wired correctly memorise a
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SECTIONS, RunConfig, from_dict, to_dict
+from .config import SECTIONS, RunConfig, from_dict, to_dict, unknown_key
 from .errors import ConfigError
 from .io import atomic_write_json
 
@@ -227,8 +227,7 @@ def study_lr_find(study: Any) -> tuple[list[str], dict[str, Any]] | None:
                           f"{spec!r}", key="lr_find")
     for key in spec:
         if key not in LR_FIND_KEYS:
-            raise ConfigError(f"unknown key{did_you_mean(str(key), LR_FIND_KEYS)}; expected one "
-                              f"of: {', '.join(LR_FIND_KEYS)}", key=f"lr_find.{key}")
+            raise unknown_key(str(key), LR_FIND_KEYS, f"lr_find.{key}")
     options: dict[str, Any] = {}
     for key, kind, default in (("min_lr", float, 1e-6), ("max_lr", float, 10.0),
                                ("steps", int, 100)):

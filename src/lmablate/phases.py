@@ -86,8 +86,7 @@ def _phase1_settings(spec: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     """Dotted settings every phase-1 run gets, and whether early stopping is on."""
     for key in spec:
         if key not in RANKING_KEYS:
-            raise ConfigError(f"unknown key{did_you_mean(str(key), RANKING_KEYS)}; expected one "
-                              f"of: {', '.join(RANKING_KEYS)}", key=f"ranking.{key}")
+            raise C.unknown_key(str(key), RANKING_KEYS, f"ranking.{key}")
     if "tokens" not in spec:
         raise ConfigError("a two-phase study needs the phase-1 budget, e.g. tokens: 5M",
                           key="ranking.tokens")
@@ -115,9 +114,7 @@ def _phase1_settings(spec: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
                               key="ranking.early_stop")
         for key, value in early.items():
             if key not in EARLY_STOP_KEYS:
-                raise ConfigError(f"unknown key{did_you_mean(str(key), EARLY_STOP_KEYS)}; expected "
-                                  f"one of: {', '.join(EARLY_STOP_KEYS)}",
-                                  key=f"ranking.early_stop.{key}")
+                raise C.unknown_key(str(key), EARLY_STOP_KEYS, f"ranking.early_stop.{key}")
             settings[f"train.{EARLY_STOP_KEYS[key]}"] = value
         if "delta" not in early:
             raise ConfigError("early stopping needs delta (how far behind the cohort's best)",

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from . import corpora as corpora_mod
+from .config import unknown_key
 from .errors import ConfigError, did_you_mean
 from .sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_override
 
@@ -189,8 +190,7 @@ def _execution(execution: Any) -> dict[str, Any]:
     out = {}
     for key, value in _reparsed(dict(execution)).items():
         if key not in EXECUTION_KEYS:
-            raise ConfigError(f"unknown key{did_you_mean(str(key), EXECUTION_KEYS)}; expected one "
-                              f"of: {', '.join(EXECUTION_KEYS)}", key=f"execution.{key}")
+            raise unknown_key(str(key), EXECUTION_KEYS, f"execution.{key}")
         least = EXECUTION_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"expected an integer >= {least}, got {value!r}",
@@ -243,8 +243,7 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
         raise ConfigError(f"expected a mapping, got {sweep!r}", key="sweep")
     for key in sweep:
         if key not in SWEEP_KEYS:
-            raise ConfigError(f"unknown key{did_you_mean(str(key), SWEEP_KEYS)}; expected one of: "
-                              f"{', '.join(SWEEP_KEYS)}", key=f"sweep.{key}")
+            raise unknown_key(str(key), SWEEP_KEYS, f"sweep.{key}")
     for key in ("variants", "grid", "zip"):
         if sweep.get(key) is not None and not isinstance(sweep[key], Mapping):
             raise ConfigError(f"expected a mapping, got {sweep[key]!r}", key=f"sweep.{key}")
