@@ -133,6 +133,11 @@ class ModelConfig:
     def gated(self) -> bool:
         return self.ffn in ("swiglu", "geglu")
 
+    def padded_vocab(self, vocab: int) -> int:
+        """Embedding rows for a tokenizer of ``vocab`` ids: ``vocab_size`` if set, else ``vocab``
+        rounded up to a multiple of ``vocab_multiple``."""
+        return self.vocab_size or math.ceil(vocab / self.vocab_multiple) * self.vocab_multiple
+
     def check(self) -> list[ConfigError]:
         issues = []
         if self.d_model % self.n_heads:

@@ -357,5 +357,4 @@ class FusedTrainer:
 
 def padded_vocab(cfg: RunConfig, vocab: int) -> int:
     """The embedding rows train() uses for a tokenizer of ``vocab`` ids."""
-    m = cfg.model
-    return m.vocab_size or math.ceil(vocab / m.vocab_multiple) * m.vocab_multiple
+    return cfg.model.padded_vocab(vocab)

@@ -18,6 +18,7 @@ layer) that a full run would only reveal as a disappointing curve hours later.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,8 +56,7 @@ def _setup(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, device: 
     autocast, use_scaler = _precision(cfg, dev)
     store = TokenStore(tokens_path)
     vocab = store.vocab_size
-    padded = cfg.model.vocab_size or math.ceil(vocab / cfg.model.vocab_multiple) * \
-        cfg.model.vocab_multiple
+    padded = cfg.model.padded_vocab(vocab)
     train_tokens = store.split("train")
     batches = Batches(np.asarray(train_tokens), cfg.train.seq_len, cfg.train.batch_size,
                       cfg.train.seed)
@@ -179,8 +179,7 @@ def overfit_check(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, *
     import torch
 
     cfg = _config(run)
-    cfg = from_dict(RunConfig, {**to_dict(cfg), "train": {**to_dict(cfg)["train"],
-                                                            "weight_decay": 0.0}})
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=0.0))
     cfg, model, opt, scaler, step_loss, graphs, batches, dev = _setup(cfg, tokens_path, device,
                                                                       threads)
     seq = cfg.train.seq_len

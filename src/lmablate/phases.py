@@ -35,6 +35,7 @@ Stopped and diverged runs are never selected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,8 +73,8 @@ class Ranking:
     phase2_of: dict[str, str]  # phase-1 run ID -> the study run (phase 2) it ranks
     early_stop: bool
 
-    @property
-    def phase1_of(self) -> dict[str, str]:
+    @functools.cached_property
+    def phase1_of(self) -> dict[str, str]:  # asked per job by the rules: built once
         return {p2: p1 for p1, p2 in self.phase2_of.items()}
 
     def selection(self) -> dict[str, Any]:

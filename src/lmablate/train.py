@@ -412,8 +412,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     store = TokenStore(tokens_path)
     train_tokens = store.split("train")
     vocab = store.vocab_size
-    padded = cfg.model.vocab_size or math.ceil(vocab / cfg.model.vocab_multiple) * \
-        cfg.model.vocab_multiple
+    padded = cfg.model.padded_vocab(vocab)
     if padded < vocab:
         raise ValueError(f"model.vocab_size {padded} is smaller than the tokenizer's {vocab}")
     plan = make_plan(cfg, len(train_tokens))
