@@ -83,3 +83,84 @@ def test_cpu_when_no_gpu_and_explicit_device_passes_through(monkeypatch):
 
 def test_default_runs_per_gpu_by_model_size():
     assert [default_runs_per_gpu(n) for n in (5e6, 29e6, 50e6, 2e8)] == [4, 4, 2, 1]
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, n: int) -> None:
+    """An ``nvidia-smi`` on PATH that lists ``n`` GPUs (what ``-L`` prints)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    lines = "".join(f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:04d})'\n" for i in range(n))
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\n{lines}")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_visible_gpus_honour_cuda_visible_devices(tmp_path, monkeypatch):
+    from lmablate.gpu import visible_gpus
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == ["0", "1", "2", "3"]
+    for value, expected in [("2,3", ["2", "3"]), ("", []), ("-1", []), ("1,-1,2", ["1"]),
+                            ("3,7", ["3"]), ("GPU-0002", ["GPU-0002"])]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus() == expected, value
+
+
+CLAIMER = """
+import os, sys
+from lmablate.gpu import claim_device
+with claim_device(slots=int(sys.argv[1]), lock_dir=sys.argv[2]) as dev:
+    print(dev, os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+    sys.stdin.readline()  # hold the slot until the test says so
+print("after", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"), flush=True)
+"""
+
+
+def test_claimed_gpu_is_pinned_with_cuda_visible_devices(tmp_path, monkeypatch):
+    """Each job sees exactly the GPU it claimed, as its cuda:0, and nothing else: with 2 GPUs
+    of 4 visible and 2 slots each, four jobs get GPUs 1, 3, 1, 3 (slot 0 of each first)."""
+    import torch
+
+    if torch.version.cuda is None:  # pragma: no cover
+        pytest.skip("a CPU-only torch trains on the CPU whatever nvidia-smi says")
+    _fake_nvidia_smi(tmp_path, monkeypatch, 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    monkeypatch.delenv("LMABLATE_RUNS_PER_GPU", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    locks = tmp_path / "locks"
+    procs, claims = [], []
+    try:
+        for _ in range(4):  # one at a time, so the order of claims is known
+            procs.append(subprocess.Popen([sys.executable, "-c", CLAIMER, "2", str(locks)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True))
+            claims.append(procs[-1].stdout.readline().split())
+        assert claims == [["cuda:0", "1"], ["cuda:0", "3"], ["cuda:0", "1"], ["cuda:0", "3"]]
+        for p in procs:
+            p.stdin.write("\n")
+            p.stdin.flush()
+            assert p.stdout.readline().split() == ["after", "1,3"]  # restored on the way out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdin.close()
+            p.stdout.close()
+
+
+def test_gpu_profile_counts_visible_gpus(tmp_path, monkeypatch):
+    """profiles/gpu offers K training slots per GPU that nvidia-smi lists and
+    CUDA_VISIBLE_DEVICES leaves visible (the profile is YTE-templated when Snakemake loads it)."""
+    import yte
+
+    profile = Path(__file__).resolve().parents[1] / "profiles" / "gpu" / "config.yaml"
+    _fake_nvidia_smi(tmp_path, monkeypatch, 2)
+    monkeypatch.setenv("LMABLATE_RUNS_PER_GPU", "3")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with profile.open() as f:
+        assert yte.process_yaml(f)["resources"] == {"gpu": 6}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with profile.open() as f:
+        assert yte.process_yaml(f)["resources"] == {"gpu": 3}

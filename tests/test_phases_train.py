@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_train import COMPARED, run_config, tokens  # noqa: F401 (session fixture)
+from test_train import assert_same_run, run_config, tokens  # noqa: F401 (session fixture)
 
 from lmablate.config import to_dict
 from lmablate.sweep import identity
@@ -22,8 +22,7 @@ def test_phase1_then_continue_equals_one_uninterrupted_long_run(tmp_path, tokens
     assert short["planned_tokens"] == long["planned_tokens"]  # the schedule of the full budget
     cont = train(run_config(), tokens, tmp_path / "p2", run_id="x", progress=False,
                  init_from=tmp_path / "p1" / "ckpt")
-    for key in COMPARED:
-        assert cont[key] == long[key], key
+    assert_same_run(cont, long)
     # phase 1's evaluations carry over: the phase-2 curve starts at step 0
     steps = [json.loads(x)["step"] for x in (tmp_path / "p2" / "metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1

@@ -29,6 +29,18 @@ COMPARED = ("val_loss", "best_val_loss", "val_acc", "val_top5", "val_ece", "fina
             "steps", "tokens")
 
 
+def assert_same_run(final: dict, ref: dict) -> None:
+    """A resumed run ends where the uninterrupted one did: bitwise on the CPU; on CUDA, where
+    atomic adds in the embedding backward are not bitwise reproducible, losses within 1e-4
+    relative and the token-counting metrics (accuracy, top-5, ECE) within 0.005."""
+    for key in COMPARED:
+        if final["device"].startswith("cuda") and isinstance(ref[key], float):
+            tol = {"rel": 1e-4} if "loss" in key else {"abs": 5e-3}
+            assert final[key] == pytest.approx(ref[key], **tol), key
+        else:
+            assert final[key] == ref[key], key
+
+
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory) -> Path:
     """A real token store: 400 shipped stories, a 320-token BPE, HDF5."""
@@ -119,8 +131,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tokens):
     newest = ckpts[0]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     final = train(run_config(), tokens, tmp_path / "run", run_id="x", progress=False)
-    for key in COMPARED:
-        assert final[key] == ref[key], key
+    assert_same_run(final, ref)
 
 
 # ---- real processes: the CLI a user (or Snakemake, or Slurm) runs

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["claim_device", "cuda_device_count", "cuda_available", "GpuSlot", "claim_slot",
-           "default_runs_per_gpu"]
+           "default_runs_per_gpu", "visible_gpus"]
 
 log = logging.getLogger("lmablate.gpu")
 
@@ -32,22 +32,40 @@ def cuda_device_count() -> int:
         return 0
 
 
+def visible_gpus() -> list[str] | None:
+    """The GPUs this process may use, as the ids ``CUDA_VISIBLE_DEVICES`` takes, read without
+    initialising CUDA (so that a job can still pin itself with ``CUDA_VISIBLE_DEVICES``):
+    the variable's own entries when it is set, else one index per line of ``nvidia-smi -L``.
+    None when there is no nvidia-smi to ask."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    n = sum(1 for ln in out.stdout.splitlines() if ln.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(n)]
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    # CUDA stops at the first invalid entry ("-1" is the usual way to hide every GPU)
+    ids = ids[:next((i for i, v in enumerate(ids) if v.startswith("-")), len(ids))]
+    return [v for v in ids if not v.isdigit() or int(v) < n]
+
+
 def cuda_available() -> bool:
     """Whether this machine has a usable NVIDIA GPU, without importing torch (fast enough for
     the Snakefile's parse): nvidia-smi's device list, restricted by CUDA_VISIBLE_DEVICES."""
     import shutil
-    import subprocess
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
     if not shutil.which("nvidia-smi"):
         return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and any(ln.startswith("GPU ") for ln in out.stdout.splitlines())
+    return bool(visible_gpus())
 
 
 def default_runs_per_gpu(params: int) -> int:
@@ -96,6 +114,19 @@ def claim_slot(n_gpus: int, slots: int, lock_dir: str | Path, *, timeout: float 
         time.sleep(poll)
 
 
+def _torch_built_with_cuda() -> bool:
+    import torch  # importing torch does not initialise CUDA
+
+    return torch.version.cuda is not None
+
+
+def _cuda_initialised() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
 @contextlib.contextmanager
 def claim_device(requested: str = "auto", *, slots: int | None = None,
                  lock_dir: str | Path | None = None) -> Iterator[str]:
@@ -105,23 +136,48 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     ``slots`` (runs per GPU): $LMABLATE_RUNS_PER_GPU if set, else the argument, else 1.
     Lock files live in $LMABLATE_GPU_LOCK_DIR (default ``.lmablate/gpu-locks`` in the working
     directory, which every job of one workflow shares).
+
+    The job is pinned with ``CUDA_VISIBLE_DEVICES`` (set to the claimed GPU while inside, and
+    the device is then "cuda:0"), so that neither this process nor anything it starts (compile
+    workers, data loaders) opens a CUDA context on another job's GPU. That needs CUDA to be
+    untouched in this process before the call; if torch already initialised CUDA, the job gets
+    "cuda:<index>" and ``torch.cuda.set_device`` instead.
     """
     if requested != "auto":
         yield requested
         return
-    n = cuda_device_count()
-    if n == 0:
-        yield "cpu"
-        return
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
         yield "cuda:0"  # Slurm already gave this job its own GPU(s)
         return
+    gpus = visible_gpus()
+    if gpus is None:  # no nvidia-smi: ask torch (initialises CUDA; pin in-process)
+        gpus = [str(i) for i in range(cuda_device_count())]
+    if gpus and not _torch_built_with_cuda():
+        gpus = []  # a CPU-only torch on a GPU machine trains on the CPU
+    if not gpus:
+        yield "cpu"
+        return
     slots = int(os.environ.get("LMABLATE_RUNS_PER_GPU") or slots or 1)
     lock_dir = lock_dir or os.environ.get("LMABLATE_GPU_LOCK_DIR", ".lmablate/gpu-locks")
-    slot = claim_slot(n, slots, lock_dir)
-    log.info("claimed GPU %d slot %d of %d (%s; %d GPUs visible)", slot.index, slot.slot, slots,
-             slot.path, n)
+    slot = claim_slot(len(gpus), slots, lock_dir)
+    in_process = _cuda_initialised()
+    log.info("claimed GPU %d slot %d of %d (%s; %d GPUs visible; CUDA_VISIBLE_DEVICES=%s)",
+             slot.index, slot.slot, slots, slot.path, len(gpus),
+             os.environ.get("CUDA_VISIBLE_DEVICES") if in_process else gpus[slot.index])
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        yield f"cuda:{slot.index}"
+        if in_process:
+            import torch
+
+            torch.cuda.set_device(slot.index)
+            yield f"cuda:{slot.index}"
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot.index]
+            yield "cuda:0"
     finally:
+        if not in_process:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
         slot.release()

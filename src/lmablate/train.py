@@ -163,10 +163,13 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # the checkpoint is loaded onto the training device; RNG states must be CPU ByteTensors
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a run resumed with fewer GPUs visible (each job sees only its own) restores those
+        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu(), i)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -617,6 +620,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
         "train_wall_s": train_time, "tokens_per_s": tokens_seen / max(train_time, 1e-9),
         "wall_s": time.perf_counter() - t_start, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        # which physical GPU (nvidia-smi's UUID): "cuda:0" is whatever CUDA_VISIBLE_DEVICES left
+        "device_uuid": _gpu_uuid(dev),
         "precision": str(autocast).replace("torch.", "") if autocast else "fp32",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "peak_mem_mb": (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
@@ -720,6 +725,13 @@ class EarlyStop:
         if math.isfinite(value) and value - best < self.delta:
             return None
         return tokens if worse_since is None else worse_since
+
+
+def _gpu_uuid(dev: torch.device) -> str | None:
+    if dev.type != "cuda":
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(dev), "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else None
 
 
 def _peak_rss_mb() -> float:
