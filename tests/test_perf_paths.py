@@ -56,3 +56,25 @@ def test_cuda_graphs_only_for_dense_models_without_accumulation(model, train, gr
     # torch.compile is lazy: choosing the mode touches no device, so this runs without a GPU
     _, uses_graphs = loss_function(lm, c, torch.device("cuda"), torch.bfloat16)
     assert uses_graphs is graphs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_cross_entropy_matches_torch_loss_and_gradient(dtype):
+    """model.cross_entropy's CPU path (softmax - one_hot from saved log-probabilities) gives
+    F.cross_entropy's loss and gradient; its in-place backward refuses to run twice."""
+    from lmablate.model import cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 320, dtype=dtype) * 3
+    t = torch.randint(0, 320, (64,))
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    got = cross_entropy(a, t)
+    want = F.cross_entropy(b.float(), t)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    (got * 2.5).backward(retain_graph=True)
+    (want * 2.5).backward()
+    assert a.grad.dtype == dtype
+    torch.testing.assert_close(a.grad, b.grad)
+    with pytest.raises(RuntimeError, match="runs once"):
+        got.backward()

