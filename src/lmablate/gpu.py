@@ -149,9 +149,11 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
         yield "cuda:0"  # Slurm already gave this job its own GPU(s)
         return
-    gpus = visible_gpus()
-    if gpus is None:  # no nvidia-smi: ask torch (initialises CUDA; pin in-process)
+    in_process = _cuda_initialised()
+    gpus = None if in_process else visible_gpus()
+    if gpus is None:  # CUDA already up here, or no nvidia-smi: torch's devices, pinned in-process
         gpus = [str(i) for i in range(cuda_device_count())]
+        in_process = True
     if gpus and not _torch_built_with_cuda():
         gpus = []  # a CPU-only torch on a GPU machine trains on the CPU
     if not gpus:
@@ -160,7 +162,6 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     slots = int(os.environ.get("LMABLATE_RUNS_PER_GPU") or slots or 1)
     lock_dir = lock_dir or os.environ.get("LMABLATE_GPU_LOCK_DIR", ".lmablate/gpu-locks")
     slot = claim_slot(len(gpus), slots, lock_dir)
-    in_process = _cuda_initialised()
     log.info("claimed GPU %d slot %d of %d (%s; %d GPUs visible; CUDA_VISIBLE_DEVICES=%s)",
              slot.index, slot.slot, slots, slot.path, len(gpus),
              os.environ.get("CUDA_VISIBLE_DEVICES") if in_process else gpus[slot.index])
