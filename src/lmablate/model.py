@@ -502,7 +502,9 @@ FUSED_CROSS_ENTROPY = True
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of (N, V) logits against (N,) class ids in [0, V), statistics in fp32:
     ``F.cross_entropy(logits.float(), targets)`` (no ignore_index: every target is a token)."""
-    if (FUSED_CROSS_ENTROPY and logits.is_cuda and _ce_rows is not None
+    if (FUSED_CROSS_ENTROPY and logits.is_cuda
+            and (_ce_rows is not None or (not _ce_built and not torch.compiler.is_compiling()
+                                          and fused_cross_entropy_op() is not None))
             and logits.size(-1) * logits.element_size() % 128 == 0):
         loss_rows, _ = _ce_rows(logits.contiguous(), targets.contiguous())
         return loss_rows.mean()
@@ -590,10 +592,22 @@ def _make_ce_op():
     return ce_rows
 
 
-try:
-    _ce_rows = _make_ce_op()
-except RuntimeError:  # registered already (module reloaded): fall back to F.cross_entropy
-    _ce_rows = None
+_ce_rows = None  # torch.ops.lmablate.ce_rows once fused_cross_entropy_op() built it
+_ce_built = False
+
+
+def fused_cross_entropy_op():
+    """The Triton cross-entropy op, built on first use (CUDA runs; train.loss_function builds it
+    before compiling): importing Triton and ``torch.library.triton_op`` pulls in inductor, ~2.5 s
+    that every CPU training job would otherwise pay at import. None without Triton."""
+    global _ce_rows, _ce_built
+    if not _ce_built:
+        _ce_built = True
+        try:
+            _ce_rows = _make_ce_op()
+        except RuntimeError:  # registered already (module reloaded): F.cross_entropy then
+            _ce_rows = None
+    return _ce_rows
 
 
 # --------------------------------------------------------------------------------------------------

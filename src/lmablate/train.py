@@ -225,8 +225,11 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     The cross-entropy sits inside the compiled graph with the model, so inductor fuses the fp32
     upcast of the logits into the log-softmax instead of writing a (tokens, vocab) fp32 copy.
     """
-    from .model import cross_entropy  # F.cross_entropy in fp32, or its Triton forward on CUDA
+    from .model import cross_entropy, fused_cross_entropy_op
 
+    # F.cross_entropy in fp32, its Triton forward on CUDA (built here, not while compiling)
+    if device.type == "cuda":
+        fused_cross_entropy_op()
     t = cfg.train
     accum = t.grad_accum
 
