@@ -12,6 +12,7 @@
     machine: every other process on the 2 cores slows it.
 
     PYTHONPATH=src python3 bench/cpu_study.py --part tokens
+    PYTHONPATH=src python3 bench/cpu_study.py --part paired   # (a) in one process, paired chunks
     PYTHONPATH=src python3 bench/cpu_study.py --part study
 """
 
@@ -55,6 +56,36 @@ def part_tokens(steps: int, rounds: int) -> dict[str, Any]:
             "ratio_lm_vs_hf": best["lm"] / best["hf-eager"]}
 
 
+def part_paired(steps: int, rounds: int) -> dict[str, Any]:
+    """Both steps built in one process (one thread), timed in alternating chunks of ``steps``
+    steps, ``rounds`` pairs: each chunk pair shares the machine's load at that moment, so the
+    median of the per-pair ratios is steadier on a shared machine than separate processes."""
+    import statistics
+
+    import torch
+
+    from train_throughput import make_step
+
+    torch.set_num_threads(1)
+    built = {impl: make_step(impl, DEFAULT_SHAPE, "cpu") for impl in ("lm", "hf-eager")}
+    for step, _, _ in built.values():
+        for i in range(3):
+            step(i)
+    rates: dict[str, list[float]] = {"lm": [], "hf-eager": []}
+    for r in range(rounds):
+        order = ("lm", "hf-eager") if r % 2 == 0 else ("hf-eager", "lm")
+        for impl in order:
+            step, _, tps = built[impl]
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(3 + r * steps + i)
+            rates[impl].append(steps * tps / (time.perf_counter() - t0))
+    ratios = [a / b for a, b in zip(rates["lm"], rates["hf-eager"])]
+    return {"steps_per_chunk": steps, "pairs": rounds, "tokens_per_s": rates,
+            "median_tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
+            "pair_ratios": ratios, "ratio_lm_vs_hf_median": statistics.median(ratios)}
+
+
 def part_study(cores: int) -> dict[str, Any]:
     """``snakemake -c<cores>`` of config.yaml in a fresh temporary directory."""
     with tempfile.TemporaryDirectory(prefix="lmablate-study-") as tmp:
@@ -74,7 +105,7 @@ def part_study(cores: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("tokens", "study", "all"), default="all")
+    ap.add_argument("--part", choices=("tokens", "paired", "study", "all"), default="all")
     ap.add_argument("--steps", type=int, default=60, help="(a) timed steps per repeat")
     ap.add_argument("--rounds", type=int, default=2, help="(a) runs of each implementation")
     ap.add_argument("--cores", type=int, default=2, help="(b) snakemake -c")
@@ -91,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) one thread, default study shape: lmablate {t['best_tokens_per_s']['lm']:,.0f}"
               f" tok/s, transformers {t['best_tokens_per_s']['hf-eager']:,.0f} tok/s: "
               f"{t['ratio_lm_vs_hf']:.2f}x (target {TARGETS['tokens_ratio_vs_hf']}x)")
+    if args.part in ("paired", "all"):
+        result["paired"] = t = part_paired(20, max(8, args.rounds * 4))
+        print(f"(a') one process, alternating chunks of 20 steps: median lmablate "
+              f"{t['median_tokens_per_s']['lm']:,.0f} tok/s, transformers "
+              f"{t['median_tokens_per_s']['hf-eager']:,.0f} tok/s; median pair ratio "
+              f"{t['ratio_lm_vs_hf_median']:.2f}x (target {TARGETS['tokens_ratio_vs_hf']}x)")
     if args.part in ("study", "all"):
         result["study"] = s = part_study(args.cores)
         print(f"(b) snakemake -c{args.cores} default study: {s['wall_s']:.1f} s "

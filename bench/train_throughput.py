@@ -200,6 +200,8 @@ def make_step(impl: str, shape: tuple, device: str):
     if impl.startswith("lm"):
         for flag, value in lm_variant(impl)[1].items():
             setattr(lm_model, flag, value)
+        if device == "cpu" and impl != "lm-before":
+            lt.keep_cpu_buffers()  # what train() does on a CPU
 
     dev = torch.device(device)
     cfg = run_config(shape, device)
