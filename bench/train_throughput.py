@@ -38,6 +38,8 @@ embeddings, weight decay on matrices only):
 ``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
 ``lm*-s1``          both off (the model as in session 1, and the default again)
 ``lm*-s2``          both on (what session 2's device run called ``lm``)
+``lm*-nopad``       the model with the tokenizer's vocabulary exactly (HF's rows); without it, as
+                    train() builds it: padded to a multiple of 64 (only cs336 changes: 10048 rows)
 ``lm-train``        ``lmablate.train.train`` end to end on a synthetic token store (tokens/s of its
                     log windows after the first; wall includes compile, eval and checkpoints)
 ==================  ===============================================================================
@@ -85,13 +87,15 @@ TRAIN_TOKENS = 4_000_000  # synthetic train split (random ids): enough distinct 
 
 
 def run_config(shape: tuple, device: str, **train: Any):
-    """The lmablate RunConfig of a benchmark shape."""
+    """The lmablate RunConfig of a benchmark shape: a tokenizer of ``vocab`` ids, so the model
+    has ``padded_vocab(vocab)`` embedding rows as in train() (vocab_multiple 64: cs336's 10000
+    becomes 10048; tiny5m's 8192 and gpt2s's 50304 are multiples already)."""
     from lmablate.config import RunConfig, from_dict
 
     vocab, ctx, d, layers, heads, ff, batch = shape
     return from_dict(RunConfig, {
         "model": {"d_model": d, "n_layers": layers, "n_heads": heads, "d_ff": ff,
-                  "vocab_size": vocab, "context_length": ctx, "tie_embeddings": True},
+                  "context_length": ctx, "tie_embeddings": True},
         "train": {"batch_size": batch, "seq_len": ctx, "lr": 1e-3, "weight_decay": 0.1,
                   "grad_clip": 1.0, "precision": "bf16" if device == "cuda" else "fp32",
                   **train}})
@@ -197,6 +201,8 @@ def make_step(impl: str, shape: tuple, device: str):
     from lmablate.model import LM
     from lmablate.tokens import Batches
 
+    pad = not impl.endswith("-nopad")  # -nopad: the tokenizer's vocab rows exactly, as HF
+    impl = impl.removesuffix("-nopad")
     if impl.startswith("lm"):
         for flag, value in lm_variant(impl)[1].items():
             setattr(lm_model, flag, value)
@@ -213,7 +219,8 @@ def make_step(impl: str, shape: tuple, device: str):
     if impl.startswith("hf"):
         model = hf_llama(shape).to(dev)
     else:
-        model = LM(cfg.model, vocab, max_seq_len=ctx).to(dev)
+        model = LM(cfg.model, cfg.model.padded_vocab(vocab) if pad else vocab,
+                   max_seq_len=ctx).to(dev)
     model.train()
     opt = lt._optimizer(model, cfg, dev)
     compile_on = device == "cuda"
@@ -264,7 +271,8 @@ def make_step(impl: str, shape: tuple, device: str):
 
 
 def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, warmup: int,
-            lock: str | None, profile: str | None, threads: int | None) -> dict[str, Any]:
+            lock: str | None, profile: str | None, threads: int | None,
+            repeats: int = 2) -> dict[str, Any]:
     import torch
 
     if threads:
@@ -294,7 +302,7 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
         sync()
         times, loss_sum = [], torch.zeros((), device=device)
         base = warmup + 3
-        for rep in range(2):  # two timed repeats: their spread says how stable the number is
+        for rep in range(repeats):  # timed repeats: their spread says how stable the number is
             t0 = time.perf_counter()
             for i in range(steps):
                 loss_sum += step(base + rep * steps + i)
@@ -302,7 +310,7 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
             times.append(time.perf_counter() - t0)
         prof_text = None
         if profile:
-            prof_text = profile_steps(step, base + 2 * steps, cuda)
+            prof_text = profile_steps(step, base + repeats * steps, cuda)
     best = min(times)
     tokens_s = steps * tokens_per_step / best
     from lmablate import accounting
@@ -315,7 +323,7 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
         "step_ms": best / steps * 1e3, "flops_per_token": flops,
         "mfu": tokens_s * flops / PEAK_BF16_FLOPS if cuda else None,
         "params": sum(p.numel() for p in model.parameters()),
-        "mean_loss_timed": float(loss_sum) / (2 * steps),
+        "mean_loss_timed": float(loss_sum) / (repeats * steps),
         "build_s": build_s, "first_step_s": first_step_s,
         "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         **device_info(device),
@@ -445,7 +453,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     else:
         res = measure(spec["impl"], spec["shape_name"], tuple(spec["shape"]), spec["device"],
                       spec["steps"], spec["warmup"], spec["lock"], spec.get("profile"),
-                      spec.get("threads"))
+                      spec.get("threads"), spec.get("repeats", 2))
     Path(spec["result"]).write_text(json.dumps(res))
 
 
@@ -553,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     ap.add_argument("--impls", default=",".join(IMPLS + ("lm-train",)))
     ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
+    ap.add_argument("--repeats", type=int, default=2, help="timed repeats (the best counts)")
     ap.add_argument("--parallel", type=int, default=4, help="worker processes at a time")
     ap.add_argument("--e2e-shapes", default="tiny5m", help="shapes that also run lm-train")
     ap.add_argument("--profile", action="store_true", help="profile tiny5m's lmablate variants")
@@ -589,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = {"impl": impl, "shape_name": name, "shape": shapes[name], "device": args.device,
                     "steps": steps if impl != "lm-train" else (40 if args.quick else 200),
                     "warmup": 3, "lock": lock, "threads": args.threads,
-                    "result": str(work / f"{name}-{impl}.json")}
+                    "repeats": args.repeats, "result": str(work / f"{name}-{impl}.json")}
             if (args.profile and name in args.profile_shapes.split(",")
                     and impl in args.profile_impls.split(",")):
                 spec["profile"] = str(work / f"profile-{name}-{impl}.txt")

@@ -38,11 +38,42 @@ def test_loss_function_is_the_plain_cross_entropy():
     w = torch.randint(0, 320, (4, 17))
     fn, graphs = loss_function(model, c, torch.device("cpu"), None)
     loss, total = fn(w)
+    total.backward()
+    got_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
     logits = model(w[:, :-1])
     want = F.cross_entropy(logits.view(-1, 320), w[:, 1:].reshape(-1))
+    (want / 2).backward()
     assert not graphs
-    torch.testing.assert_close(loss, want, rtol=0, atol=0)
-    torch.testing.assert_close(total, want / 2, rtol=0, atol=0)
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(total, want / 2, rtol=1e-6, atol=1e-6)
+    for name, p in model.named_parameters():  # the tied embedding / head included
+        torch.testing.assert_close(got_grads[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+@pytest.mark.parametrize("grads", ["both", "h", "weight"])
+def test_linear_cross_entropy_matches_linear_then_cross_entropy(monkeypatch, chunk, grads):
+    """The CPU head + loss in chunks (gradients made in the forward, scaled in the backward)
+    equals ``F.cross_entropy(F.linear(h, w), t)``: loss, both gradients, any chunk size (the
+    last chunk short), an upstream gradient other than 1, either input without gradient."""
+    from lmablate import model as lm_model
+
+    monkeypatch.setattr(lm_model, "LINEAR_CE_CHUNK", chunk)
+    torch.manual_seed(0)
+    h0, w0 = torch.randn(150, 24), torch.randn(333, 24) * 0.5
+    t = torch.randint(0, 333, (150,))
+    h1, w1 = h0.clone().requires_grad_(grads != "weight"), w0.clone().requires_grad_(grads != "h")
+    h2, w2 = h0.clone().requires_grad_(grads != "weight"), w0.clone().requires_grad_(grads != "h")
+    got = lm_model.linear_cross_entropy(h1, w1, t)
+    want = F.cross_entropy(F.linear(h2, w2), t)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    (got * -0.3).backward()
+    (want * -0.3).backward()
+    for a, b in ((h1, h2), (w1, w2)):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(("model", "train", "graphs"), [

@@ -245,13 +245,14 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     The cross-entropy sits inside the compiled graph with the model, so inductor fuses the fp32
     upcast of the logits into the log-softmax instead of writing a (tokens, vocab) fp32 copy.
     """
-    from .model import cross_entropy, fused_cross_entropy_op
+    from .model import cross_entropy, fused_cross_entropy_op, linear_cross_entropy
 
     # F.cross_entropy in fp32, its Triton forward on CUDA (built here, not while compiling)
     if device.type == "cuda":
         fused_cross_entropy_op()
     t = cfg.train
     accum = t.grad_accum
+    compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda")
 
     def fn(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _autocast(device, autocast):
@@ -260,8 +261,15 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
             total = (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
         return loss, total
 
-    if not (t.compile == "true" or (t.compile == "auto" and device.type == "cuda")):
-        return fn, False
+    def fn_cpu(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eager fp32 on the CPU: head and loss as one chunked op, no (tokens, vocab) logits."""
+        h = model.hidden(w[:, :-1])  # (B, T, C)
+        loss = linear_cross_entropy(h.reshape(-1, h.size(-1)), model.head.weight,
+                                    w[:, 1:].reshape(-1))
+        return loss, (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
+
+    if not compiled:
+        return (fn_cpu if device.type == "cpu" and autocast is None else fn), False
     mode = CUDA_COMPILE_MODE if device.type == "cuda" else None
     if mode in _GRAPH_MODES and (cfg.model.num_experts or accum > 1):
         mode = _GRAPH_MODES[mode]  # MoE load counters and accumulated grads outlive a replay
