@@ -92,7 +92,7 @@ def run_config(shape: tuple, device: str, **train: Any):
     becomes 10048; tiny5m's 8192 and gpt2s's 50304 are multiples already)."""
     from lmablate.config import RunConfig, from_dict
 
-    vocab, ctx, d, layers, heads, ff, batch = shape
+    _, ctx, d, layers, heads, ff, batch = shape
     return from_dict(RunConfig, {
         "model": {"d_model": d, "n_layers": layers, "n_heads": heads, "d_ff": ff,
                   "context_length": ctx, "tie_embeddings": True},

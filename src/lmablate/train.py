@@ -242,8 +242,10 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
                   autocast: torch.dtype | None) -> tuple[Any, bool]:
     """(fn, uses CUDA graphs): ``fn(windows) -> (lm loss, loss to backpropagate)``.
 
-    The cross-entropy sits inside the compiled graph with the model, so inductor fuses the fp32
-    upcast of the logits into the log-softmax instead of writing a (tokens, vocab) fp32 copy.
+    Compiled (CUDA): the cross-entropy sits inside the compiled graph with the model, so inductor
+    fuses the fp32 upcast of the logits into the log-softmax instead of writing a (tokens, vocab)
+    fp32 copy. Eager fp32 (the CPU): the head and the loss are one chunked op
+    (:func:`lmablate.model.linear_cross_entropy`) that never holds all the logits.
     """
     from .model import cross_entropy, fused_cross_entropy_op, linear_cross_entropy
 
