@@ -554,8 +554,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
     (softmax - one_hot, one exp per logit) and multiplied out into the gradients of ``h`` and
     ``weight``, which the backward only scales by the incoming gradient (Liger-Kernel's and Cut
     Cross-Entropy's scheme). Forward and backward together: the same matmuls as
-    ``F.cross_entropy(F.linear(h, weight), targets)``, one exp per logit instead of three, and
-    no (N, V) tensor. Loss and gradients equal torch's within fp32 rounding."""
+    ``F.cross_entropy(F.linear(h, weight), targets)``, one exp per logit instead of two (the
+    log-softmax's and its backward's), and no (N, V) tensor. Loss and gradients equal torch's within fp32 rounding."""
     return _LinearCrossEntropy.apply(h, weight, targets)
 
 
@@ -569,8 +569,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(h) if need_h else None
         grad_wt = torch.zeros_like(weight.t()) if need_w else None  # (C, V): h.T @ g is faster
-        # logits in base 2 (the head scaled by log2(e)): exp2 is ~1.7x faster than exp on CPUs
-        # (MKL's and Sleef's), and the softmax is the same
+        # logits in base 2 (the head scaled by log2(e)), the same softmax: torch's exp2 is ~1.7x
+        # faster than its exp on the CPU here (1.40 vs 2.44 ms for 2M floats, AVX2, one thread)
         w2 = weight * _LOG2E
         total = torch.zeros((), dtype=torch.float64)
         rows = torch.arange(chunk)
