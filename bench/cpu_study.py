@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,13 +49,10 @@ def part_tokens(steps: int, rounds: int) -> dict[str, Any]:
                   "steps": steps, "warmup": 3, "lock": None, "threads": 1,
                   "result": str(work / f"{impl}-{r}.json")} for impl in order]
         rows += run_workers(specs, parallel=1, timeout=600, budget=3600)
-    best = {impl: max(r["tokens_per_s"] for r in rows if r["impl"] == impl and "error" not in r)
-            for impl in ("lm", "hf-eager")}
-    import statistics
-
-    median = {impl: statistics.median(r["tokens_per_s"] for r in rows
-                                      if r["impl"] == impl and "error" not in r)
-              for impl in ("lm", "hf-eager")}
+    rates = {impl: [r["tokens_per_s"] for r in rows if r["impl"] == impl and "error" not in r]
+             for impl in ("lm", "hf-eager")}
+    best = {impl: max(v) for impl, v in rates.items()}
+    median = {impl: statistics.median(v) for impl, v in rates.items()}
     return {"shape": dict(zip(("vocab", "ctx", "d_model", "layers", "heads", "d_ff", "batch"),
                               DEFAULT_SHAPE)),
             "threads": 1, "steps": steps, "rows": rows, "best_tokens_per_s": best,
@@ -66,10 +64,7 @@ def part_paired(steps: int, rounds: int) -> dict[str, Any]:
     """Both steps built in one process (one thread), timed in alternating chunks of ``steps``
     steps, ``rounds`` pairs: each chunk pair shares the machine's load at that moment, so the
     median of the per-pair ratios is steadier on a shared machine than separate processes."""
-    import statistics
-
     import torch
-
     from train_throughput import make_step
 
     torch.set_num_threads(1)

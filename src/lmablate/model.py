@@ -555,7 +555,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
     ``weight``, which the backward only scales by the incoming gradient (Liger-Kernel's and Cut
     Cross-Entropy's scheme). Forward and backward together: the same matmuls as
     ``F.cross_entropy(F.linear(h, weight), targets)``, one exp per logit instead of two (the
-    log-softmax's and its backward's), and no (N, V) tensor. Loss and gradients equal torch's within fp32 rounding."""
+    log-softmax's and its backward's), and no (N, V) tensor. Loss and gradients equal torch's
+    within fp32 rounding."""
     return _LinearCrossEntropy.apply(h, weight, targets)
 
 

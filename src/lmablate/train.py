@@ -255,23 +255,22 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     t = cfg.train
     accum = t.grad_accum
     compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda")
+    chunked = not compiled and device.type == "cpu" and autocast is None  # eager fp32 CPU
 
     def fn(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = w[:, 1:].reshape(-1)
         with _autocast(device, autocast):
-            logits = model(w[:, :-1])  # (B, T, V)
-            loss = cross_entropy(logits.view(-1, logits.size(-1)), w[:, 1:].reshape(-1))
+            if chunked:  # head and loss as one chunked op, no (tokens, vocab) logits
+                h = model.hidden(w[:, :-1])  # (B, T, C)
+                loss = linear_cross_entropy(h.reshape(-1, h.size(-1)), model.head.weight, targets)
+            else:
+                logits = model(w[:, :-1])  # (B, T, V)
+                loss = cross_entropy(logits.view(-1, logits.size(-1)), targets)
             total = (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
         return loss, total
 
-    def fn_cpu(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eager fp32 on the CPU: head and loss as one chunked op, no (tokens, vocab) logits."""
-        h = model.hidden(w[:, :-1])  # (B, T, C)
-        loss = linear_cross_entropy(h.reshape(-1, h.size(-1)), model.head.weight,
-                                    w[:, 1:].reshape(-1))
-        return loss, (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
-
     if not compiled:
-        return (fn_cpu if device.type == "cpu" and autocast is None else fn), False
+        return fn, False
     mode = CUDA_COMPILE_MODE if device.type == "cuda" else None
     if mode in _GRAPH_MODES and (cfg.model.num_experts or accum > 1):
         mode = _GRAPH_MODES[mode]  # MoE load counters and accumulated grads outlive a replay
