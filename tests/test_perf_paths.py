@@ -76,6 +76,78 @@ def test_linear_cross_entropy_matches_linear_then_cross_entropy(monkeypatch, chu
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton ops need CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("vocab", [320, 10000, 20011], ids=["v320", "v10000", "v20011-2pass"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("grads", ["both", "h"])
+def test_fused_linear_cross_entropy_matches_linear_then_cross_entropy(vocab, compiled, grads):
+    """The CUDA head + loss (gradient of the logits written by the loss's forward, scaled in the
+    backward) equals ``F.cross_entropy(F.linear(h, w).float(), t)`` under bf16 autocast: rows held
+    in registers and rows in two passes (vocab > LINEAR_CE_ONE_BLOCK, not a multiple of 8),
+    eager and compiled, an upstream gradient other than 1, the weight without gradient."""
+    from lmablate import model as lm_model
+
+    assert lm_model.fused_cross_entropy_op() is not None and lm_model._linear_ce is not None
+    torch.manual_seed(0)
+    h0 = torch.randn(515, 64, device="cuda")
+    w0 = torch.randn(vocab, 64, device="cuda") * 0.3
+    t = torch.randint(0, vocab, (515,), device="cuda")
+
+    def ours(h, w):
+        with torch.autocast("cuda", torch.bfloat16):
+            return lm_model.fused_linear_cross_entropy(h, w, t)
+
+    def ref(h, w):
+        with torch.autocast("cuda", torch.bfloat16):
+            return F.cross_entropy(F.linear(h, w).float(), t)
+
+    out = []
+    for fn in (ours, ref):
+        fn = torch.compile(fn, fullgraph=True) if compiled else fn
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_(grads == "both")
+        loss = fn(h, w)
+        (loss * -0.3).backward()
+        out.append((loss.detach(), h.grad, w.grad))
+    (l1, gh1, gw1), (l2, gh2, gw2) = out
+    assert l1.dtype == torch.float32 and l1.dim() == 0
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+    assert (gw1 is None) == (gw2 is None) == (grads == "h")
+    for a, b in ((gh1, gh2), (gw1, gw2)):
+        if b is not None:  # bf16 gradients of the logits on both sides: bf16 tolerance
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+@cuda
+@pytest.mark.parametrize("compile_", ["false", "auto"])
+def test_cuda_loss_function_with_and_without_the_fused_head(monkeypatch, compile_):
+    """train.loss_function on CUDA (bf16 autocast, the tied head): the fused head + loss gives
+    the loss and every parameter's gradient of the plain ``model(x)`` + cross-entropy path."""
+    from lmablate import model as lm_model
+
+    c = cfg(compile=compile_)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(lm_model, "FUSED_LINEAR_CROSS_ENTROPY", fused)
+        torch.manual_seed(0)
+        model = LM(c.model, 320, max_seq_len=16).cuda()
+        w = torch.randint(0, 320, (4, 17), device="cuda")
+        fn, graphs = loss_function(model, c, torch.device("cuda"), torch.bfloat16)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, total = fn(w)
+        total.backward()
+        results.append((loss.detach().clone(),
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l1, g1), (l2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-4)
+    for name, b in g2.items():
+        torch.testing.assert_close(g1[name], b, rtol=3e-2, atol=3e-2 * b.abs().max().item(),
+                                   msg=name)
+
+
 @pytest.mark.parametrize(("model", "train", "graphs"), [
     pytest.param({}, {}, True, id="dense"),
     pytest.param({"num_experts": 4}, {}, False, id="moe"),

@@ -658,21 +658,132 @@ def _make_ce_op():
     return ce_rows
 
 
+# The head and the loss as one op on CUDA (train.loss_function): the Triton kernel turns each row
+# of logits into its loss and, in the same pass, in place into its gradient (softmax - one_hot) / N;
+# the backward multiplies that by the head weight and by the hidden states and scales the two
+# products by the incoming gradient. The unfused pair reads the (N, V) logits three times (the
+# loss's forward, and its backward's read + write); this reads and writes them once (Liger-Kernel's
+# fused linear cross-entropy, without its chunking: the logits are still made whole).
+FUSED_LINEAR_CROSS_ENTROPY = True
+LINEAR_CE_ONE_BLOCK = 16384  # rows up to this many logits are held in registers: read once
+
+
+def _make_linear_ce_op():
+    """torch.ops.lmablate.linear_ce(h (N, C), weight (V, C), targets (N,)) -> (mean loss (fp32),
+    d(mean loss)/d logits (N, V)), with its autograd formula; None without Triton."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def _ce_grad_kernel(x_ptr, t_ptr, loss_ptr, stride, V, scale, BLOCK: tl.constexpr,
+                        ONE_BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        base = x_ptr + row * stride
+        cols = tl.arange(0, BLOCK)
+        target = tl.load(t_ptr + row)
+        if ONE_BLOCK:  # the whole row in registers: one read, one write
+            mask = cols < V
+            x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            m = tl.max(x, axis=0)
+            e = tl.exp(x - m)
+            d = tl.sum(e, axis=0)
+            lse = m + tl.log(d)
+            x_t = tl.sum(tl.where(cols == target, x, 0.0), axis=0)
+            g = (e / d - tl.where(cols == target, 1.0, 0.0)) * scale
+            tl.store(base + cols, g.to(x_ptr.dtype.element_ty), mask=mask)
+        else:  # online logsumexp, then a second pass (the row is still in L2) writes the gradient
+            m = float("-inf")
+            d = 0.0
+            for start in range(0, V, BLOCK):
+                idx = start + cols
+                x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+                m = m_new
+            lse = m + tl.log(d)
+            x_t = 0.0
+            for start in range(0, V, BLOCK):
+                idx = start + cols
+                mask = idx < V
+                x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
+                hit = idx == target
+                x_t += tl.sum(tl.where(hit, x, 0.0), axis=0)
+                g = (tl.exp(x - lse) - tl.where(hit, 1.0, 0.0)) * scale
+                tl.store(base + idx, g.to(x_ptr.dtype.element_ty), mask=mask)
+        tl.store(loss_ptr + row, lse - x_t)
+
+    @torch.library.custom_op("lmablate::linear_ce", mutates_args=())
+    def linear_ce(h: torch.Tensor, weight: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, v = h.size(0), weight.size(0)
+        logits = torch.mm(h, weight.t())  # (N, V), turned into its gradient in place
+        loss = torch.empty(n, device=h.device, dtype=torch.float32)
+        one = v <= LINEAR_CE_ONE_BLOCK
+        block = triton.next_power_of_2(v) if one else 4096
+        _ce_grad_kernel[(n,)](logits, targets, loss, logits.stride(0), v, 1.0 / n, BLOCK=block,
+                              ONE_BLOCK=one, num_warps=16 if block >= 8192 else 8)
+        return loss.mean(), logits
+
+    @linear_ce.register_fake
+    def _(h, weight, targets):
+        return h.new_empty((), dtype=torch.float32), h.new_empty((h.size(0), weight.size(0)))
+
+    def setup_context(ctx, inputs, output):
+        h, weight, _ = inputs
+        ctx.save_for_backward(h, weight, output[1])
+
+    def backward(ctx, grad_loss, _grad_logits):
+        h, weight, grad_logits = ctx.saved_tensors  # d(mean loss)/d logits
+        grad_h = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_h = (grad_logits @ weight) * grad_loss  # fp32 0-d scale: result in h's dtype
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_logits.t() @ h) * grad_loss
+        return grad_h, grad_w, None
+
+    linear_ce.register_autograd(backward, setup_context=setup_context)
+    return linear_ce
+
+
+def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
+                               targets: torch.Tensor) -> torch.Tensor:
+    """``cross_entropy(h @ weight.T, targets)`` on CUDA as one op (see
+    :data:`FUSED_LINEAR_CROSS_ENTROPY`); ``h`` and ``weight`` are cast to the autocast dtype
+    when autocast is on, as ``F.linear`` would be. Build the op first (:func:`fused_cross_entropy_op`,
+    not while compiling)."""
+    if torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        h, weight = h.to(dtype), weight.to(dtype)
+    elif weight.dtype != h.dtype:
+        weight = weight.to(h.dtype)
+    loss, _ = _linear_ce(h.contiguous(), weight.contiguous(), targets.contiguous())
+    return loss
+
+
 _ce_rows = None  # torch.ops.lmablate.ce_rows once fused_cross_entropy_op() built it
+_linear_ce = None  # torch.ops.lmablate.linear_ce, likewise
 _ce_built = False
 
 
 def fused_cross_entropy_op():
-    """The Triton cross-entropy op, built on first use (CUDA runs; train.loss_function builds it
+    """The Triton cross-entropy ops, built on first use (CUDA runs; train.loss_function builds them
     before compiling): importing Triton and ``torch.library.triton_op`` pulls in inductor, ~2.5 s
-    that every CPU training job would otherwise pay at import. None without Triton."""
-    global _ce_rows, _ce_built
+    that every CPU training job would otherwise pay at import. Returns the row-wise op (None
+    without Triton); :func:`fused_linear_cross_entropy` is usable once ``_linear_ce`` is set."""
+    global _ce_rows, _linear_ce, _ce_built
     if not _ce_built:
         _ce_built = True
         try:
             _ce_rows = _make_ce_op()
         except RuntimeError:  # registered already (module reloaded): F.cross_entropy then
             _ce_rows = None
+        try:
+            _linear_ce = _make_linear_ce_op()
+        except RuntimeError:
+            _linear_ce = None
     return _ce_rows
 
 
