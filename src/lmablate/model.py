@@ -665,7 +665,11 @@ def _make_ce_op():
 # loss's forward, and its backward's read + write); this reads and writes them once (Liger-Kernel's
 # fused linear cross-entropy, without its chunking: the logits are still made whole).
 FUSED_LINEAR_CROSS_ENTROPY = True
-LINEAR_CE_ONE_BLOCK = 16384  # rows up to this many logits are held in registers: read once
+# the kernel's launch: rows of up to LINEAR_CE_ONE_BLOCK logits are held in registers (read once),
+# longer ones go in two passes over blocks of LINEAR_CE_BLOCK; LINEAR_CE_WARPS warps per row
+LINEAR_CE_ONE_BLOCK = 16384
+LINEAR_CE_BLOCK = 4096
+LINEAR_CE_WARPS = 8
 
 
 def _make_linear_ce_op():
@@ -722,9 +726,9 @@ def _make_linear_ce_op():
         logits = torch.mm(h, weight.t())  # (N, V), turned into its gradient in place
         loss = torch.empty(n, device=h.device, dtype=torch.float32)
         one = v <= LINEAR_CE_ONE_BLOCK
-        block = triton.next_power_of_2(v) if one else 4096
+        block = triton.next_power_of_2(v) if one else LINEAR_CE_BLOCK
         _ce_grad_kernel[(n,)](logits, targets, loss, logits.stride(0), v, 1.0 / n, BLOCK=block,
-                              ONE_BLOCK=one, num_warps=16 if block >= 8192 else 8)
+                              ONE_BLOCK=one, num_warps=LINEAR_CE_WARPS)
         return loss.mean(), logits
 
     @linear_ce.register_fake
