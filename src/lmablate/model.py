@@ -661,14 +661,16 @@ def _make_ce_op():
 # The head and the loss as one op on CUDA (train.loss_function): the Triton kernel turns each row
 # of logits into its loss and, in the same pass, in place into its gradient (softmax - one_hot) / N;
 # the backward multiplies that by the head weight and by the hidden states and scales the two
-# products by the incoming gradient. The unfused pair reads the (N, V) logits three times (the
-# loss's forward, and its backward's read + write); this reads and writes them once (Liger-Kernel's
-# fused linear cross-entropy, without its chunking: the logits are still made whole).
+# products by the incoming gradient. The unfused pair goes over the (N, V) logits three times in
+# memory (the loss's forward reads them, its backward reads and writes); this reads and writes them
+# once, plus a re-read that mostly hits L2 (Liger-Kernel's fused linear cross-entropy without its
+# chunking: the logits are still made whole).
 FUSED_LINEAR_CROSS_ENTROPY = True
-# the kernel's launch: rows of up to LINEAR_CE_ONE_BLOCK logits are held in registers (read once),
-# longer ones go in two passes over blocks of LINEAR_CE_BLOCK; LINEAR_CE_WARPS warps per row
-LINEAR_CE_ONE_BLOCK = 16384
-LINEAR_CE_BLOCK = 4096
+# the kernel's launch: LINEAR_CE_ROWS rows per program in blocks of LINEAR_CE_BLOCK logits,
+# LINEAR_CE_WARPS warps. On an H100 (bench/lce_tune.py) ... ; a whole row in registers (one read)
+# was slower.
+LINEAR_CE_ROWS = 1
+LINEAR_CE_BLOCK = 2048
 LINEAR_CE_WARPS = 8
 
 
@@ -682,42 +684,33 @@ def _make_linear_ce_op():
         return None
 
     @triton.jit
-    def _ce_grad_kernel(x_ptr, t_ptr, loss_ptr, stride, V, scale, BLOCK: tl.constexpr,
-                        ONE_BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = x_ptr + row * stride
+    def _ce_grad_kernel(x_ptr, t_ptr, loss_ptr, stride, N, V, scale, ROWS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (R,)
+        row_ok = rows < N
+        base = x_ptr + rows.to(tl.int64)[:, None] * stride  # (R, 1)
         cols = tl.arange(0, BLOCK)
-        target = tl.load(t_ptr + row)
-        if ONE_BLOCK:  # the whole row in registers: one read, one write
-            mask = cols < V
-            x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            m = tl.max(x, axis=0)
-            e = tl.exp(x - m)
-            d = tl.sum(e, axis=0)
-            lse = m + tl.log(d)
-            x_t = tl.sum(tl.where(cols == target, x, 0.0), axis=0)
-            g = (e / d - tl.where(cols == target, 1.0, 0.0)) * scale
-            tl.store(base + cols, g.to(x_ptr.dtype.element_ty), mask=mask)
-        else:  # online logsumexp, then a second pass (the row is still in L2) writes the gradient
-            m = float("-inf")
-            d = 0.0
-            for start in range(0, V, BLOCK):
-                idx = start + cols
-                x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-                m_new = tl.maximum(m, tl.max(x, axis=0))
-                d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-                m = m_new
-            lse = m + tl.log(d)
-            x_t = 0.0
-            for start in range(0, V, BLOCK):
-                idx = start + cols
-                mask = idx < V
-                x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
-                hit = idx == target
-                x_t += tl.sum(tl.where(hit, x, 0.0), axis=0)
-                g = (tl.exp(x - lse) - tl.where(hit, 1.0, 0.0)) * scale
-                tl.store(base + idx, g.to(x_ptr.dtype.element_ty), mask=mask)
-        tl.store(loss_ptr + row, lse - x_t)
+        target = tl.load(t_ptr + rows, mask=row_ok, other=0)
+        m = tl.full([ROWS], float("-inf"), tl.float32)  # online logsumexp over each row
+        d = tl.zeros([ROWS], tl.float32)
+        for start in range(0, V, BLOCK):
+            idx = start + cols
+            mask = row_ok[:, None] & (idx < V)[None, :]
+            x = tl.load(base + idx[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+        lse = m + tl.log(d)
+        x_t = tl.zeros([ROWS], tl.float32)
+        for start in range(0, V, BLOCK):  # the rows again (from L2), their gradient written over
+            idx = start + cols
+            mask = row_ok[:, None] & (idx < V)[None, :]
+            x = tl.load(base + idx[None, :], mask=mask, other=0.0).to(tl.float32)
+            hit = idx[None, :] == target[:, None]
+            x_t += tl.sum(tl.where(hit, x, 0.0), axis=1)
+            g = (tl.exp(x - lse[:, None]) - tl.where(hit, 1.0, 0.0)) * scale
+            tl.store(base + idx[None, :], g.to(x_ptr.dtype.element_ty), mask=mask)
+        tl.store(loss_ptr + rows, lse - x_t, mask=row_ok)
 
     @torch.library.custom_op("lmablate::linear_ce", mutates_args=())
     def linear_ce(h: torch.Tensor, weight: torch.Tensor,
@@ -725,10 +718,10 @@ def _make_linear_ce_op():
         n, v = h.size(0), weight.size(0)
         logits = torch.mm(h, weight.t())  # (N, V), turned into its gradient in place
         loss = torch.empty(n, device=h.device, dtype=torch.float32)
-        one = v <= LINEAR_CE_ONE_BLOCK
-        block = triton.next_power_of_2(v) if one else LINEAR_CE_BLOCK
-        _ce_grad_kernel[(n,)](logits, targets, loss, logits.stride(0), v, 1.0 / n, BLOCK=block,
-                              ONE_BLOCK=one, num_warps=LINEAR_CE_WARPS)
+        rows = LINEAR_CE_ROWS
+        _ce_grad_kernel[(triton.cdiv(n, rows),)](logits, targets, loss, logits.stride(0), n, v,
+                                                 1.0 / n, ROWS=rows, BLOCK=LINEAR_CE_BLOCK,
+                                                 num_warps=LINEAR_CE_WARPS)
         return loss.mean(), logits
 
     @linear_ce.register_fake
