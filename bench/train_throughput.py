@@ -33,8 +33,6 @@ embeddings, weight decay on matrices only):
 ``lm*-ce``          with ``lmablate.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the loss, for
                     128-byte-aligned vocab rows; default since session 2b); ``lm*-noce`` with it off.
                     Session 2's step is ``lm-online-noce``
-``lm*-nolce``       with ``lmablate.model.FUSED_LINEAR_CROSS_ENTROPY`` off: the head's matmul and the
-                    loss as two ops (the logits' gradient made in the backward; sessions 1-4)
 ``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and gate/up
                     as one matmul each); ``lm*-nofuse`` with it off
 ``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
@@ -176,8 +174,7 @@ TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotun
 
 def lm_variant(impl: str) -> tuple[str, dict[str, bool]]:
     """(base impl, lmablate.model flags to set: the library's defaults for those not named)."""
-    for suffix, flags in (("-nolce", {"FUSED_LINEAR_CROSS_ENTROPY": False}),
-                          ("-noce", {"FUSED_CROSS_ENTROPY": False}),
+    for suffix, flags in (("-noce", {"FUSED_CROSS_ENTROPY": False}),
                           ("-ce", {"FUSED_CROSS_ENTROPY": True}),
                           ("-nofuse", {"FUSE_PROJECTIONS": False}),
                           ("-fuse", {"FUSE_PROJECTIONS": True}),

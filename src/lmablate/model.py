@@ -658,129 +658,21 @@ def _make_ce_op():
     return ce_rows
 
 
-# The head and the loss as one op on CUDA (train.loss_function): the Triton kernel turns each row
-# of logits into its loss and, in the same pass, in place into its gradient (softmax - one_hot) / N;
-# the backward multiplies that by the head weight and by the hidden states and scales the two
-# products by the incoming gradient. The unfused pair goes over the (N, V) logits three times in
-# memory (the loss's forward reads them, its backward reads and writes); this reads and writes them
-# once, plus a re-read that mostly hits L2 (Liger-Kernel's fused linear cross-entropy without its
-# chunking: the logits are still made whole).
-FUSED_LINEAR_CROSS_ENTROPY = True
-# the kernel's launch: LINEAR_CE_ROWS rows per program in blocks of LINEAR_CE_BLOCK logits,
-# LINEAR_CE_WARPS warps. On an H100 (bench/lce_tune.py) ... ; a whole row in registers (one read)
-# was slower.
-LINEAR_CE_ROWS = 1
-LINEAR_CE_BLOCK = 2048
-LINEAR_CE_WARPS = 8
-
-
-def _make_linear_ce_op():
-    """torch.ops.lmablate.linear_ce(h (N, C), weight (V, C), targets (N,)) -> (mean loss (fp32),
-    d(mean loss)/d logits (N, V)), with its autograd formula; None without Triton."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
-
-    @triton.jit
-    def _ce_grad_kernel(x_ptr, t_ptr, loss_ptr, stride, N, V, scale, ROWS: tl.constexpr,
-                        BLOCK: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (R,)
-        row_ok = rows < N
-        base = x_ptr + rows.to(tl.int64)[:, None] * stride  # (R, 1)
-        cols = tl.arange(0, BLOCK)
-        target = tl.load(t_ptr + rows, mask=row_ok, other=0)
-        m = tl.full([ROWS], float("-inf"), tl.float32)  # online logsumexp over each row
-        d = tl.zeros([ROWS], tl.float32)
-        for start in range(0, V, BLOCK):
-            idx = start + cols
-            mask = row_ok[:, None] & (idx < V)[None, :]
-            x = tl.load(base + idx[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-            m = m_new
-        lse = m + tl.log(d)
-        x_t = tl.zeros([ROWS], tl.float32)
-        for start in range(0, V, BLOCK):  # the rows again (from L2), their gradient written over
-            idx = start + cols
-            mask = row_ok[:, None] & (idx < V)[None, :]
-            x = tl.load(base + idx[None, :], mask=mask, other=0.0).to(tl.float32)
-            hit = idx[None, :] == target[:, None]
-            x_t += tl.sum(tl.where(hit, x, 0.0), axis=1)
-            g = (tl.exp(x - lse[:, None]) - tl.where(hit, 1.0, 0.0)) * scale
-            tl.store(base + idx[None, :], g.to(x_ptr.dtype.element_ty), mask=mask)
-        tl.store(loss_ptr + rows, lse - x_t, mask=row_ok)
-
-    @torch.library.custom_op("lmablate::linear_ce", mutates_args=())
-    def linear_ce(h: torch.Tensor, weight: torch.Tensor,
-                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, v = h.size(0), weight.size(0)
-        logits = torch.mm(h, weight.t())  # (N, V), turned into its gradient in place
-        loss = torch.empty(n, device=h.device, dtype=torch.float32)
-        rows = LINEAR_CE_ROWS
-        _ce_grad_kernel[(triton.cdiv(n, rows),)](logits, targets, loss, logits.stride(0), n, v,
-                                                 1.0 / n, ROWS=rows, BLOCK=LINEAR_CE_BLOCK,
-                                                 num_warps=LINEAR_CE_WARPS)
-        return loss.mean(), logits
-
-    @linear_ce.register_fake
-    def _(h, weight, targets):
-        return h.new_empty((), dtype=torch.float32), h.new_empty((h.size(0), weight.size(0)))
-
-    def setup_context(ctx, inputs, output):
-        h, weight, _ = inputs
-        ctx.save_for_backward(h, weight, output[1])
-
-    def backward(ctx, grad_loss, _grad_logits):
-        h, weight, grad_logits = ctx.saved_tensors  # d(mean loss)/d logits
-        grad_h = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_h = (grad_logits @ weight) * grad_loss  # fp32 0-d scale: result in h's dtype
-        if ctx.needs_input_grad[1]:
-            grad_w = (grad_logits.t() @ h) * grad_loss
-        return grad_h, grad_w, None
-
-    linear_ce.register_autograd(backward, setup_context=setup_context)
-    return linear_ce
-
-
-def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
-                               targets: torch.Tensor) -> torch.Tensor:
-    """``cross_entropy(h @ weight.T, targets)`` on CUDA as one op (see
-    :data:`FUSED_LINEAR_CROSS_ENTROPY`); ``h`` and ``weight`` are cast to the autocast dtype
-    when autocast is on, as ``F.linear`` would be. Build the op first (:func:`fused_cross_entropy_op`,
-    not while compiling)."""
-    if torch.is_autocast_enabled("cuda"):
-        dtype = torch.get_autocast_dtype("cuda")
-        h, weight = h.to(dtype), weight.to(dtype)
-    elif weight.dtype != h.dtype:
-        weight = weight.to(h.dtype)
-    loss, _ = _linear_ce(h.contiguous(), weight.contiguous(), targets.contiguous())
-    return loss
-
-
 _ce_rows = None  # torch.ops.lmablate.ce_rows once fused_cross_entropy_op() built it
-_linear_ce = None  # torch.ops.lmablate.linear_ce, likewise
 _ce_built = False
 
 
 def fused_cross_entropy_op():
-    """The Triton cross-entropy ops, built on first use (CUDA runs; train.loss_function builds them
+    """The Triton cross-entropy op, built on first use (CUDA runs; train.loss_function builds it
     before compiling): importing Triton and ``torch.library.triton_op`` pulls in inductor, ~2.5 s
-    that every CPU training job would otherwise pay at import. Returns the row-wise op (None
-    without Triton); :func:`fused_linear_cross_entropy` is usable once ``_linear_ce`` is set."""
-    global _ce_rows, _linear_ce, _ce_built
+    that every CPU training job would otherwise pay at import. None without Triton."""
+    global _ce_rows, _ce_built
     if not _ce_built:
         _ce_built = True
         try:
             _ce_rows = _make_ce_op()
         except RuntimeError:  # registered already (module reloaded): F.cross_entropy then
             _ce_rows = None
-        try:
-            _linear_ce = _make_linear_ce_op()
-        except RuntimeError:
-            _linear_ce = None
     return _ce_rows
 
 

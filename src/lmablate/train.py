@@ -245,34 +245,27 @@ def loss_function(model: LM, cfg: RunConfig, device: torch.device,
     Compiled (CUDA): the cross-entropy sits inside the compiled graph with the model, so inductor
     fuses the fp32 upcast of the logits into the log-softmax instead of writing a (tokens, vocab)
     fp32 copy. Eager fp32 (the CPU): the head and the loss are one chunked op
-    (:func:`lmablate.model.linear_cross_entropy`) that never holds all the logits. CUDA: the head
-    and the loss are one op too (:func:`lmablate.model.fused_linear_cross_entropy`), whose forward
-    already writes the logits' gradient.
+    (:func:`lmablate.model.linear_cross_entropy`) that never holds all the logits.
     """
-    from . import model as lm_model
+    from .model import cross_entropy, fused_cross_entropy_op, linear_cross_entropy
 
-    # the Triton ops (CUDA), built here, not while compiling
+    # F.cross_entropy in fp32, its Triton forward on CUDA (built here, not while compiling)
     if device.type == "cuda":
-        lm_model.fused_cross_entropy_op()
+        fused_cross_entropy_op()
     t = cfg.train
     accum = t.grad_accum
     compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda")
-    if device.type == "cuda" and lm_model.FUSED_LINEAR_CROSS_ENTROPY and lm_model._linear_ce:
-        head_loss = lm_model.fused_linear_cross_entropy
-    elif not compiled and device.type == "cpu" and autocast is None:  # eager fp32 CPU
-        head_loss = lm_model.linear_cross_entropy
-    else:
-        head_loss = None
+    chunked = not compiled and device.type == "cpu" and autocast is None  # eager fp32 CPU
 
     def fn(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         targets = w[:, 1:].reshape(-1)
         with _autocast(device, autocast):
-            if head_loss is not None:  # head and loss as one op
+            if chunked:  # head and loss as one chunked op, no (tokens, vocab) logits
                 h = model.hidden(w[:, :-1])  # (B, T, C)
-                loss = head_loss(h.reshape(-1, h.size(-1)), model.head.weight, targets)
+                loss = linear_cross_entropy(h.reshape(-1, h.size(-1)), model.head.weight, targets)
             else:
                 logits = model(w[:, :-1])  # (B, T, V)
-                loss = lm_model.cross_entropy(logits.view(-1, logits.size(-1)), targets)
+                loss = cross_entropy(logits.view(-1, logits.size(-1)), targets)
             total = (loss + cfg.model.router_aux_loss * model.aux_loss()) / accum
         return loss, total
 
