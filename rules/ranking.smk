@@ -10,6 +10,7 @@ checkpoint rank_phase1:
         selected=f"results/{NAME}/phase1/selected.json",
         runs_csv=f"results/{NAME}/phase1/runs.csv",
         analysis=f"results/{NAME}/phase1/analysis.txt",
+        ranking=f"results/{NAME}/phase1/ranking.png",
     log:
         f"logs/{NAME}/rank_phase1.log",
     benchmark:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
 import pandas as pd
 import pytest
 from conftest import planned, snakemake, write_yaml
@@ -90,5 +91,7 @@ def test_two_phase_study_through_snakemake(tmp_path, tiny_study):
                  (res / "runs" / run_id / "metrics.jsonl").read_text().splitlines()]
         assert steps[0] == 1 and steps == sorted(steps)
     assert (tmp_path / "checkpoints" / "tiny" / "phase1-cohort.jsonl").stat().st_size > 0
+    ranking = matplotlib.image.imread(res / "phase1" / "ranking.png")  # the phase-1 figure
+    assert ranking.shape[0] > 200 and ranking[..., :3].std() > 0.05
     rules, _ = planned(tmp_path)
     assert not rules  # finished: nothing re-plans

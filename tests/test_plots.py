@@ -87,6 +87,31 @@ def test_wide_intervals_are_clipped_marked_and_printed(tmp_path):
     assert "Arrow heads" in _texts(fig)
 
 
+def test_selected_runs_are_starred_and_their_groups_green(tmp_path):
+    """A two-phase study's ranking: the selected run is a star, its group's label green and bold;
+    with ``higher`` the best-first order flips."""
+    from matplotlib.colors import to_hex
+
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"{g}-s{s}", variant=g, seed=s, val_loss=v + 0.1 * s,
+                      diff={} if g == "baseline" else {"x": g})
+            for g, v in (("baseline", 3.0), ("a", 2.5), ("b", 2.8)) for s in (0, 1)]
+    runs, _, _ = collect(dirs)
+    fig = plots.final_metric(runs, "baseline", "val_loss", selected=["a-s0"])
+    ax = fig.axes[0]
+    labels = {t.get_text(): t for t in ax.get_yticklabels()}
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "baseline"]
+    assert to_hex(labels["a"].get_color()) == plots.SELECTED_COLOR
+    assert labels["a"].get_fontweight() == "bold"
+    assert to_hex(labels["b"].get_color()) != plots.SELECTED_COLOR
+    stars = [c for c in ax.collections if c.get_offsets().shape[0] and
+             c.get_paths()[0].vertices.shape[0] > 8 and c.get_sizes()[0] > 100]
+    assert len(stars) == 1 and stars[0].get_offsets()[0][0] == pytest.approx(2.5)
+    assert "star, label in green: selected" in _texts(fig)
+    fig = plots.final_metric(runs, "baseline", "val_loss", higher=True)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["baseline", "b", "a"]
+
+
 def test_perplexity_is_exp_of_the_loss_interval(tmp_path):
     root = tmp_path / "runs"
     dirs = [write_run(root, f"b-s{s}", seed=s, val_loss=v) for s, v in enumerate([1.0, 1.1, 1.2])]

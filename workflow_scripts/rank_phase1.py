@@ -8,4 +8,5 @@ from lmablate.workflow import rank_phase1_step, run_step
 
 run_step(lambda: rank_phase1_step(snakemake.input.finals, snakemake.output.selected,
                                   snakemake.params.ranking, study=snakemake.params.study,
-                                  baseline=snakemake.params.baseline))
+                                  baseline=snakemake.params.baseline,
+                                  figure=snakemake.output.ranking))

@@ -240,28 +240,9 @@ def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize:
     of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
     order. Fewer than ``k`` eligible runs: all of them.
 
-    Two-phase study syntax this serves (proposal; the rules are not written yet)::
-
-        phases:
-          rank:                               # phase 1: every run of the sweep
-            overrides: {defaults.train.tokens: 5M}
-            early_stop: {metric: val_ppl, delta: 0.5, patience_tokens: 1M}   # vs cohort best
-          full:                               # phase 2: the selected runs only
-            overrides: {defaults.train.tokens: 50M}
-            select: {top_k: 1, metric: val_loss, per: axis}
-            from: rank
-            resume: continue                  # or restart
-
-    What the rules need: a ``checkpoint select_<phase>`` rule whose input is phase 1's
-    ``runs.parquet`` and whose output ``results/<study>/phases/<phase>/selected.json`` holds
-    ``select_top_k(...)``; phase 2's ``train_model`` targets come from an input function that
-    calls ``checkpoints.select_<phase>.get().output`` (the DAG is re-evaluated after phase 1);
-    each phase-2 run is its phase-1 config with the phase's overrides, so it has its own run ID.
-    ``resume: continue`` copies the phase-1 checkpoint into the phase-2 checkpoint dir, which is
-    only sound when phase 1 ran the long schedule and stopped at the short budget (cosine decay to
-    the long budget, or a constant/WSD schedule); otherwise ``restart``. Early stopping needs the
-    trainer to read its cohort's best dev loss (a shared file per phase) and end with status
-    ``stopped_early``.
+    Two-phase studies (a ``ranking:`` block, :mod:`lmablate.phases`) rank phase 1 with it: the
+    ``rank_phase1`` checkpoint rule (rules/ranking.smk) writes the selection to
+    ``results/<study>/phase1/selected.json``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")

@@ -48,6 +48,7 @@ __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
 
 REFERENCE_COLOR = "#3a3a3a"
 DIVERGED_COLOR = "#c0392b"
+SELECTED_COLOR = "#1e8449"
 METRIC_LABELS = {
     "loss": "validation loss (nats/token)", "val_loss": "final validation loss (nats/token)",
     "best_val_loss": "best validation loss (nats/token)",
@@ -473,18 +474,21 @@ def _curves_overview(runs: pd.DataFrame, c: pd.DataFrame, ref: str | None, x: st
 
 def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "val_loss", *,
                  geometric: bool | None = None, title: str | None = None,
-                 max_groups: int = 40) -> plt.Figure:
+                 max_groups: int = 40, selected: Sequence[str] = (),
+                 higher: bool | None = None) -> plt.Figure:
     """Final ``metric`` per group, best first: mean with its 95% t-interval over seeds, each seed
     a dot, the reference mean a dashed line; the interval and n printed at the right. Groups
     whose seeds did not all complete say so in red.
 
     ``geometric`` (default for perplexity): summarise log values and transform back, i.e. the
     geometric mean exp(mean loss) with exp of the loss's t-interval, on a log axis; a symmetric
-    interval on perplexity itself would run below zero.
+    interval on perplexity itself would run below zero. ``selected``: run IDs drawn as stars,
+    their groups' labels in green (a two-phase study's phase-1 ranking: the runs phase 2 trains).
+    ``higher``: whether higher is better (default: known metrics such as accuracy).
     """
     style()
     geometric = metric == "val_ppl" if geometric is None else geometric
-    higher = metric in HIGHER_IS_BETTER
+    higher = metric in HIGHER_IS_BETTER if higher is None else higher
     ref, _ = reference_group(runs, baseline)
     ok = _ok(runs)
     ok = ok[ok[metric].notna()] if metric in ok else ok.iloc[0:0]
@@ -522,6 +526,10 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
             vals = ok[ok.group == g][metric].tolist()
             ax.scatter(vals, [i] * len(vals), color=pal[g], s=16, alpha=0.75, zorder=5,
                        edgecolor="black", lw=0.4)
+            chosen = ok[(ok.group == g) & ok.run_id.isin(list(selected))][metric].tolist()
+            if chosen:
+                ax.scatter(chosen, [i] * len(chosen), marker="*", s=170, color=pal[g], zorder=6,
+                           edgecolor=SELECTED_COLOR, lw=1.3)
             ax.text(1.04, i, _ci_text(s), transform=trans, va="center", fontsize=8)
             if fail:
                 ax.text(1.04, i + 0.32, fail.strip(), transform=trans, va="center", fontsize=7.5,
@@ -536,9 +544,12 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
                     textcoords="offset points", ha="center", va="bottom", fontsize=7.5,
                     color=REFERENCE_COLOR, annotation_clip=False)
     ax.set_yticks(range(len(order)), order)
+    chosen_groups = set(runs[runs.run_id.isin(list(selected))].group)
     for t in ax.get_yticklabels():
-        if t.get_text() == ref:
+        if t.get_text() == ref or t.get_text() in chosen_groups:
             t.set_fontweight("bold")
+        if t.get_text() in chosen_groups:
+            t.set_color(SELECTED_COLOR)
     ax.set_xlabel(label + ("; higher is better" if higher else "; lower is better")
                   + ("; log scale" if geometric else ""))
     ax.text(1.04, -0.5, "mean [95% CI]  n", transform=trans, va="bottom", fontsize=8,
@@ -554,6 +565,8 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     sub = ("dot: geometric mean over seeds (exp of the mean loss); small dots: seeds; whisker: "
            "exp of the 95% Student-t interval of the mean loss" if geometric else
            "dot: mean over seeds; small dots: seeds; whisker: 95% Student-t interval of the mean")
+    if chosen_groups:
+        sub += "; star, label in green: selected"
     return _finish(fig, title or f"{name[0].upper()}{name[1:]} per group, best first", sub, notes)
 
 

@@ -99,9 +99,11 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
 
 
 def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str, Any], *,
-                     study: str, baseline: str) -> dict[str, Any]:
-    """Harvest phase 1 beside ``selected_path`` (runs.csv, analysis.txt, ...) and write the
-    selection (:func:`lmablate.phases.select`) to it."""
+                     study: str, baseline: str, figure: str | None = None) -> dict[str, Any]:
+    """Harvest phase 1 beside ``selected_path`` (runs.csv, analysis.txt, ...), write the
+    selection (:func:`lmablate.phases.select`) to it and draw the ranking to ``figure``: each
+    configuration's phase-1 metric, best first, the selected runs starred."""
+    from . import plots
     from .harvest import harvest, load_results
     from .io import atomic_write_json
     from .phases import select
@@ -115,6 +117,14 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
 
         raise DataError("no phase-1 run finished with a finite "
                         f"{chosen['metric']}: nothing to train in phase 2 (see {out}/runs.csv)")
+    if figure:
+        per = f" per {chosen['per']}" if chosen["per"] else ""
+        fig = plots.final_metric(
+            runs, baseline, metric=chosen["metric"], selected=chosen["phase1"],
+            higher=bool(ranking.get("maximize")),
+            title=f"Phase 1 of {study}: {len(chosen['selected'])} of {len(runs)} runs go on "
+                  f"(top {chosen['top_k']}{per} by {chosen['metric']})")
+        plots.save(fig, figure)
     atomic_write_json(selected_path, chosen)
     print(f"phase 2: {len(chosen['selected'])} of {len(finals)} configurations "
           f"({', '.join(chosen['selected'])})", file=sys.__stderr__)
