@@ -38,24 +38,5 @@ for tag in all one; do
   grep -H "claimed GPU" "$work/$tag"/logs/*/train_model/*.log | sed "s|$work/$tag/logs/||" \
     >"$out/assignments_$tag.txt" || true
 done
-python3 - "$work" "$out" "$t0" "$t1" "$t2" "$K" <<'PY'
-import glob, json, sys, torch
-work, out, t0, t1, t2, K = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6]), int(sys.argv[6])
-res = {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
-       "torch": torch.__version__, "runs_per_gpu": K}
-for name, wall in (("all", t1 - t0), ("one", t2 - t1)):
-    finals = [json.load(open(f)) for f in glob.glob(f"{work}/{name}/results/*/runs/*/final.json")]
-    tokens = sum(f["tokens"] for f in finals)
-    per_gpu = {}
-    for f in finals:
-        per_gpu[f.get("device_uuid")] = per_gpu.get(f.get("device_uuid"), 0) + 1
-    res[name] = {"runs": len(finals), "wall_s": wall, "tokens": tokens,
-                 "aggregate_tokens_per_s": tokens / wall,
-                 "mean_run_tokens_per_s": sum(f["tokens_per_s"] for f in finals) / max(1, len(finals)),
-                 "runs_per_physical_gpu": per_gpu,
-                 "statuses": sorted({f["status"] for f in finals})}
-res["speedup_all_vs_one_gpu"] = (res["all"]["aggregate_tokens_per_s"]
-                                 / res["one"]["aggregate_tokens_per_s"])
-json.dump(res, open(f"{out}/gpu_multi.json", "w"), indent=2)
-print(json.dumps(res, indent=2))
-PY
+python3 "$repo/bench/gpu_walls.py" "$out/gpu_multi.json" "$K" speedup_all_vs_one_gpu \
+  "all=$work/all:$t0:$t1" "one=$work/one:$t1:$t2"

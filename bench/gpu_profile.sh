@@ -25,20 +25,5 @@ nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv 
   >"$out/serial.log" 2>&1)
 t2=$(date +%s.%N); kill $smi
 grep -h "claimed GPU" "$work"/packed/logs/gpu_pack/train_model/*.log >"$out/assignments_packed.txt" || true
-python3 - "$work" "$out" "$t0" "$t1" "$t2" "$K" <<'PY'
-import json, sys, glob, torch
-work, out, t0, t1, t2, K = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6]), int(sys.argv[6])
-res = {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
-       "torch": torch.__version__, "runs_per_gpu": K}
-for name, wall in (("packed", t1 - t0), ("serial", t2 - t1)):
-    finals = [json.load(open(f)) for f in glob.glob(f"{work}/{name}/results/gpu_pack/runs/*/final.json")]
-    tokens = sum(f["tokens"] for f in finals)
-    res[name] = {"runs": len(finals), "wall_s": wall, "tokens": tokens,
-                 "aggregate_tokens_per_s": tokens / wall,
-                 "mean_run_tokens_per_s": sum(f["tokens_per_s"] for f in finals) / max(1, len(finals)),
-                 "devices": sorted({f["device"] for f in finals}),
-                 "statuses": sorted({f["status"] for f in finals})}
-res["speedup_packed_vs_serial"] = res["packed"]["aggregate_tokens_per_s"] / res["serial"]["aggregate_tokens_per_s"]
-json.dump(res, open(f"{out}/gpu_profile.json", "w"), indent=2)
-print(json.dumps(res, indent=2))
-PY
+python3 "$repo/bench/gpu_walls.py" "$out/gpu_profile.json" "$K" speedup_packed_vs_serial \
+  "packed=$work/packed:$t0:$t1" "serial=$work/serial:$t1:$t2"
