@@ -17,7 +17,8 @@ from collections import Counter
 
 
 def summarize(workdir: str, wall: float) -> dict:
-    finals = [json.load(open(f)) for f in sorted(glob.glob(f"{workdir}/results/*/runs/*/final.json"))]
+    paths = sorted(glob.glob(f"{workdir}/results/*/runs/*/final.json"))
+    finals = [json.load(open(f)) for f in paths]
     tokens = sum(f["tokens"] for f in finals)
     return {"runs": len(finals), "wall_s": wall, "tokens": tokens,
             "aggregate_tokens_per_s": tokens / wall,

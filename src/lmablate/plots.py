@@ -43,8 +43,8 @@ from .harvest import (  # noqa: E402
 from .stats import pareto_front, summarize  # noqa: E402
 
 __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
-           "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law", "draw",
-           "save", "group_palette", "REFERENCE_COLOR", "DIVERGED_COLOR"]
+           "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law",
+           "draw", "save", "group_palette", "REFERENCE_COLOR", "DIVERGED_COLOR", "SELECTED_COLOR"]
 
 REFERENCE_COLOR = "#3a3a3a"
 DIVERGED_COLOR = "#c0392b"
