@@ -499,6 +499,7 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     if not len(ok):
         return _empty(title or label.capitalize(), f"No run has a final {metric}.")
     pal = group_palette(runs.group, ref)
+    starred = ok[ok.run_id.isin(list(selected))]  # the selected runs (stars), once
     fig, ax = _subplots(figsize=(10, 0.42 * len(order) + 2.2))
     stats = {g: _summary(ok[ok.group == g][metric].tolist(), geometric) for g in order}
     values = ok[ok.group.isin(order)][metric].tolist()
@@ -526,7 +527,7 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
             vals = ok[ok.group == g][metric].tolist()
             ax.scatter(vals, [i] * len(vals), color=pal[g], s=16, alpha=0.75, zorder=5,
                        edgecolor="black", lw=0.4)
-            chosen = ok[(ok.group == g) & ok.run_id.isin(list(selected))][metric].tolist()
+            chosen = starred[starred.group == g][metric].tolist()
             if chosen:
                 ax.scatter(chosen, [i] * len(chosen), marker="*", s=170, color=pal[g], zorder=6,
                            edgecolor=SELECTED_COLOR, lw=1.3)
@@ -544,7 +545,7 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
                     textcoords="offset points", ha="center", va="bottom", fontsize=7.5,
                     color=REFERENCE_COLOR, annotation_clip=False)
     ax.set_yticks(range(len(order)), order)
-    chosen_groups = set(runs[runs.run_id.isin(list(selected))].group)
+    chosen_groups = set(starred.group)
     for t in ax.get_yticklabels():
         if t.get_text() == ref or t.get_text() in chosen_groups:
             t.set_fontweight("bold")
