@@ -196,7 +196,7 @@ def write_result(args: argparse.Namespace, info: dict[str, Any], shape: tuple, s
                  rows: list[dict[str, Any]]) -> None:
     date = args.date or time.strftime("%Y-%m-%d")
     tag = info.get("device_name", "cpu").replace(" ", "-")
-    tag = f"{args.session}-{tag}" if args.session else tag
+    tag = f"{args.tag}-{tag}" if args.tag else tag
     result = {"benchmark": "sweep_throughput", "date": date, "quick": args.quick,
               "shape": shape, "steps_per_run": steps, "lrs": LRS, "seeds": SEEDS,
               "target_tokens_per_s": TARGET, "model_flags": args.model_flags, **info,
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--copy-to", type=Path, default=None)
     ap.add_argument("--date", default=None, help="date in the file name (default today)")
-    ap.add_argument("--session", default="", help="tag after the date in the file name")
+    ap.add_argument("--tag", default="", help="tag after the date in the file name")
     ap.add_argument("--model-flags", choices=("default", "s1", "s2"), default="default",
                     help="lmablate.model's FUSE_PROJECTIONS and SDPA_CONTIGUOUS in every executor: "
                          "the library's defaults, both off (s1) or both on (s2)")

@@ -28,16 +28,15 @@ embeddings, weight decay on matrices only):
                     block sizes tuned on the GPU; its compilation holds the GPU lock, as max-autotune)
 ``lm-agemm``        the same with ``max_autotune_gemm`` (GEMMs only: Triton templates autotuned
                     against cuBLAS, epilogues fused into them; same lock)
-``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default since
-                    session 2b); ``lm-online``: no extra options (online softmax, session 2's)
+``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default);
+                    ``lm-online``: no extra options (inductor's online softmax)
 ``lm*-ce``          with ``lmablate.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the loss, for
-                    128-byte-aligned vocab rows; default since session 2b); ``lm*-noce`` with it off.
-                    Session 2's step is ``lm-online-noce``
+                    128-byte-aligned vocab rows; the default); ``lm*-noce`` with it off
 ``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and gate/up
                     as one matmul each); ``lm*-nofuse`` with it off
 ``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
-``lm*-s1``          both off (the model as in session 1, and the default again)
-``lm*-s2``          both on (what session 2's device run called ``lm``)
+``lm*-s1``          both off (the default)
+``lm*-s2``          both on
 ``lm*-nopad``       the model with the tokenizer's vocabulary exactly (HF's rows); without it, as
                     train() builds it: padded to a multiple of 64 (only cs336 changes: 10048 rows)
 ``lm-train``        ``lmablate.train.train`` end to end on a synthetic token store (tokens/s of its
@@ -570,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="implementations --profile profiles")
     ap.add_argument("--skip", default="", help="comma-separated shape:impl pairs not to run")
     ap.add_argument("--date", default=None, help="date in the file names (default today)")
-    ap.add_argument("--session", default="", help="tag after the date in the file names")
+    ap.add_argument("--tag", default="", help="tag after the date in the file names")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     ap.add_argument("--budget", type=float, default=3600, help="seconds for all workers")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -610,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, summary)
     first_ok = next((r for r in rows if "torch" in r), {})
     tag = first_ok.get("device_name", tag).replace(" ", "-") if args.device == "cuda" else "cpu"
-    tag = f"{args.session}-{tag}" if args.session else tag
+    tag = f"{args.tag}-{tag}" if args.tag else tag
     result = {"benchmark": "train_throughput", "date": date, "quick": args.quick,
               "device": args.device, "device_name": first_ok.get("device_name", "cpu"),
               "torch": first_ok.get("torch"), "peak_flops_bf16": PEAK_BF16_FLOPS,

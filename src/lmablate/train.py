@@ -102,7 +102,7 @@ def keep_cpu_buffers() -> bool:
     """Make glibc keep freed large blocks in the heap for reuse (``mallopt``), instead of
     returning every buffer above its mmap threshold to the kernel and faulting fresh zeroed
     pages in at the next step: the default study's (1024 x 2048) fp32 logits and their gradient
-    are 8 MB each, and the CPU step runs ~10-20% faster (bench/README.md, "Session 3").
+    are 8 MB each, and the CPU step runs ~10-20% faster (bench/cpu_study.py).
     Costs up to the trim threshold of unreturned memory. False where there is no glibc."""
     import ctypes
     import sys
@@ -204,8 +204,8 @@ CUDA_COMPILE_MODE: str | None = "reduce-overhead"
 _GRAPH_MODES = {"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}
 # extra torch._inductor.config options for that compile on CUDA, on top of the mode's own. The
 # two-pass logsumexp (online_softmax off) makes the cross-entropy's forward reduction 1.6x faster
-# where model.cross_entropy falls back to F.cross_entropy (cs336 step +2.6% on an H100;
-# bench/README.md, "Session 2, profile"); it changes no other kernel of these models.
+# where model.cross_entropy falls back to F.cross_entropy (cs336 step +2.6% on an H100,
+# bench/train_throughput.py's lm-noonline); it changes no other kernel of these models.
 CUDA_COMPILE_OPTIONS: dict[str, Any] = {"online_softmax": False}
 DEVICE_DATA_MAX_BYTES = 2 << 30  # keep the train split on the GPU (int32) when it is this small
 
