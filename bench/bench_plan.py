@@ -1,7 +1,9 @@
 """Benchmark of planning seed 000's 1,152-run study, against peers measured in the same run.
 
 1. ``snakemake -n -s Snakefile --configfile studies/shape_sweep.yaml -d <tmp>``: the dry run of
-   the whole study (parse, expand, DAG of 1,158 jobs, print). Target: <= 10 s.
+   the whole study (parse, expand, DAG of 1,158 jobs, print), against the same dry run of
+   ``bench/bare/Snakefile`` (the same DAG shape with nothing but Snakemake: what Snakemake
+   itself costs for these jobs). Target: <= 10 s and <= 1.5x the bare Snakefile.
 2. ``lmablate plan studies/shape_sweep.yaml``: the run table. Target: <= 2 s.
 3. The parts, so a miss can be placed: ``read_study`` in-process (YAML -> 1,152 checked runs),
    and the peers that every fresh process pays before any lmablate code runs: the interpreter
@@ -33,7 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STUDY = REPO / "studies" / "shape_sweep.yaml"
+BARE = HERE / "bare" / "Snakefile"
 TARGETS = {"snakemake_dry_run": 10.0, "lmablate_plan": 2.0}
+TARGET_RATIO_VS_BARE = 1.5
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
@@ -82,6 +86,9 @@ def main() -> None:
         results["snakemake_dry_run"] = measure(
             [py, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
              str(STUDY), "-d", tmp], args.repeats)
+    with tempfile.TemporaryDirectory(prefix="lmablate-bench-bare-") as tmp:
+        results["bare_snakefile_dry_run"] = measure(
+            [py, "-m", "snakemake", "-n", "-s", str(BARE), "-d", tmp], args.repeats)
     results["lmablate_plan"] = measure([py, "-m", "lmablate", "plan", str(STUDY)], args.repeats)
     results["read_study_in_process"] = expand_in_process(args.repeats)
     peers = {"python_startup": [py, "-c", "pass"],
@@ -104,6 +111,10 @@ def main() -> None:
         print(f"{name}: import torch is {share:.0%} of it "
               f"({results[name]['wall_s'] / results['snakemake_version']['wall_s']:.1f}x "
               "snakemake --version)")
+    ratio = results["snakemake_dry_run"]["wall_s"] / results["bare_snakefile_dry_run"]["wall_s"]
+    verdict = "ok" if ratio <= TARGET_RATIO_VS_BARE else "MISSED"
+    print(f"snakemake -n: lmablate / bare Snakefile = {ratio:.2f}x "
+          f"(target <= {TARGET_RATIO_VS_BARE:g}x {verdict})")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} CPUs)")
 
@@ -113,6 +124,7 @@ def main() -> None:
                             text=True, check=False).stdout.strip()
     out.write_text(json.dumps({
         "benchmark": "plan", "study": str(STUDY.relative_to(REPO)), "targets_s": TARGETS,
+        "dry_run_ratio_vs_bare": ratio, "target_ratio_vs_bare": TARGET_RATIO_VS_BARE,
         "results": results, "repeats": args.repeats, "load_average": [load_before, load_after],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()}, "commit": commit}, indent=2) + "\n")
