@@ -88,7 +88,10 @@ def part_paired(steps: int, rounds: int) -> dict[str, Any]:
 
 
 def part_study(cores: int) -> dict[str, Any]:
-    """``snakemake -c<cores>`` of config.yaml in a fresh temporary directory."""
+    """``snakemake -c<cores>`` of config.yaml in a fresh temporary directory, with every job's
+    wall (Snakemake's benchmark files) and, for training jobs, what of it was start-up (job wall
+    minus ``train()``'s own wall: interpreter, imports, Snakemake's job wrapper), training steps
+    and evaluation (``final.json``'s ``train_wall_s``; the rest of ``wall_s``)."""
     with tempfile.TemporaryDirectory(prefix="lmablate-study-") as tmp:
         work = Path(tmp)
         (work / "config.yaml").write_text((REPO / "config.yaml").read_text())
@@ -98,10 +101,34 @@ def part_study(cores: int) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
         wall = time.perf_counter() - t0
-    out = {"cores": cores, "wall_s": wall, "returncode": proc.returncode}
+        out = {"cores": cores, "wall_s": wall, "returncode": proc.returncode,
+               "jobs": job_breakdown(work)}
     if proc.returncode != 0:
         out["error"] = (proc.stdout + proc.stderr)[-2000:]
     return out
+
+
+def job_breakdown(work: Path) -> dict[str, Any]:
+    """Per rule: jobs and their summed wall; per training job: start-up, steps, evaluation."""
+    rules: dict[str, dict[str, float]] = {}
+    runs = []
+    for tsv in sorted(work.glob("benchmarks/*/**/*.tsv")):
+        rows = tsv.read_text().splitlines()
+        job_s = float(rows[1].split("\t")[0])
+        # benchmarks/<rule>/<x>.tsv, benchmarks/<study>/<rule>/<x>.tsv, benchmarks/<study>/<rule>.tsv
+        study_level = (work / "results" / tsv.parent.name).is_dir()
+        rule = tsv.stem if study_level else tsv.parent.name
+        r = rules.setdefault(rule, {"jobs": 0, "wall_s": 0.0})
+        r["jobs"] += 1
+        r["wall_s"] += job_s
+        if rule == "train_model":
+            final = json.loads(next(work.glob(f"results/*/runs/{tsv.stem}/final.json")).read_text())
+            runs.append({"run_id": tsv.stem, "job_s": job_s,
+                         "startup_s": job_s - final["wall_s"], "train_s": final["train_wall_s"],
+                         "eval_and_save_s": final["wall_s"] - final["train_wall_s"]})
+    total = {k: sum(r[k] for r in runs) for k in ("job_s", "startup_s", "train_s",
+                                                 "eval_and_save_s")} if runs else {}
+    return {"rules": rules, "train_runs": runs, "train_totals": total}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         result["study"] = s = part_study(args.cores)
         print(f"(b) snakemake -c{args.cores} default study: {s['wall_s']:.1f} s "
               f"(target <= {TARGETS['study_wall_s']} s)" + (" FAILED" if "error" in s else ""))
+        for rule, r in s["jobs"]["rules"].items():
+            print(f"    {rule:<20} {r['jobs']:3d} jobs {r['wall_s']:8.1f} s summed")
+        if s["jobs"]["train_totals"]:
+            t = s["jobs"]["train_totals"]
+            print(f"    training jobs: start-up {t['startup_s']:.1f} s, steps {t['train_s']:.1f} s, "
+                  f"evaluation + saving {t['eval_and_save_s']:.1f} s "
+                  f"(summed over jobs; {t['startup_s'] / t['job_s']:.0%} start-up)")
     result["load_avg_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{result['date']}-cpu-cpu_study-{args.part}.json"
