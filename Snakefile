@@ -36,4 +36,4 @@ rule all:
     default_target: True
     input:
         get_final_output(),
-        get_task_outputs(),
+        get_task_outputs,

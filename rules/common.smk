@@ -129,15 +129,16 @@ except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 
 
-def get_task_outputs():
-    """tasks.json (and harness.json) of every run, for `rule all` and harvest; [] without
-    eval_tasks."""
+def get_task_outputs(wildcards=None):
+    """tasks.json (and harness.json) of the runs the study's results are made of (every run, or
+    in a two-phase study exactly the selected ones, known once rank_phase1 has run), for `rule
+    all` and harvest; [] without eval_tasks. Phase-1 runs are ranked, never scored on tasks."""
     if EVAL is None:
         return []
     names = (["tasks.json"] if EVAL.config.tasks else []) + (
         ["harness.json"] if EVAL.harness else []
     )
-    return [f"{run_dir(r)}/{name}" for r in RUNS for name in names]
+    return [f"{run_dir(r)}/{name}" for r in selected_runs() for name in names]
 
 
 def get_eval_task_inputs(wildcards):

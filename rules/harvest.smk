@@ -4,7 +4,7 @@
 rule harvest_metrics:
     input:
         finals=get_run_finals,
-        tasks=get_task_outputs(),
+        tasks=get_task_outputs,
     output:
         runs_csv=report(
             f"results/{NAME}/runs.csv",
