@@ -9,6 +9,7 @@
     lmablate schema -o schemas/config.schema.yaml
     lmablate import-hf runs/* --name-pattern '(?P<heads>[0-9]+)_(?P<layers>[0-9]+)' --out results/hf
     lmablate eval-harness results/default/runs/RUN_ID --tasks arc_easy --limit 100
+    lmablate export-hf results/default/runs/RUN_ID hf/RUN_ID   a transformers model directory
 """
 
 from __future__ import annotations
@@ -155,6 +156,16 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     eh.add_argument("--seed", type=int, default=1234)
     eh.add_argument("--output", "-o", type=Path, default=None, help="write the results as JSON "
                     "(tasks.json's per-task schema plus lm-eval's full results)")
+
+    ex = sub.add_parser("export-hf", help="write a trained run as a Hugging Face model directory",
+                        description="Write RUN_DIR's model and tokenizer to OUT as a directory "
+                        "that transformers' AutoModelForCausalLM and AutoTokenizer load: Llama, "
+                        "Qwen3 (qk_norm), Mixtral (MoE) or GPT-2 (LayerNorm, learned positions), "
+                        "whichever computes the same logits; other models are refused.")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ex.add_argument("out", type=Path, metavar="OUT")
+    ex.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the "
+                    "workflow's resources/tokenizers/<corpus>-<data_id>/tokenizer.json)")
     return p
 
 
@@ -340,12 +351,20 @@ def _eval_harness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_hf(args: argparse.Namespace) -> int:
+    from .exporthf import export_hf
+
+    info = export_hf(args.run_dir, args.out, tokenizer=args.tokenizer)
+    print(f"{args.run_dir} -> {info['out']}/ ({info['class']}, {info['vocab_size']} tokens)")
+    return 0
+
+
 def main(cli_args: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(cli_args)
     try:
         return {"plan": _plan, "solve": _solve, "train": _train, "schema": _schema,
                 "import-hf": _import_hf, "eval-harness": _eval_harness, "lr-find": _lr_find,
-                "overfit": _overfit}[args.command](args)
+                "overfit": _overfit, "export-hf": _export_hf}[args.command](args)
     except LmablateError as err:
         print(f"lmablate: error: {err}", file=sys.stderr)
         return 2
