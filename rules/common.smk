@@ -1,6 +1,5 @@
 # Load and check the study, expand its runs, and the small path helpers every rule uses.
 # All logic lives in the lmablate library; this file only calls it.
-import copy
 import json
 import sys
 
@@ -10,18 +9,21 @@ import lmablate.evaluation
 import lmablate.lrfind
 import lmablate.phases
 from lmablate.harvest import plan_figures, planned_rows
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
-STUDY_FILE = str((workflow.configfiles or ["config.yaml"])[-1])
+# The study is read from its files by lmablate, as `lmablate plan` reads it (the same checks,
+# schema included, and the same one-line messages), not taken from Snakemake's `config`: study
+# files are data, and lmablate's loader never evaluates them. profiles/default/config.yaml makes
+# Snakemake itself read --configfile with that loader too (lmablate.snakemake_guard); without that
+# profile (`--workflow-profile none`), Snakemake has read them with its YAML templating already.
 try:
-    STUDY = lmablate.study_from_dict(config, source=STUDY_FILE)
+    STUDY = lmablate.study.read_workflow_study(
+        workflow.configfiles or ["config.yaml"], workflow.config_settings.config
+    )
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
-# the merged study (includes, scale, overrides applied), not the raw config; a copy, because
-# validate() fills in defaults
-validate(copy.deepcopy(STUDY.doc), schema="../schemas/config.schema.yaml")
 
 NAME = STUDY.name
 EXECUTION = STUDY.execution

@@ -24,7 +24,7 @@ class ConfigError(LmablateError, ValueError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        parts = [p for p in (self.file, self.key) if p]
+        parts = [_printable(p) for p in (self.file, self.key) if p]  # a name may hold "\n"
         return ": ".join([*parts, self.message])
 
     def with_file(self, file: str | None) -> ConfigError:
@@ -35,6 +35,11 @@ class ConfigError(LmablateError, ValueError):
         """The same error with its key nested under ``prefix`` (e.g. ``sweep.variants.x``)."""
         key = f"{prefix}.{self.key}" if self.key else prefix
         return ConfigError(self.message, key=key, file=self.file)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``"a\\n"`` for a newline): one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class DataError(LmablateError):

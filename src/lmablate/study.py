@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import corpora as corpora_mod
+from . import yamlsafe
 from .config import unknown_key
 from .errors import ConfigError, did_you_mean
 from .sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_override
 
-__all__ = ["Study", "parse_override", "read_study", "study_from_dict"]
+__all__ = ["Study", "parse_override", "read_study", "read_workflow_study", "study_from_dict"]
 
 TOP_KEYS = {
     "study": "Name of the study; outputs go to results/<study>/.",
@@ -63,6 +63,8 @@ TOP_KEYS = {
     "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SCHEMA_TYPES = {"array": "a list", "object": "a mapping", "string": "a string", "integer":
+                "an integer", "number": "a number", "boolean": "true/false", "null": "null"}
 # `execution:` settings (rules/*.smk, workflow_scripts/train_model.py) and their least value
 EXECUTION_KEYS = {"train_threads": 1, "gpus_per_run": 0, "train_mem_mb": 1,
                   "train_runtime_min": 1, "eval_runtime_min": 1, "runs_per_gpu": 1,
@@ -95,21 +97,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"expected KEY=VALUE, got {text!r}", key="--config")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yamlsafe.load_text(value) if value.strip() else None
+    except ConfigError as err:
+        raise err.under(f"--config {key.strip()}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError("study file not found", file=str(path))
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {where}{problem}", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a UTF-8 text file", file=str(path)) from None
+    """A study file's mapping, read as data (:mod:`lmablate.yamlsafe`)."""
+    doc = yamlsafe.load_file(path)
     if doc is None:
         raise ConfigError("the study file is empty", file=str(path))
     if not isinstance(doc, dict):
@@ -140,6 +136,23 @@ def read_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     return study_from_dict(doc, overrides=overrides, source=str(path), base_dir=path.parent)
 
 
+def read_workflow_study(configfiles: Sequence[str | Path],
+                        config: Mapping[str, Any] | None = None) -> Study:
+    """The study the Snakefile runs: ``snakemake --configfile`` files, each read like
+    :func:`read_study` and merged in order as Snakemake merges them, then ``--config`` values
+    merged over them. The same checks and messages as ``lmablate plan``, whatever Snakemake's own
+    reading of the files did; messages name the last file."""
+    doc: dict[str, Any] = {}
+    for path in configfiles:
+        doc = deep_merge(doc, _read_yaml(Path(path)))
+    source = str(configfiles[-1])
+    try:
+        yamlsafe.check_data(dict(config or {}))
+    except ConfigError as err:
+        raise err.with_file(source) from None
+    return study_from_dict(deep_merge(doc, dict(config or {})), source=source)
+
+
 def study_from_dict(doc: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
                     source: str | None = None, base_dir: Path | None = None) -> Study:
     """Expand an already-parsed study document (e.g. Snakemake's ``config``, which holds the
@@ -167,8 +180,8 @@ def _reparsed(value: Any) -> Any:
     if not isinstance(value, str) or not value.strip():
         return value
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+        parsed = yamlsafe.load_text(value)
+    except ConfigError:
         return value
     return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
 
@@ -235,7 +248,7 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
             raise ConfigError(f"unknown top-level key{did_you_mean(str(key), TOP_KEYS)}; expected "
                               f"one of: {', '.join(TOP_KEYS)}", key=str(key))
     name = doc.get("study")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(f"expected a name of letters, digits, '.', '_' or '-', got {name!r}",
                           key="study")
     sweep = doc.get("sweep") or {}
@@ -248,7 +261,7 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
         if sweep.get(key) is not None and not isinstance(sweep[key], Mapping):
             raise ConfigError(f"expected a mapping, got {sweep[key]!r}", key=f"sweep.{key}")
     for vname, vspec in (sweep.get("variants") or {}).items():
-        if not NAME_RE.match(str(vname)):
+        if not NAME_RE.fullmatch(str(vname)):
             raise ConfigError("variant names may hold letters, digits, '.', '_' and '-'",
                               key=f"sweep.variants.{vname}")
         if vspec is not None and not isinstance(vspec, Mapping):
@@ -277,4 +290,36 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
     if "baseline" in doc and baseline not in variants:
         raise ConfigError(f"baseline {baseline!r} is not a variant"
                           f"{did_you_mean(baseline, variants)}", key="baseline")
+    _check_schema(doc)
     return Study(name=name, doc=doc, runs=runs, corpora=corpora, source=source)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_validator() -> Any:
+    import jsonschema
+
+    from .schema import study_schema
+
+    schema = study_schema()
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _check_schema(doc: Mapping[str, Any]) -> None:
+    """The merged study against the study schema (``schemas/config.schema.yaml`` is
+    :func:`lmablate.schema.study_schema`'s output), after the checks above: what they let through
+    (``seeds: 3``, ``description: [1, 2]``) is refused here, for ``plan`` and the Snakefile alike,
+    in one line."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_schema_validator().iter_errors(doc))
+    if error is None:
+        return
+    key = ".".join(str(p) for p in error.absolute_path) or None
+    if error.validator == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) \
+            else [error.validator_value]
+        wanted = " or ".join(SCHEMA_TYPES.get(t, t) for t in types)
+        message = f"expected {wanted}, got {error.instance!r}"
+    else:
+        message = " ".join(error.message.split())
+    raise ConfigError(message if len(message) <= 200 else message[:197] + "...", key=key)
