@@ -34,6 +34,19 @@ __all__ = [
 ]
 
 
+# Upper bounds of settings: generous (far beyond a small LM) but finite, so that a typo such as
+# `d_model: 1e9` or `seed: 10**23` stops at plan time with one line instead of in a job.
+MAX_WIDTH = 65_536  # d_model, vocab_multiple
+MAX_FFN = 262_144  # d_ff, expert_d_ff
+MAX_COUNT = 1024  # n_layers, n_heads, n_kv_heads, num_experts, top_k, keep_checkpoints
+MAX_SEQ = 1_048_576  # seq_len, context_length, batch_size, grad_accum
+MAX_VOCAB = 16_777_216  # vocabulary sizes (2**24)
+MAX_PARAMS = 10**12  # params_target
+MAX_TOKENS = 10**13  # token budgets and counts, training bytes, step intervals
+MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range
+MAX_EXACT_INT = 2**53  # floats above this are not exact integers
+
+
 def F(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
       le: float | None = None, lt: float | None = None, since: str | None = None) -> Any:
     """A dataclass field with its help text and numeric bounds (checked in :func:`from_dict`).
@@ -57,19 +70,20 @@ class ModelConfig:
     """Decoder-only transformer. Ablations are fields, branched locally in ``model.py``."""
 
     # shape
-    d_model: int = F(128, "Width of the residual stream.", ge=1)
-    n_layers: int = F(4, "Number of transformer blocks.", ge=1)
-    n_heads: int = F(4, "Attention (query) heads; must divide d_model.", ge=1)
+    d_model: int = F(128, "Width of the residual stream.", ge=1, le=MAX_WIDTH)
+    n_layers: int = F(4, "Number of transformer blocks.", ge=1, le=MAX_COUNT)
+    n_heads: int = F(4, "Attention (query) heads; must divide d_model.", ge=1, le=MAX_COUNT)
     n_kv_heads: int | None = F(None, "Key/value heads for grouped-query attention; None = n_heads "
-                               "(multi-head). Must divide n_heads.", ge=1)
+                               "(multi-head). Must divide n_heads.", ge=1, le=MAX_COUNT)
     d_ff: int | None = F(None, "Hidden width of the feed-forward block; None = round(8/3 * d_model) "
-                         "for gated FFNs (SwiGLU, GeGLU), 4 * d_model otherwise.", ge=1)
+                         "for gated FFNs (SwiGLU, GeGLU), 4 * d_model otherwise.", ge=1,
+                         le=MAX_FFN)
     context_length: int | None = F(None, "Longest sequence the model accepts (learned position "
-                                   "table size); None = train.seq_len.", ge=1)
+                                   "table size); None = train.seq_len.", ge=1, le=MAX_SEQ)
     vocab_size: int | None = F(None, "Embedding rows; None = the tokenizer's vocabulary, padded up "
-                               "to vocab_multiple.", ge=2)
+                               "to vocab_multiple.", ge=2, le=MAX_VOCAB)
     vocab_multiple: int = F(64, "Pad the vocabulary to a multiple of this (GPU-friendly shapes; the "
-                            "padding rows are never targets).", ge=1)
+                            "padding rows are never targets).", ge=1, le=MAX_WIDTH)
     # block
     ffn: Literal["swiglu", "geglu", "silu", "gelu", "relu", "relu2"] = F(
         "swiglu", "Feed-forward: gated (swiglu, geglu) or plain with that activation.")
@@ -94,9 +108,10 @@ class ModelConfig:
         "scaled by 1/sqrt(2 (layer + 1)) (OLMo). init_scaled_residual applies to normal, "
         "trunc_normal and small.", since="0.2")
     # mixture of experts (seed 004)
-    num_experts: int = F(0, "Experts per MoE FFN; 0 = dense FFN.", ge=0)
-    top_k: int = F(2, "Experts each token is routed to.", ge=1)
-    expert_d_ff: int | None = F(None, "Hidden width of each expert; None = d_ff.", ge=1)
+    num_experts: int = F(0, "Experts per MoE FFN; 0 = dense FFN.", ge=0, le=MAX_COUNT)
+    top_k: int = F(2, "Experts each token is routed to.", ge=1, le=MAX_COUNT)
+    expert_d_ff: int | None = F(None, "Hidden width of each expert; None = d_ff.", ge=1,
+                                le=MAX_FFN)
     router_aux_loss: float = F(0.01, "Weight of the Switch-style load-balancing loss.", ge=0)
     moe_init: Literal["dense", "sparse"] = F("dense", "Expert init: dense = normal(init_std) like "
                                              "the dense FFN; sparse = mostly-zero weights (90% "
@@ -107,7 +122,7 @@ class ModelConfig:
     params_target: int | None = F(None, "Total parameters to hit (e.g. 10M): the sweep solves "
                                   "n_layers and d_ff, and d_model when embedding_share is set, to "
                                   "within 0.5% (lmablate.solve); solved dims replace given ones.",
-                                  ge=1)
+                                  ge=1, le=MAX_PARAMS)
     embedding_share: float | None = F(None, "With params_target: share of the parameters in the "
                                       "embedding (vocab x d_model, + an untied head); sets "
                                       "d_model. None = keep d_model.", gt=0, lt=1)
@@ -166,12 +181,13 @@ class TrainConfig:
     """Optimisation and budget. Budget is in tokens so runs with other batch/seq compare fairly."""
 
     tokens: int = F(2_000_000, "Training budget in tokens (steps = tokens / (batch_size * "
-                    "grad_accum * seq_len), rounded up).", ge=1)
+                    "grad_accum * seq_len), rounded up); one step must fit in it.", ge=1,
+                    le=MAX_TOKENS)
     epochs: float | None = F(None, "Budget in passes over the train split instead of tokens "
-                             "(overrides tokens when set).", gt=0)
-    batch_size: int = F(32, "Sequences per micro-batch.", ge=1)
-    grad_accum: int = F(1, "Micro-batches per optimiser step.", ge=1)
-    seq_len: int = F(128, "Tokens per training sequence.", ge=2)
+                             "(overrides tokens when set).", gt=0, le=1e6)
+    batch_size: int = F(32, "Sequences per micro-batch.", ge=1, le=MAX_SEQ)
+    grad_accum: int = F(1, "Micro-batches per optimiser step.", ge=1, le=MAX_SEQ)
+    seq_len: int = F(128, "Tokens per training sequence.", ge=2, le=MAX_SEQ)
     lr: float = F(3e-3, "Peak learning rate.", gt=0)
     min_lr_ratio: float = F(0.1, "Final LR as a fraction of lr (cosine/linear decay floor).",
                             ge=0, le=1)
@@ -188,22 +204,24 @@ class TrainConfig:
         "GPUs, fp32 on CPU.")
     compile: Literal["auto", "true", "false"] = F("auto", "torch.compile the model: auto = on CUDA "
                                                   "only.")
-    seed: int = F(0, "Seed for initialisation and data order.", ge=0)
+    seed: int = F(0, "Seed for initialisation and data order.", ge=0, le=MAX_SEED)
     eval_every: int | None = F(None, "Optimiser steps between evaluations; None = 10 evaluations "
-                               "per run.", ge=1)
-    eval_tokens: int = F(32768, "Validation tokens per periodic evaluation (fixed windows).", ge=1)
+                               "per run.", ge=1, le=MAX_TOKENS)
+    eval_tokens: int = F(32768, "Validation tokens per periodic evaluation (fixed windows).", ge=1,
+                         le=MAX_TOKENS)
     final_eval_tokens: int | None = F(None, "Validation tokens for the final evaluation; None = "
-                                      "the whole split (capped at 2M).", ge=1)
-    log_every: int = F(10, "Optimiser steps between train-loss log lines.", ge=1)
+                                      "the whole split (capped at 2M).", ge=1, le=MAX_TOKENS)
+    log_every: int = F(10, "Optimiser steps between train-loss log lines.", ge=1, le=MAX_TOKENS)
     checkpoint_every: int | None = F(None, "Optimiser steps between checkpoints; None = 10 per run.",
-                                     ge=1)
-    keep_checkpoints: int = F(2, "Checkpoints kept on disk (older ones are deleted).", ge=1)
+                                     ge=1, le=MAX_TOKENS)
+    keep_checkpoints: int = F(2, "Checkpoints kept on disk (older ones are deleted).", ge=1,
+                              le=MAX_COUNT)
     diverge_loss: float | None = F(None, "Train loss above which a run counts as diverged; None = "
                                    "ln(vocab) + 2 after warmup. NaN/inf always count.", gt=0)
     stop_tokens: int | None = F(None, "End the run after this many tokens while the LR schedule "
                                 "follows the full budget (`tokens`): a phase-1 ranking run that "
                                 "phase 2 continues. None = train the full budget.", ge=1,
-                                since="0.2")
+                                le=MAX_TOKENS, since="0.2")
     early_stop_delta: float | None = F(None, "Early stopping: end the run (status stopped_early) "
                                        "when its validation metric has been worse than the best "
                                        "of its cohort (other runs of the phase, or its own best) "
@@ -212,7 +230,7 @@ class TrainConfig:
     early_stop_metric: Literal["loss", "ppl"] = F("loss", "Early stopping compares validation "
                                                   "loss (nats) or perplexity.", since="0.2")
     early_stop_tokens: int = F(1_000_000, "Early stopping patience in training tokens.", ge=1,
-                               since="0.2")
+                               le=MAX_TOKENS, since="0.2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,12 +251,13 @@ class TokenizerConfig:
                                                      "corpus; byte: 256 byte ids; char: characters "
                                                      "seen in the corpus; file: an existing "
                                                      "tokenizer.json.")
-    vocab_size: int = F(4096, "Target vocabulary for bpe (including special tokens).", ge=2)
+    vocab_size: int = F(4096, "Target vocabulary for bpe (including special tokens).", ge=2,
+                        le=MAX_VOCAB)
     min_frequency: int = F(2, "bpe: merges seen fewer times are not learned.", ge=1)
     special_tokens: list = F(["<|endoftext|>"], "Special tokens; the first one separates "
                              "documents in the token stream.")
     train_bytes: int = F(50_000_000, "bpe: train on at most this many bytes of the train split.",
-                         ge=1)
+                         ge=1, le=MAX_TOKENS)
     path: str | None = F(None, "kind=file: path of a tokenizer.json.")
 
 
@@ -259,6 +278,12 @@ class RunConfig:
         if ctx is not None and self.train.seq_len > ctx:
             issues.append(ConfigError(f"seq_len ({self.train.seq_len}) exceeds the model's "
                                       f"context_length ({ctx})", key="train.seq_len"))
+        t = self.train
+        step = t.batch_size * t.grad_accum * t.seq_len
+        if t.epochs is None and step > t.tokens:
+            issues.append(ConfigError(f"one optimiser step (batch_size x grad_accum x seq_len = "
+                                      f"{step} tokens) is larger than the whole budget "
+                                      f"(train.tokens = {t.tokens})", key="train.batch_size"))
         if self.tokenizer.kind == "file" and not self.tokenizer.path:
             issues.append(ConfigError("kind 'file' needs a path to a tokenizer.json",
                                       key="tokenizer.path"))
@@ -361,10 +386,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)  # e.g. from `snakemake --config`, which may pass strings
+        elif isinstance(value, str):  # YAML 1.1 reads 1e9 (no dot) as a string
+            try:
+                value = float(value.replace("_", ""))
+            except ValueError:
+                pass
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_INT:
+            return int(value)  # only exact integers: 1e9 is, 1.5 and 1e23 are not
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
@@ -393,7 +423,8 @@ def _check_bounds(value: Any, meta: dict, key: str) -> None:
                            ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         bound = meta.get(name)
         if bound is not None and not ok(value, bound):
-            raise ConfigError(f"expected a value {word} {bound:g}, got {value!r}", key=key)
+            shown = bound if isinstance(bound, int) else f"{bound:g}"
+            raise ConfigError(f"expected a value {word} {shown}, got {value!r}", key=key)
 
 
 @functools.cache

@@ -23,12 +23,19 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["evaluate", "is_expression", "names_in"]
+
+
+MAX_LENGTH = 2000  # characters of one expression
+MAX_ITEMS = 100_000  # elements of a list (nested ones counted) or characters of a string it builds
+MAX_INT_BITS = 4096  # bits of an integer it builds (10**1000 is fine, 10**10**6 is not)
+MAX_ROUND_DIGITS = 400  # |ndigits| of round(): round(5, -10**9) would compute 10**(10**9)
 
 
 def _seq(first: float, last: float, step: float = 1) -> list:
@@ -38,8 +45,8 @@ def _seq(first: float, last: float, step: float = 1) -> list:
     while (x <= last) if step > 0 else (x >= last):
         out.append(x)
         x += step
-        if len(out) > 100_000:
-            raise ValueError("seq() would produce more than 100000 values")
+        if len(out) > MAX_ITEMS:
+            raise ValueError(f"seq() would produce more than {MAX_ITEMS} values")
     return out
 
 
@@ -47,13 +54,15 @@ def _range(*args: int) -> list:
     if any(not float(a).is_integer() for a in args):
         raise ValueError(f"range() needs integers, got {args}")
     r = range(*(int(a) for a in args))
-    if len(r) > 100_000:
-        raise ValueError("range() would produce more than 100000 values")
+    if len(r) > MAX_ITEMS:
+        raise ValueError(f"range() would produce more than {MAX_ITEMS} values")
     return list(r)
 
 
 def _logspace(start: float, stop: float, num: int) -> list:
     """``num`` values geometrically spaced from start to stop inclusive (e.g. LR sweeps)."""
+    if not 1 <= num <= MAX_ITEMS:
+        raise ValueError(f"logspace() num must be between 1 and {MAX_ITEMS}, got {num!r}")
     num = int(num)
     if num < 1 or start <= 0 or stop <= 0:
         raise ValueError("logspace(start, stop, num) needs start, stop > 0 and num >= 1")
@@ -63,9 +72,19 @@ def _logspace(start: float, stop: float, num: int) -> list:
     return [float(f"{start * ratio**i:.6g}") for i in range(num)]
 
 
+def _round(x: float, ndigits: int | None = None) -> float:
+    """Python's round(), with ndigits bounded (``MAX_ROUND_DIGITS``)."""
+    if ndigits is None:
+        return round(x)
+    if not isinstance(ndigits, int) or abs(ndigits) > MAX_ROUND_DIGITS:
+        raise ValueError(f"round() ndigits must be an integer within ±{MAX_ROUND_DIGITS}, "
+                         f"got {ndigits!r}")
+    return round(x, ndigits)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "range": _range, "seq": _seq, "logspace": _logspace,
-    "min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
+    "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "len": len, "sqrt": math.sqrt, "log2": math.log2, "ceil": math.ceil, "floor": math.floor,
 }
 
@@ -80,9 +99,24 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
 # strings that look like expressions: contain a call, an operator between names, or a bare name
 _EXPR_HINTS = ("(", "*", "+", "//", "/", "%", " if ", "<", ">", "==")
 
+# a %-format's width or precision: '%999999999d' % 1 would build a 1 GB string
+_FORMAT_SPEC = re.compile(r"%[#0 +\-]*(\*|\d*)(?:\.(\*|\d*))?")
 
-MAX_LENGTH = 2000  # characters of one expression
-MAX_ITEMS = 100_000  # elements of a list or characters of a string an expression builds
+
+def _size(value: Any, limit: int = MAX_ITEMS) -> int:
+    """Characters of a string, or items of a list counting those of nested lists (each time
+    they occur); counting stops just above ``limit``, so ``[[0] * 1000] * 1000`` costs little."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list):
+        return 1
+    total = len(value)
+    for item in value:
+        if total > limit:
+            break
+        if isinstance(item, (str, list)):
+            total += _size(item, limit - total)
+    return total
 
 
 def is_expression(value: Any) -> bool:
@@ -151,7 +185,7 @@ def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> 
                                                                       type(None))):
             return node.value
         if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
+            return bounded([ev(e) for e in node.elts])
         if isinstance(node, (ast.Name, ast.Attribute)):
             name = _dotted(node)
             if name is None:
@@ -165,9 +199,9 @@ def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> 
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             left, right = ev(node.left), ev(node.right)
             _check_size(node.op, left, right)
-            return _BINOPS[type(node.op)](left, right)
+            return bounded(_BINOPS[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](ev(node.operand))
+            return bounded(_UNARY[type(node.op)](ev(node.operand)))
         if isinstance(node, ast.BoolOp):
             values = [ev(v) for v in node.values]
             return all(values) if isinstance(node.op, ast.And) else any(values)
@@ -186,20 +220,41 @@ def evaluate(text: str, names: Mapping[str, Any], *, key: str | None = None) -> 
             if fn is None:
                 raise ConfigError(f"function '{node.func.id}' is not allowed in {text!r}; allowed: "
                                   f"{', '.join(FUNCTIONS)}", key=key)
-            return fn(*[ev(a) for a in node.args])
+            return bounded(fn(*[ev(a) for a in node.args]))
         raise ConfigError(f"'{ast.unparse(node)}' is not allowed in expression {text!r} (only "
                           "arithmetic, comparisons, config keys and " + ", ".join(FUNCTIONS) + ")",
                           key=key)
 
+    def too_many() -> ConfigError:
+        return ConfigError(f"{text!r} would build more than {MAX_ITEMS} items", key=key)
+
     def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+        """Refuse an operation whose result would be too large, before it is computed."""
         if isinstance(op, ast.Pow) and isinstance(right, (int, float)) and not isinstance(
                 left, (str, list)) and (abs(right) > 64 or (
-                isinstance(left, int) and abs(left).bit_length() * abs(right) > 4096)):
+                isinstance(left, int) and abs(left).bit_length() * abs(right) > MAX_INT_BITS)):
             raise ConfigError(f"power too large in {text!r}", key=key)
         if isinstance(op, ast.Mult):
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * n > MAX_ITEMS:
-                    raise ConfigError(f"{text!r} would build more than {MAX_ITEMS} items", key=key)
+                if (isinstance(seq, (str, list)) and isinstance(n, int)
+                        and _size(seq) * n > MAX_ITEMS):
+                    raise too_many()
+        if isinstance(op, ast.Add) and isinstance(left, (str, list)) and isinstance(
+                right, type(left)) and _size(left) + _size(right) > MAX_ITEMS:
+            raise too_many()
+        if isinstance(op, ast.Mod) and isinstance(left, str):
+            for width in (w for m in _FORMAT_SPEC.finditer(left) for w in m.groups()):
+                if width == "*" or (width and int(width) > MAX_ITEMS):
+                    raise ConfigError(f"format width or precision above {MAX_ITEMS} (or '*') in "
+                                      f"{text!r}", key=key)
+
+    def bounded(value: Any) -> Any:
+        """``value`` if within the size limits (a last guard behind the checks above)."""
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise ConfigError(f"integer above 2**{MAX_INT_BITS} in {text!r}", key=key)
+        if isinstance(value, (str, list)) and _size(value) > MAX_ITEMS:
+            raise too_many()
+        return value
 
     try:
         return ev(tree)

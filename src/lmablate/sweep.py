@@ -34,6 +34,7 @@ from .errors import ConfigError, did_you_mean
 from .expr import evaluate, is_expression, names_in
 
 __all__ = [
+    "MAX_RUNS",
     "SWEEP_KEYS",
     "VARIANT_KEYS",
     "Run",
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 SWEEP_KEYS = ("variants", "grid", "zip", "where", "seeds")
+# The most runs one study expands to (grid points x zip rows x seeds over all variants, before
+# `where`): 8x seed 000's 1,152, and what `lmablate plan` resolves in a few seconds. The count is
+# checked while the grid is built, so a grid of two large ranges stops without building it.
+MAX_RUNS = 10_000
 VARIANT_KEYS = ("grid", "zip", "where", "seeds", "label")
 LEAF_PRIORITY = ("model", "train", "tokenizer", "data")
 TARGET_KEYS = ("embedding_share", "glu_expansion")  # model fields that shape a params_target
@@ -429,8 +434,16 @@ def _axis_order(grid: Mapping[str, Any], key: str) -> list[str]:
     return order
 
 
-def _grid_points(grid: Mapping[str, Any], names: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    """Cartesian product; an axis may be an expression over other axes (seed 000's ranges)."""
+def _too_many_runs(key: str) -> ConfigError:
+    return ConfigError(f"the sweep expands to more than {MAX_RUNS} runs (grid points x zip rows x "
+                       "seeds, summed over variants, counted before `where`), the most one study "
+                       "may plan", key=key)
+
+
+def _grid_points(grid: Mapping[str, Any], names: dict[str, Any], key: str,
+                 limit: int = 10**9) -> list[dict[str, Any]]:
+    """Cartesian product; an axis may be an expression over other axes (seed 000's ranges).
+    More than ``limit`` points stop the expansion there, before the product is built."""
     points: list[dict[str, Any]] = [{}]
     for axis in _axis_order(grid, key):
         new_points = []
@@ -438,6 +451,8 @@ def _grid_points(grid: Mapping[str, Any], names: dict[str, Any], key: str) -> li
             scope = _names({**names, **p}) if p else _names(names)
             for v in _axis_values(axis, grid[axis], scope, f"{key}.{axis}"):
                 new_points.append({**p, axis: v})
+            if len(new_points) > limit:
+                raise _too_many_runs(key)
         points = new_points
     return points
 
@@ -461,9 +476,11 @@ def _seeds(spec: Any, key: str) -> list[int]:
         spec = evaluate(spec, {}, key=key)
     if isinstance(spec, int) and not isinstance(spec, bool):
         spec = [spec]
-    if (not isinstance(spec, list) or not spec
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec)):
-        raise ConfigError(f"expected a non-empty list of integer seeds >= 0, got {spec!r}", key=key)
+    if (not isinstance(spec, list) or not spec or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= C.MAX_SEED for s in spec)):
+        shown = repr(spec)
+        raise ConfigError(f"expected a non-empty list of integer seeds from 0 to {C.MAX_SEED}, "
+                          f"got {shown if len(shown) <= 80 else shown[:77] + '...'}", key=key)
     if len(set(spec)) != len(spec):
         raise ConfigError(f"seeds repeat: {spec!r}", key=key)
     return spec
@@ -514,6 +531,7 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         base_cfg.train.seed]
     runs: dict[str, Run] = {}
     by_hash: dict[str, str] = {}
+    planned = 0  # runs of the variants so far, before `where`
     for vname, vspec in variants.items():
         vkey = f"sweep.variants.{vname}" if named else "sweep"
         vspec = dict(vspec or {})
@@ -528,12 +546,16 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         names = {**base_flat, **{k: v for k, v in vbase.items() if not _is_expr(k, v)},
                  "variant": vname}
         points = []
+        room = (MAX_RUNS - planned) // len(seeds)
+        gkey = f"{vkey}.grid" if vgrid else "sweep.grid"
         for zrow in _zip_rows({**(sweep.get("zip") or {}), **(vzip or {})}, names,
                               f"{vkey}.zip" if vzip else "sweep.zip"):
             grid = {**(sweep.get("grid") or {}), **(vgrid or {})}
-            for g in _grid_points(grid, {**names, **zrow}, f"{vkey}.grid" if vgrid else
-                                  "sweep.grid"):
+            for g in _grid_points(grid, {**names, **zrow}, gkey, room - len(points)):
                 points.append({**zrow, **g})
+            if len(points) > room:
+                raise _too_many_runs(gkey if grid else vkey)
+        planned += len(points) * len(seeds)
         kept = 0
         for point in points:
             flat = {**vbase, **point}
