@@ -2,6 +2,14 @@
 # a Snakemake output: a failed or killed job leaves it in place and the retry resumes from it.
 
 
+def train_group():
+    """`train` where `--group-components train=K` packs K runs into one cluster job, else no
+    group: an ungrouped job's Slurm comment names its rule and run ID
+    (`rule_train_model_wildcards_<run_id>`), a group job's only the group."""
+    settings = workflow.group_settings
+    return "train" if settings and "train" in settings.group_components else None
+
+
 rule train_model:
     input:
         # ancient: the store's identity is in the run ID (data_id), so its mtime (a rebuilt or
@@ -19,7 +27,7 @@ rule train_model:
         f"benchmarks/{NAME}/train_model/{{run_id}}.tsv"
     # On a cluster, `--group-components train=K` packs K training runs into one job.
     group:
-        "train"
+        train_group()
     conda:
         "../envs/train.yaml"
     threads: EXECUTION.get("train_threads", 1)

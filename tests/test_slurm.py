@@ -1,23 +1,29 @@
-"""The workflow through a real Slurm cluster (`.ci/slurm-up.sh` starts a single-node one)."""
+"""The workflow through a real Slurm cluster (`.ci/slurm-up.sh` starts a single-node one), and
+how profiles/slurm reads the cluster it is loaded on (shims stand in for other clusters)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import REPO, snakemake, write_yaml
 
-# CI's cluster has no accounting daemon, so status comes from squeue (profiles/slurm explains).
-CI_FLAGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-            "--slurm-no-account", "--slurm-keep-successful-logs")
+PROFILE = REPO / "profiles" / "slurm"
+# The profile picks the status command itself; tests only keep the Slurm logs to look into them.
+KEEP_LOGS = ("--slurm-keep-successful-logs",)
+# What the plugin prints when it guesses an account (profiles/slurm: honour_no_account).
+ACCOUNT_NOISE = ("No SLURM account given", "not able to get a SLURM account",
+                 "Unable to guess SLURM account", "returned empty results for account")
 
 
 def _slurm_up() -> str | None:
@@ -36,43 +42,95 @@ def _slurm_up() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.workflow,
-              pytest.mark.skipif(_slurm_up() is not None, reason=str(_slurm_up()))]
+def needs_slurm(test):
+    """Marks a test that submits real Slurm jobs (the profile tests below need no cluster)."""
+    reason = _slurm_up()
+    for mark in (pytest.mark.slurm, pytest.mark.workflow,
+                 pytest.mark.skipif(reason is not None, reason=str(reason))):
+        test = mark(test)
+    return test
 
 
 def _watch_squeue(seen: set[str], stop: threading.Event) -> None:
     while not stop.is_set():
-        out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True)
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%k"], capture_output=True, text=True)
         seen.update(line.strip() for line in out.stdout.splitlines() if line.strip())
         time.sleep(0.5)
 
 
-def test_study_runs_through_the_slurm_profile(tmp_path, tiny_study):
-    write_yaml(tmp_path / "study.yaml", tiny_study)
+def _path_without(tmp_path: Path, *names: str) -> str:
+    """$PATH with every directory that holds one of ``names`` replaced by a copy (links) without
+    them: a cluster where those commands are not installed."""
+    dirs = []
+    for d in os.environ["PATH"].split(os.pathsep):
+        if d and any((Path(d) / n).exists() for n in names):
+            shim = tmp_path / "path" / str(len(dirs))
+            shim.mkdir(parents=True)
+            for f in Path(d).iterdir():
+                if f.name not in names:
+                    (shim / f.name).symlink_to(f)
+            d = str(shim)
+        dirs.append(d)
+    return os.pathsep.join([str(Path(sys.executable).parent), *dirs])
+
+
+def _readme_slurm_command() -> list[str]:
+    """The `snakemake --profile ...` line of README's "Running on Slurm" section."""
+    section = (REPO / "README.md").read_text().split("## Running on Slurm", 1)[1]
+    (line,) = [ln for ln in section.split("```", 2)[1].splitlines()
+               if ln.startswith("snakemake ")]
+    return shlex.split(line.split("#")[0])
+
+
+def _readme_command_in_a_copy(root: Path, study: dict, env: dict | None = None,
+                              timeout: float = 1500) -> subprocess.CompletedProcess:
+    """Run README's Slurm command as a user would: in a copy of the repository (its files as git
+    lists them) whose config.yaml is ``study``, from its root, nothing added. A timeout bounds
+    it (a hang fails the test instead of blocking it)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        src, dst = REPO / name, root / name
+        if src.is_symlink() or src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst, follow_symlinks=False)
+    write_yaml(root / "config.yaml", study)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `snakemake`
+    return subprocess.run(_readme_slurm_command(), cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@needs_slurm
+def test_readme_command_runs_a_study_and_squeue_names_each_run(tmp_path, tiny_study):
+    """`snakemake --profile slurm` from the repository root on the CI cluster (sacct present,
+    accounting disabled): it finishes, every training run was a Slurm job whose comment names
+    its run ID while it ran, and no account warning was printed."""
     seen: set[str] = set()
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_squeue, args=(seen, stop), daemon=True)
     watcher.start()
     try:
-        snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), *CI_FLAGS,
-                  timeout=1500)
+        proc = _readme_command_in_a_copy(tmp_path, tiny_study)
     finally:
         stop.set()
         watcher.join()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
     runs = pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")
     assert len(runs) == 4 and set(runs.status) == {"completed"}
-    # every training job went through sbatch: the plugin keeps one Slurm log per job
-    # (train_model is in group "train": without --group-components each group is one job)
-    logs = list((tmp_path / ".snakemake" / "slurm_logs").glob("*train_model/**/*.log"))
-    assert len(logs) == 4, logs
-    assert len(seen) >= 4, f"squeue showed only {seen}"
+    for rid in runs.run_id:
+        named = [s for s in seen if s.endswith(f"|rule_train_model_wildcards_{rid}")]
+        assert named and all(s.split("|")[1].startswith("lmablate_") for s in named), seen
+    assert not [n for n in ACCOUNT_NOISE if n in out], out[-6000:]
     # harvest and plots ran locally (localrules), not as Slurm jobs
     assert not (tmp_path / ".snakemake" / "slurm_logs" / "rule_harvest_metrics").exists()
 
 
+@needs_slurm
 def test_grouped_job_trains_several_runs(tmp_path, tiny_study):
     write_yaml(tmp_path / "study.yaml", tiny_study)
-    snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), *CI_FLAGS,
+    snakemake(tmp_path, "--profile", str(PROFILE), *KEEP_LOGS,
               "--group-components", "train=2", "--set-resources", "train_model:cpus_per_task=1",
               "train_model:mem_mb=4000", timeout=1500)
     runs = pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")
@@ -93,6 +151,7 @@ def _train_job_id(comment: str = "train_model") -> str | None:
     return None
 
 
+@needs_slurm
 def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_study):
     tiny_study["sweep"] = {"seeds": [0]}
     tiny_study["defaults"]["train"].update(tokens=40960, checkpoint_every=2)
@@ -104,8 +163,8 @@ def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-         "--configfile", str(work / "study.yaml"), "--profile", str(REPO / "profiles" / "slurm"),
-         *CI_FLAGS], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--configfile", str(work / "study.yaml"), "--profile", str(PROFILE),
+         *KEEP_LOGS], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         runs_dir = work / "results" / "tiny" / "runs"
         deadline = time.monotonic() + 900
@@ -130,6 +189,7 @@ def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path
         assert final[key] == expected[key], key
 
 
+@needs_slurm
 def test_one_failing_job_does_not_stop_the_others(tmp_path, tiny_study):
     # `long_ctx` passes every parse-time check but its job fails at run time: its windows are
     # longer than the validation split (~5k tokens), a DataError inside train().
@@ -138,7 +198,7 @@ def test_one_failing_job_does_not_stop_the_others(tmp_path, tiny_study):
     tiny_study["sweep"] = {"variants": variants, "seeds": [0]}
     write_yaml(tmp_path / "study.yaml", tiny_study)
     # no --keep-going here: profiles/slurm sets it, and that is what is tested
-    proc = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), *CI_FLAGS,
+    proc = snakemake(tmp_path, "--profile", str(PROFILE), *KEEP_LOGS,
                      "--set-resources", "train_model:cpus_per_task=1", "train_model:mem_mb=2000",
                      check=False, timeout=1500)
     out = proc.stdout + proc.stderr
@@ -161,6 +221,7 @@ ONE_GPU_GROUP_LINES = ('    # gpu: 0\n', '    # gres: "gpu:1"\n', '    # train_s
                        '#   train_serial: local\n')
 
 
+@needs_slurm
 def test_grouped_runs_share_one_gpu_request_and_their_time_limits_add_up(tmp_path, monkeypatch,
                                                                          tiny_study):
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
@@ -179,7 +240,7 @@ def test_grouped_runs_share_one_gpu_request_and_their_time_limits_add_up(tmp_pat
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
     write_yaml(tmp_path / "study.yaml", tiny_study)
-    snakemake(tmp_path, "--profile", str(tmp_path / "profile"), *CI_FLAGS,
+    snakemake(tmp_path, "--profile", str(tmp_path / "profile"), *KEEP_LOGS,
               "--group-components", "train=2", timeout=1500)
     runs = pd.read_csv(tmp_path / "results" / "tiny" / "runs.csv")
     assert len(runs) == 4 and set(runs.status) == {"completed"}
@@ -191,3 +252,108 @@ def test_grouped_runs_share_one_gpu_request_and_their_time_limits_add_up(tmp_pat
         # is the sum of two 30-minute limits and memory/CPUs are one run's
         assert "--gres=gpu:1" in call and "--gpus" not in call, call
         assert " -t 60 " in call and " --mem 8000 " in call and "--cpus-per-task=1" in call, call
+
+
+@needs_slurm
+def test_readme_command_works_where_sacct_is_not_installed(tmp_path, tiny_study):
+    """The same command on a cluster without `sacct`: the profile polls with squeue and submits
+    without an account (plugin 2.8.0 alone fails every submission there: it runs sacct to guess
+    an account)."""
+    tiny_study["sweep"] = {"seeds": [0]}
+    path = _path_without(tmp_path / "shims", "sacct")
+    proc = _readme_command_in_a_copy(tmp_path / "repo", tiny_study, env={"PATH": path})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    runs = pd.read_csv(tmp_path / "repo" / "results" / "tiny" / "runs.csv")
+    assert list(runs.status) == ["completed"]
+    assert not [n for n in ACCOUNT_NOISE if n in out], out[-6000:]
+
+
+# profiles/slurm on clusters other than CI's: shims answer for `sacct` and `scontrol`
+SACCT = {"works": "exit 0",
+         "disabled": "echo 'Slurm accounting storage is disabled' >&2; exit 1",
+         "broken": "echo 'sacct: error: Problem talking to the database: Connection refused' >&2"
+                   "; exit 1"}
+SCONTROL = {"300": "echo 'MinJobAge               = 300 sec'",
+            "30": "echo 'MinJobAge               = 30 sec'",
+            "down": "echo 'slurm_load_ctl_conf error: Unable to contact slurm controller' >&2"
+                    "; exit 1"}
+
+
+def _cluster_env(tmp_path: Path, sacct: str | None, scontrol: str, **env: str) -> dict:
+    """The environment of a cluster whose `sacct` behaves as ``SACCT[sacct]`` (None: it is not
+    installed) and whose `scontrol show config` as ``SCONTROL[scontrol]``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"scontrol": SCONTROL[scontrol], **({"sacct": SACCT[sacct]} if sacct else {})}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    path = _path_without(tmp_path, "sacct") if sacct is None else os.environ["PATH"]
+    base = {k: v for k, v in os.environ.items() if k != "SLURM_ACCOUNT"}
+    return {**base, "PATH": f"{bin_dir}{os.pathsep}{path}", **env}
+
+
+def _load_profile(env: dict) -> subprocess.CompletedProcess:
+    """profiles/slurm/config.yaml as snakemake reads it (YTE), printed as JSON."""
+    code = ("import json, sys, yte\n"
+            "print(json.dumps(yte.process_yaml(open(sys.argv[1]), require_use_yte=True)))")
+    return subprocess.run([sys.executable, "-c", code, str(PROFILE / "config.yaml")], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("sacct, status, init", [
+    (None, "squeue", 2),          # (a) no sacct
+    ("disabled", "squeue", 2),    # (b) sacct, accounting storage disabled (CI's cluster)
+    ("broken", "squeue", 2),      # sacct cannot reach slurmdbd: squeue still sees jobs
+    ("works", None, 40),          # (c) accounting: the plugin's default, sacct
+])
+def test_profile_picks_the_status_command_that_sees_finished_jobs(tmp_path, sacct, status,
+                                                                   init):
+    proc = _load_profile(_cluster_env(tmp_path, sacct, "300"))
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(proc.stdout)
+    assert profile.get("slurm-status-command") == status
+    assert profile["slurm-init-seconds-before-status-checks"] == init
+    # no SLURM_ACCOUNT: no -A, and the plugin is told so instead of guessing one
+    assert profile["slurm-no-account"] is True
+    assert "slurm_account" not in profile["default-resources"]
+    assert profile["slurm-jobname-prefix"] == "lmablate"
+
+
+def test_profile_passes_the_account_the_user_exports(tmp_path):
+    proc = _load_profile(_cluster_env(tmp_path, "works", "300", SLURM_ACCOUNT="proj-42"))
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(proc.stdout)
+    # a Python literal: snakemake evaluates profile resource values
+    assert profile["default-resources"]["slurm_account"] == "'proj-42'"
+    assert "slurm-no-account" not in profile
+
+
+@pytest.mark.parametrize("sacct, scontrol, message", [
+    ("broken", "30", "slurm-status-command: sacct fails (sacct: error: Problem talking to the "
+                     "database: Connection refused), and squeue forgets finished jobs after "
+                     "MinJobAge=30 s (< 200 s)"),
+    (None, "down", "slurm: no Slurm controller answers (scontrol show config: "
+                   "slurm_load_ctl_conf error: Unable to contact slurm controller)"),
+])
+def test_snakemake_stops_at_once_with_one_line_where_no_status_command_works(
+        tmp_path, tiny_study, sacct, scontrol, message):
+    env = _cluster_env(tmp_path, sacct, scontrol)
+    write_yaml(tmp_path / "study.yaml", tiny_study)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
+           "study.yaml", "--profile", str(PROFILE), "-n"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 60
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("lmablate:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"lmablate: profiles/slurm/config.yaml: {message}"), proc.stderr
+    if sacct:  # it says what to pass, and passing it skips the check
+        assert "pass --slurm-status-command sacct|squeue" in lines[0]
+        proc = subprocess.run([*cmd, "--slurm-status-command", "squeue"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "lmablate:" not in proc.stderr, proc.stderr[-3000:]
+    else:
+        assert "login node" in lines[0]

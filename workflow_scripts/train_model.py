@@ -2,7 +2,12 @@
 
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+from lmablate.workflow import open_attempt_log
+
+# Snakemake deletes the log before each attempt; train.log beside the checkpoints keeps the
+# earlier attempts' lines (a requeue, a retry), and the log gets them back plus a marker line.
+sys.stderr = open_attempt_log(snakemake.log[0],  # noqa: F821 (snakemake is injected)
+                              f"{snakemake.params.ckpt_dir}/train.log")  # noqa: F821
 
 from pathlib import Path
 

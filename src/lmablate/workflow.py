@@ -7,17 +7,21 @@ Each ``workflow_scripts/*.py`` redirects stderr to the rule's log and calls one 
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 from .errors import LmablateError
 
-__all__ = ["run_step", "setup_logging", "train_tokenizer_step", "tokenize_step", "train_run_step",
+__all__ = ["run_step", "fail", "error_line", "setup_logging", "open_attempt_log",
+           "train_tokenizer_step", "tokenize_step", "train_run_step", "harvest_step",
            "plot_study_step"]
 
 
@@ -26,20 +30,135 @@ def setup_logging(level: int = logging.INFO) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+ATTEMPT_MARK = "=== lmablate: attempt"
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes (and flushes) to ``main`` and a ``copy``; a copy that fails
+    (a full disk) is dropped, so it never hides what is written to ``main``."""
+
+    def __init__(self, main: TextIO, copy: TextIO) -> None:
+        self.main, self.copy = main, copy
+
+    def _to_copy(self, op: Callable[[TextIO], Any]) -> None:
+        if self.copy is not None:
+            try:
+                op(self.copy)
+            except OSError:
+                self.copy = None
+
+    def write(self, text: str) -> int:
+        self.main.write(text)
+        self._to_copy(lambda f: f.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.main.flush()
+        self._to_copy(lambda f: f.flush())
+
+    def fileno(self) -> int:
+        return self.main.fileno()
+
+
+def open_attempt_log(log: str | Path, history: str | Path) -> TextIO:
+    """The stream for one attempt of a job whose earlier attempts' lines must survive.
+
+    Snakemake deletes a job's ``log:`` before every attempt (a retry, a Slurm requeue, a rerun),
+    so the lines also go to ``history``, a file Snakemake does not manage: ``log`` is rewritten as
+    the history so far, then a marker line (attempt number, UTC time, ``SLURM_JOB_ID``,
+    ``SLURM_RESTART_COUNT``), then this attempt's lines, each written to both files."""
+    history = Path(history)
+    history.parent.mkdir(parents=True, exist_ok=True)
+    earlier = history.read_text(errors="replace") if history.exists() else ""
+    attempt = sum(line.startswith(ATTEMPT_MARK) for line in earlier.splitlines()) + 1
+    out = open(log, "w", buffering=1)
+    out.write(earlier)
+    stream = _Tee(out, open(history, "a", buffering=1))
+    if earlier and not earlier.endswith("\n"):
+        stream.write("\n")  # the earlier attempt was killed mid-line
+    env = os.environ
+    stream.write(f"{ATTEMPT_MARK} {attempt} at {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
+                 f"SLURM_JOB_ID={env.get('SLURM_JOB_ID', '-')} "
+                 f"SLURM_RESTART_COUNT={env.get('SLURM_RESTART_COUNT', '-')}\n")
+    return stream
+
+
 def run_step(fn: Callable[[], Any]) -> Any:
     setup_logging()
     log = logging.getLogger("lmablate")
     t0 = time.perf_counter()
     try:
         result = fn()
-    except LmablateError as err:
-        traceback.print_exc(file=sys.stderr)
-        print(f"lmablate: error: {err}", file=sys.stderr, flush=True)
-        if sys.stderr is not sys.__stderr__:  # the rule's log took stderr; tell the terminal too
-            print(f"lmablate: error: {err}", file=sys.__stderr__, flush=True)
-        raise SystemExit(1) from None
+    except Exception as err:  # noqa: BLE001 (every failure ends as one line; bugs keep a traceback)
+        fail(err)
     log.info("step finished in %.1f s", time.perf_counter() - t0)
     return result
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a failed step leaves: an LmablateError's message; an OSError's path and cause
+    (a read-only or full file system, a file where a folder belongs); else, for a bug, the
+    exception's type and first line."""
+    if isinstance(err, LmablateError):
+        return f"lmablate: error: {err}"
+    if isinstance(err, OSError) and err.strerror:
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        return f"lmablate: error: {where or _file_of(err) or 'writing'}: {err.strerror}"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return (f"lmablate: error: {type(err).__name__}{': ' if first else ''}{first} (unexpected: "
+            "a bug in lmablate or a library it uses; the traceback is in the job's log)")
+
+
+def _file_of(err: BaseException) -> str | None:
+    """The file an OSError without a file name was about (a write or flush that found the disk
+    full): an open file, else a ``path``, of the innermost frame of its traceback that has one."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        names = frame.f_locals
+        for value in names.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+        if isinstance(names.get("path"), (str, Path)):
+            return str(names["path"])
+    return None
+
+
+def _say(line: str, stream: Any) -> bool:
+    """Write ``line`` to ``stream`` now; False when it cannot (a full disk, a closed file)."""
+    try:
+        print(line, file=stream, flush=True)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def fail(err: BaseException) -> NoReturn:
+    """End the step: the traceback and :func:`error_line` in the rule's log (when the script
+    pointed stderr there and the log can still be written), the line on the terminal (the real
+    stderr Snakemake shows), exit status 1."""
+    line = error_line(err)
+    logged = sys.stderr is not sys.__stderr__
+    if logged:
+        try:
+            traceback.print_exception(err, file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+        logged = _say(line, sys.stderr)
+        if not logged:  # a full disk or a broken log: drop it, so exiting adds no noise
+            broken, sys.stderr = sys.stderr, sys.__stderr__
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.stream = sys.__stderr__  # not setStream(): it flushes the old one
+            try:
+                broken.close()
+            except (OSError, ValueError):
+                pass
+    _say(line, sys.__stderr__)
+    raise SystemExit(1) from None
 
 
 def train_tokenizer_step(manifest: str | None, tokenizer: Mapping[str, Any], val_fraction: float,
@@ -75,7 +194,7 @@ RUN_META_KEYS = ("run_id", "variant", "seed", "axes", "diff", "data_id", "tok_id
 
 def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, study: str,
                    ckpt_dir: str, threads: int | None = None, device: str = "auto",
-                   runs_per_gpu: int | None = None, cohort: str | None = None,
+                   runs_per_gpu: int | None = None, cohort: str | list[str] | None = None,
                    init_from: str | None = None) -> dict:
     """Train one run of a study from its ``Run.to_dict()`` on a GPU slot (or the CPU).
 
@@ -109,7 +228,8 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
     from .phases import select
 
     out = Path(selected_path).parent
-    harvest([Path(f).parent for f in finals], out, study=f"{study} (phase 1)", baseline=baseline)
+    harvest([Path(f).parent for f in finals], out, study=f"{study} (phase 1)", baseline=baseline,
+            shared=ranking.get("shared"))
     runs, _ = load_results(out)
     chosen = select(ranking, runs)
     if not chosen["selected"]:
@@ -129,6 +249,61 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
     print(f"phase 2: {len(chosen['selected'])} of {len(finals)} configurations "
           f"({', '.join(chosen['selected'])})", file=sys.__stderr__)
     return chosen
+
+
+# harvest's tables, copied to results/<study>/last_good/ after every successful harvest
+HARVEST_TABLES = ("runs.csv", "runs.parquet", "curves.parquet", "reliability.parquet",
+                  "summary.json", "analysis.txt", "RESULTS.md")
+LAST_GOOD = "last_good"
+
+
+def harvest_step(finals: list[str], out_dir: str | Path, *, study: str, baseline: str,
+                 figures: Any = None, **options: Any) -> dict[str, Any]:
+    """Harvest the study's runs into ``out_dir`` and keep a copy of the tables in
+    ``out_dir/last_good/``, outside the rule's outputs: Snakemake deletes a job's outputs before
+    it runs and again when it fails, so a harvest that meets a damaged run would otherwise leave
+    no tables at all. When it fails, the figures drawn from the previous tables move to
+    ``last_good/plots/`` beside them, so no stale figure poses as current in ``plots/``.
+    ``options`` go to :func:`lmablate.harvest.harvest`."""
+    from .harvest import harvest
+
+    out = Path(out_dir)
+    try:
+        summary = harvest([Path(f).parent for f in finals], out, study=study, baseline=baseline,
+                          figures=figures, **options)
+    except Exception:
+        moved = _retire_figures(out, figures)
+        logging.getLogger("lmablate").warning(
+            "harvest failed; the last good tables%s are in %s", " and figures" if moved else "",
+            out / LAST_GOOD)
+        raise
+    _keep_last_good(out)
+    return summary
+
+
+def _keep_last_good(out: Path) -> None:
+    from .io import atomic_write_bytes
+
+    for name in HARVEST_TABLES:
+        atomic_write_bytes(out / LAST_GOOD / name, (out / name).read_bytes())
+
+
+def _retire_figures(out: Path, figures: Any) -> list[Path]:
+    """Move the study's figures (``plots/<name>.png``; all of ``plots/`` without a plan) to
+    ``last_good/plots/``; the ones moved."""
+    plots = out / "plots"
+    if isinstance(figures, Mapping) and figures:
+        paths = [plots / f"{name}.png" for name in figures]
+    else:
+        paths = sorted(plots.glob("*.png")) if plots.is_dir() else []
+    moved = []
+    for path in paths:
+        if path.is_file():
+            dest = out / LAST_GOOD / "plots" / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            moved.append(dest)
+    return moved
 
 
 def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str], *,
