@@ -16,8 +16,8 @@ from lmablate.__main__ import main
 from lmablate.config import ModelConfig
 from lmablate.errors import ConfigError
 from lmablate.plan import (DEFAULT_TRAIN_FLOPS_PER_S, DEFAULT_TRAIN_RUNTIME_MIN,
-                           DEFAULT_TRAIN_TOKENS_PER_S, planned_tokens, select_top_k,
-                           study_train_rate, train_runtime_min)
+                           DEFAULT_TRAIN_TOKENS_PER_S, device_memory, planned_tokens,
+                           select_top_k, study_train_rate, train_memory_bytes, train_runtime_min)
 from lmablate.study import read_study, study_from_dict
 
 STUDY = {
@@ -49,7 +49,7 @@ def test_table_lists_every_run_with_counts_and_totals(study_file, tmp_path, caps
     out = plan(capsys, study_file, "--results", tmp_path / "results")
     lines = out.splitlines()
     assert lines[0].split() == ["run", "ID", "differs", "from", "defaults", "params", "non-emb",
-                                "tokens", "FLOPs", "est.", "time", "status"]
+                                "memory", "tokens", "FLOPs", "est.", "time", "status"]
     runs = read_study(study_file).runs
     for r in runs:
         row = next(line for line in lines if line.startswith(r.run_id))
@@ -73,6 +73,49 @@ def test_csv_and_json_hold_the_same_rows(study_file, tmp_path, capsys):
     assert doc["totals"]["flops"] == sum(r["flops"] for r in doc["runs"])
     for r in doc["runs"]:
         assert r["params"] > r["non_embedding"] > 0
+
+
+def test_memory_column_is_the_documented_estimate(study_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LMABLATE_DEVICE_MEMORY", raising=False)
+    device_memory.cache_clear()
+    doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path))
+    runs = read_study(study_file).by_id
+    for row in doc["runs"]:
+        m, t = runs[row["run_id"]].config.model, runs[row["run_id"]].config.train
+        counts = accounting.param_counts(m, 512, 32)
+        tokens = t.batch_size * t.seq_len  # 8 x 32, SwiGLU (k = 3), fp32 on this CPU (a = 4)
+        expected = (16 * counts["total"] + tokens * m.n_layers * (10 * m.d_model + 3 * m.d_ff) * 4
+                    + tokens * 512 * 8)
+        assert row["memory"] == expected
+        # bf16 activations on a GPU halve that term; fp32 keeps it
+        run = runs[row["run_id"]]
+        assert train_memory_bytes(run, cuda=True) < expected == train_memory_bytes(run)
+    wide = next(r for r in doc["runs"] if r["variant"] == "wide")
+    assert wide["memory"] > doc["runs"][0]["memory"]
+    assert " memory " in plan(capsys, study_file, "--results", tmp_path).splitlines()[0]
+
+
+def test_a_run_that_cannot_fit_the_device_is_refused_naming_it(study_file, tmp_path, capsys,
+                                                                monkeypatch):
+    device_memory.cache_clear()
+    monkeypatch.setenv("LMABLATE_DEVICE_MEMORY", "3M")
+    try:
+        assert main(["plan", str(study_file), "--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        wide = next(r for r in read_study(study_file).runs if r.variant == "wide")
+        assert err.count("\n") == 1 and err.startswith(f"lmablate: error: {study_file}: run "
+                                                        f"{wide.run_id}: training needs about ")
+        assert "more than LMABLATE_DEVICE_MEMORY (3.00MB)" in err
+        monkeypatch.setenv("LMABLATE_DEVICE_MEMORY", "1G")
+        device_memory.cache_clear()
+        plan(capsys, study_file, "--results", tmp_path)
+        monkeypatch.setenv("LMABLATE_DEVICE_MEMORY", "lots")
+        device_memory.cache_clear()
+        assert main(["plan", str(study_file)]) == 2
+        assert capsys.readouterr().err == ("lmablate: error: LMABLATE_DEVICE_MEMORY: expected a "
+                                           "size in bytes such as 80G, got 'lots'\n")
+    finally:
+        device_memory.cache_clear()
 
 
 def test_config_overrides_change_the_plan(study_file, tmp_path, capsys):

@@ -176,11 +176,12 @@ def _overrides(items: Sequence[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan import plan_table, render
+    from .plan import check_memory, plan_table, render
 
     from .study import read_study
 
     study = read_study(args.study, _overrides(args.config))
+    check_memory(study)
     table = plan_table(study, tokens_per_second=args.tokens_per_second,
                        results_root=args.results)
     print(render(table, args.format, study))

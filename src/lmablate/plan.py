@@ -1,9 +1,11 @@
 """The run table ``lmablate plan`` prints: what a study will train, before it trains.
 
 One row per run: its ID, the settings that differ from the study's defaults, total and
-non-embedding parameters (:func:`lmablate.accounting.param_counts`), the tokens it trains on,
-its training FLOPs (:func:`lmablate.accounting.flops_per_token`), whether it already finished,
-and an estimated wall time. The estimate uses the training FLOP rate this study measured on runs
+non-embedding parameters (:func:`lmablate.accounting.param_counts`), the memory training it
+needs (:func:`train_memory_bytes`; :func:`check_memory` refuses a run that cannot fit its
+device), the tokens it trains on, its training FLOPs
+(:func:`lmablate.accounting.flops_per_token`), whether it already finished, and an estimated wall
+time. The estimate uses the training FLOP rate this study measured on runs
 that finished (``final.json``: tokens/s x FLOPs/token, median), so a bigger model gets a longer
 estimate; without finished runs, pass a throughput or go without. Totals close the table.
 
@@ -15,20 +17,25 @@ docstring.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
+import os
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import accounting
+from . import accounting, gpu
+from .config import parse_size
 from .errors import ConfigError
 from .solve import model_vocab
 from .study import Study
 
-__all__ = ["measured_rate", "plan_table", "plan_totals", "planned_tokens", "render",
-           "select_top_k", "study_train_rate", "train_runtime_min"]
+__all__ = ["check_memory", "device_memory", "measured_rate", "plan_table", "plan_totals",
+           "planned_tokens", "render", "select_top_k", "study_train_rate", "train_memory_bytes",
+           "train_runtime_min"]
 
 # The throughput a Slurm time limit assumes when a study neither sets `execution.tokens_per_s`
 # nor has finished runs to measure (:func:`train_runtime_min`): deliberately slow, a few percent
@@ -77,6 +84,84 @@ def planned_tokens(run: Any) -> int | None:
         return None
     per_step = t.batch_size * t.grad_accum * t.seq_len
     return math.ceil(t.tokens / per_step) * per_step
+
+
+def train_memory_bytes(run: Any, vocab: int | None = None, *, cuda: bool = False) -> int:
+    """A rough estimate of the memory training ``run`` needs on its device, in bytes::
+
+        4 x params + 12 x trainable params            fp32 weights; gradients, AdamW m and v
+      + batch_size x seq_len x n_layers x (10 x d_model + k x d_ff) x a
+                                                      activations kept for the backward pass
+      + batch_size x seq_len x vocab x 8              fp32 logits and their gradient
+
+    ``k`` is 3 for gated FFNs, else 2; ``d_ff`` is ``top_k x expert_d_ff`` for MoE layers; ``a``
+    is 2 bytes on CUDA under bf16/fp16 autocast (``precision`` auto, bf16, fp16), else 4. A
+    micro-batch is ``batch_size`` sequences (``grad_accum`` adds no activations). The attention
+    score matrix is not counted (fused attention never stores it), nor workspace and
+    fragmentation: the estimate is for refusing what cannot fit, not for packing a device.
+    """
+    m, t = run.config.model, run.config.train
+    vocab = vocab or _vocab(run)
+    counts = accounting.param_counts(m, vocab, m.context_length or t.seq_len)
+    ffn = m.top_k * (m.expert_d_ff or m.d_ff) if m.num_experts else m.d_ff
+    per_value = 2 if cuda and t.precision != "fp32" else 4
+    tokens = t.batch_size * t.seq_len
+    activations = tokens * m.n_layers * (10 * m.d_model + (3 if m.gated else 2) * ffn) * per_value
+    return 4 * counts["total"] + 12 * counts["trainable"] + activations + tokens * vocab * 8
+
+
+@functools.cache
+def device_memory() -> tuple[int, str, bool]:
+    """(bytes, what they are, whether a GPU) of the device a run trains on here, read without
+    initialising CUDA: the smallest visible GPU's memory (``nvidia-smi``), else the machine's RAM.
+    ``LMABLATE_DEVICE_MEMORY`` (e.g. ``80G``) sets it instead, as a GPU's: the memory of the
+    GPUs a study is planned for from a machine without them (a laptop, a Slurm login node)."""
+    env = os.environ.get("LMABLATE_DEVICE_MEMORY")
+    if env:
+        value = parse_size(env.strip())
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"expected a size in bytes such as 80G, got {env!r}",
+                              key="LMABLATE_DEVICE_MEMORY")
+        return int(value), "LMABLATE_DEVICE_MEMORY", True
+    gpus = _gpu_memory()
+    if gpus:
+        return min(gpus), "the GPU's memory", True
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM", False
+
+
+def _gpu_memory() -> list[int]:
+    """Total memory in bytes of each visible GPU, by nvidia-smi; empty without GPUs."""
+    visible = gpu.visible_gpus()
+    if not visible:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    sizes = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[2].isdigit() and (parts[0] in visible or parts[1] in visible):
+            sizes.append(int(parts[2]) * 2**20)
+    return sizes
+
+
+def check_memory(study: Study, limit: tuple[int, str, bool] | None = None) -> None:
+    """Refuse a study one of whose runs cannot fit its device (:func:`train_memory_bytes`
+    against ``limit``, by default :func:`device_memory`): one line naming the run."""
+    size, what, cuda = limit or device_memory()
+    for r in study.runs:
+        need = train_memory_bytes(r, cuda=cuda)
+        if need > size:
+            raise ConfigError(f"training needs about {_fmt_count(need)}B (weights, gradients, "
+                              "AdamW state, activations: lmablate.plan.train_memory_bytes), more "
+                              f"than {what} ({_fmt_count(size)}B); to plan for another device, "
+                              "set LMABLATE_DEVICE_MEMORY (e.g. 80G)", key=f"run {r.run_id}",
+                              file=study.source)
 
 
 def _flops_per_token(run: Any) -> float:
@@ -148,7 +233,9 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
             "run_id": r.run_id, "variant": r.variant, "seed": r.seed,
             "differs": _short_keys(r.diff),
             "params": counts["total"], "non_embedding": counts["non_embedding"],
-            "trainable": counts["trainable"], "tokens": tokens, "flops": flops,
+            "trainable": counts["trainable"],
+            "memory": train_memory_bytes(r, vocab, cuda=device_memory()[2]),
+            "tokens": tokens, "flops": flops,
             "est_seconds": est, "done": r.run_id in finals,
         })
     return rows
@@ -199,6 +286,7 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
         return buf.getvalue().rstrip("\n")
     cols = [("run_id", "run ID", str), ("differs", "differs from defaults", str),
             ("params", "params", _fmt_count), ("non_embedding", "non-emb", _fmt_count),
+            ("memory", "memory", lambda b: _fmt_count(b) + "B"),
             ("tokens", "tokens", _fmt_count), ("flops", "FLOPs", _fmt_count),
             ("est_seconds", "est. time", _fmt_time),
             ("done", "status", lambda d: "done" if d else "to run")]
