@@ -213,8 +213,6 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, *,
     :func:`lmablate.evaluation.loading.tokenizer_path`). Returns ``{"class", "vocab_size",
     "out"}``. Raises :class:`ConfigError` for a model no transformers class represents.
     """
-    import torch
-
     from .evaluation.loading import load_run_model, read_run_config, tokenizer_path
 
     run_dir, out = Path(run_dir), Path(out_dir)
