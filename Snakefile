@@ -30,6 +30,7 @@ localrules:
     plot_study,
     rank_phase1,
     plot_lr_find,
+    write_results_page,
 
 
 rule all:

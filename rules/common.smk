@@ -204,7 +204,8 @@ def get_final_output():
     phase1 = [f"results/{NAME}/phase1/selected.json"] if RANKING else []
     lr_find = [f"results/{NAME}/plots/lr_finder.png"] if LR_FIND else []
     tables = [f"results/{NAME}/{f}" for f in ("runs.csv", "summary.json", "analysis.txt")]
-    return [*phase1, *lr_find, *tables, f"results/{NAME}/RESULTS.md", *get_figure_paths()]
+    results = [f"results/{NAME}/RESULTS.md", f"results/{NAME}/results.html"]
+    return [*phase1, *lr_find, *tables, *results, *get_figure_paths()]
 
 
 def gpus_per_run():

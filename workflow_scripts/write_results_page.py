@@ -1,0 +1,12 @@
+"""Write the results page (findings, ranking, runs, figures with captions) the report shows."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+
+from lmablate.report import write_results_page
+from lmablate.workflow import run_step
+
+run_step(lambda: write_results_page(snakemake.input.runs_csv, snakemake.input.summary,
+                                    snakemake.output[0], study=snakemake.params.study,
+                                    figures=snakemake.params.figures))
