@@ -6,7 +6,8 @@
 # * runs as root, no prompts, idempotent: safe to run again at any time; it
 #   never starts a second copy of a daemon that is already running;
 # * works without systemd (daemons are started directly, daemonized);
-# * no accounting daemon (slurmdbd) -> `sacct` is unavailable by design;
+# * no accounting daemon (slurmdbd): `sacct` is installed but answers "Slurm
+#   accounting storage is disabled"; profiles/slurm sees that and polls squeue;
 # * exits non-zero with a clear message if Slurm does not come up.
 #
 # Environment knobs (all optional):
