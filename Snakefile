@@ -22,6 +22,7 @@ include: "rules/ranking.smk"
 include: "rules/evaluate.smk"
 include: "rules/harvest.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 localrules:

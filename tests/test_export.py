@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import planned, snakemake, write_yaml
 
 from lmablate.__main__ import main
 from lmablate.config import RunConfig, from_dict, to_dict
@@ -192,3 +193,28 @@ def test_lm_eval_hf_model_runs_on_the_export(tmp_path: Path) -> None:
     for metric in ("acc,none", "acc_norm,none"):
         assert theirs[metric] == pytest.approx(ours[metric])
     assert result["n-samples"]["export_local"]["effective"] == len(rows)
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_workflow_rule_exports_a_trained_run(tmp_path: Path, tiny_study: dict) -> None:
+    """`snakemake results/<study>/hf/<run_id>` trains the run if needed, then exports it."""
+    from transformers import AutoModelForCausalLM
+
+    from lmablate.evaluation import load_run_model
+
+    tiny_study["sweep"] = {"variants": {"baseline": {}}, "seeds": [0]}
+    write_yaml(tmp_path / "study.yaml", tiny_study)
+    _, run_ids = planned(tmp_path)
+    (run_id,) = run_ids
+    target = f"results/tiny/hf/{run_id}"
+    rules, _ = planned(tmp_path, target)
+    assert rules["export_hf"] == 1 and rules["train_model"] == 1 and "harvest_metrics" not in rules
+    snakemake(tmp_path, "-c1", target)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / target, dtype=torch.float32).eval()
+    tok = next((tmp_path / "resources/tokenizers").glob("*/tokenizer.json"))
+    ours = load_run_model(tmp_path / f"results/tiny/runs/{run_id}", tokenizer=tok)
+    x = torch.tensor([ours.tokenizer.encode(TEXT).ids[:32]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours.model(x)[..., :ours.vocab_size], atol=1e-4,
+                                   rtol=0)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, LmablateError
 
 __all__ = ["export_hf", "hf_family"]
 
@@ -204,6 +204,18 @@ def _save_tokenizer(tok_file: Path, out: Path, eot: str | None, max_len: int) ->
     tok.save_pretrained(str(out))
 
 
+def _transformers(cls: str):
+    """The transformers module, if installed and new enough to have ``cls``."""
+    try:
+        import transformers
+    except ImportError:
+        raise LmablateError("export-hf needs transformers: pip install 'lmablate[eval]'") from None
+    if not hasattr(transformers, cls):
+        raise LmablateError(f"transformers {transformers.__version__} has no {cls}; upgrade it: "
+                            "pip install -U transformers")
+    return transformers
+
+
 def export_hf(run_dir: str | Path, out_dir: str | Path, *,
               tokenizer: str | Path | None = None) -> dict[str, Any]:
     """Write ``run_dir``'s model and tokenizer to ``out_dir`` as a Hugging Face directory.
@@ -228,15 +240,15 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, *,
           for k, v in loaded.model.state_dict().items()}  # the padding rows cut
     state = _gpt2_state(sd, cfg.model) if family == "gpt2" else _llama_state(sd, cfg.model, family)
 
-    import transformers
-
+    transformers = _transformers(HF_CLASSES[family])
     hf_cfg = _hf_config(family, cfg.model, vocab, loaded.max_len, eot)
     hf_cfg.architectures = [HF_CLASSES[family]]
     model = getattr(transformers, HF_CLASSES[family])(hf_cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DataError(f"{run_dir}: export to {HF_CLASSES[family]} left weights unmatched "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}) with transformers "
+                        f"{transformers.__version__}; lmablate maps to the layout of 5.x")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     eot_token = loaded.tokenizer.id_to_token(eot) if eot is not None else None

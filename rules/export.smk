@@ -1,0 +1,20 @@
+# On request only, not part of `rule all`: a finished run as a Hugging Face model directory that
+# transformers' Auto classes load (lmablate.exporthf, as `lmablate export-hf`), e.g.
+#   snakemake -c1 results/<study>/hf/<run_id>
+
+
+rule export_hf:
+    input:
+        final=f"results/{NAME}/runs/{{run_id}}/final.json",
+        weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+        tokenizer=get_run_tokenizer,
+    output:
+        hf=directory(f"results/{NAME}/hf/{{run_id}}"),
+    log:
+        f"logs/{NAME}/export_hf/{{run_id}}.log",
+    benchmark:
+        f"benchmarks/{NAME}/export_hf/{{run_id}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/export_hf.py"
