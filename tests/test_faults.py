@@ -260,7 +260,7 @@ class Watched:
             self.lines.append(line)
             if m := re.match(r"^(?:local)?rule (\w+):", line.strip()):
                 rule = m.group(1)
-                if rule != "all":
+                if rule in STAGES:  # not all, nor write_results_page (one atomic write)
                     self.started.append((time.monotonic(), rule))
             elif (m := re.match(r"^jobid: (\d+)$", line.strip())) and rule not in (None, "all"):
                 self.running[m.group(1)] = rule

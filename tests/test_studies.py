@@ -160,6 +160,7 @@ def test_smoke_study_runs_through_snakemake(tmp_path, name):
         change = 'overrides={sweep.grid.model.d_ff: "[d_model, 3 * d_model]"}'
         rules, run_ids = planned(tmp_path, "--configfile", str(STUDIES / f"{name}.yaml"),
                                  "--config", "scale=smoke", change, configfile=None)
-        assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1}
+        assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1,
+                               "write_results_page": 1}
         assert {r.rsplit("-", 4)[0] for r in run_ids} == {"d_ff=48-d_model=16",
                                                          "d_ff=96-d_model=32"}

@@ -57,7 +57,8 @@ def test_study_runs_end_to_end_and_replans_only_what_changed(tmp_path, tiny_stud
     edited["sweep"]["variants"]["post_norm"]["model.norm_eps"] = 1e-6
     write_yaml(tmp_path / "study.yaml", edited)
     rules, run_ids = planned(tmp_path)
-    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1}, rules
+    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1,
+                           "write_results_page": 1}, rules
     assert all(r.startswith("post_norm-") for r in run_ids) and len(run_ids) == 2
     assert not run_ids & set(runs.run_id)
 
@@ -66,7 +67,8 @@ def test_study_runs_end_to_end_and_replans_only_what_changed(tmp_path, tiny_stud
     added["sweep"]["variants"]["nope"] = {"model.pos_emb": "none"}
     write_yaml(tmp_path / "study.yaml", added)
     rules, run_ids = planned(tmp_path)
-    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1}
+    assert dict(rules) == {"train_model": 2, "harvest_metrics": 1, "plot_study": 1,
+                           "write_results_page": 1}
     assert all(r.startswith("nope-") for r in run_ids)
 
     # the HTML report holds the figures
