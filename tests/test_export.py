@@ -88,6 +88,8 @@ def test_export_loads_with_auto_classes_and_gives_lmablate_logits(tmp_path: Path
     info = export_hf(run, out, tokenizer=tmp_path / "resources/tokenizers/c-d1/tokenizer.json")
     assert info == {"class": cls, "vocab_size": 257, "out": str(out)}
     assert json.loads((out / "config.json").read_text())["architectures"] == [cls]
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(out)

@@ -135,7 +135,7 @@ def resolve_corpora(raw: Mapping[str, Any], base_dir: Path) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, spec in {**PRESETS, **dict(raw)}.items():
         key = f"corpora.{name}"
-        if not NAME_RE.match(str(name)):  # names become directories under resources/
+        if not NAME_RE.fullmatch(str(name)):  # names become directories under resources/
             raise ConfigError("corpus names may hold letters, digits, '.', '_' and '-' (and start "
                               "with a letter or digit)", key=key)
         if isinstance(spec, str):  # alias: `mycorpus: tinystories`

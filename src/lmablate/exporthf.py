@@ -31,6 +31,7 @@ qk_norm or LayerNorm (OLMoE normalises q/k over the whole projection, not per he
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,10 @@ def _save_tokenizer(tok_file: Path, out: Path, eot: str | None, max_len: int) ->
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_file), model_max_length=max_len,
                                   **specials)
     tok.save_pretrained(str(out))
+    # the class name every transformers version resolves (5.x writes its own "TokenizersBackend")
+    config = out / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
 
 
 def _transformers(cls: str):

@@ -499,7 +499,7 @@ def plan_figures(rows: Sequence[Mapping[str, Any]], pick: Any = None
     out = {}
     for name, spec in pick.items():
         key = f"figures.{name}"
-        if not FIGURE_NAME_RE.match(str(name)):
+        if not FIGURE_NAME_RE.fullmatch(str(name)):
             raise ConfigError("expected a name of letters, digits, '_' or '-'", key=key)
         spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
         kind = spec.get("kind")

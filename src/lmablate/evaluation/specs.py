@@ -77,7 +77,7 @@ class TaskSpec:
 
     def check(self) -> list[ConfigError]:
         issues = []
-        if not NAME_RE.match(self.name):
+        if not NAME_RE.fullmatch(self.name):
             issues.append(ConfigError(f"expected a task name of letters, digits, '_' or '-' (it "
                                       f"names files and table columns), got {self.name!r}",
                                       key="name"))
