@@ -2,6 +2,7 @@
 # All logic lives in the lmablate library; this file only calls it.
 import json
 import sys
+from pathlib import Path
 
 import lmablate
 import lmablate.corpora
@@ -198,6 +199,31 @@ def figure_outputs():
         )
         for name, spec in FIGURES.items()
     }
+
+
+# the report's captions (report/<kind>.rst), which the results page shows under each figure
+REPORT_DIR = Path(workflow.basedir) / "report"
+
+
+def results_page_figures():
+    """Figure name -> PNG, report caption and one-line summary, in the order the results page
+    shows them: the study's figures, then the LR range test."""
+    figures = {
+        name: {
+            "path": figure_path(name),
+            "caption": str(REPORT_DIR / f"{spec['kind']}.rst"),
+            "what": lmablate.harvest.FIGURE_KINDS[spec["kind"]]
+            + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
+        }
+        for name, spec in FIGURES.items()
+    }
+    if LR_FIND:
+        figures["lr_finder"] = {
+            "path": f"results/{NAME}/plots/lr_finder.png",
+            "caption": str(REPORT_DIR / "lr_finder.rst"),
+            "what": "LR range test of the study's runs: loss against a growing learning rate.",
+        }
+    return figures
 
 
 def get_final_output():

@@ -1,33 +1,3 @@
-# Figures and the results page of the report (snakemake --report results/<study>/report.html).
-from pathlib import Path
-
-from lmablate.harvest import FIGURE_KINDS
-
-# the report's captions (report/<kind>.rst), which the results page shows under each figure
-REPORT_DIR = Path(workflow.basedir) / "report"
-
-
-def results_page_figures():
-    """Figure name -> PNG, report caption and one-line summary, in the order the results page
-    shows them: the study's figures, then the LR range test."""
-    figures = {
-        name: {
-            "path": figure_path(name),
-            "caption": str(REPORT_DIR / f"{spec['kind']}.rst"),
-            "what": FIGURE_KINDS[spec["kind"]]
-            + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
-        }
-        for name, spec in FIGURES.items()
-    }
-    if LR_FIND:
-        figures["lr_finder"] = {
-            "path": f"results/{NAME}/plots/lr_finder.png",
-            "caption": str(REPORT_DIR / "lr_finder.rst"),
-            "what": "LR range test of the study's runs: loss against a growing learning rate.",
-        }
-    return figures
-
-
 # Figures for the report (snakemake --report results/<study>/report.html collects them).
 #
 # The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
