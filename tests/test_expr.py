@@ -25,6 +25,10 @@ NAMES = {"model.n_heads": 6, "n_heads": 6, "model.d_model": 48, "d_model": 48, "
     pytest.param("=d_model", 48, id="explicit-reference"),
     pytest.param("= [d_model, 2 * d_model]", [48, 96], id="explicit-list"),
     pytest.param("2 ** 10", 1024, id="small-power"),
+    pytest.param("'%05d' % n_heads", "00006", id="format-with-a-width"),
+    pytest.param("round(lr, 5)", 3e-4, id="round-digits"),
+    pytest.param("len([[0] * 300] * 300)", 300, id="nested-list-within-bounds"),
+    pytest.param("10 ** 9", 10**9, id="large-number"),
 ])
 def test_evaluates(text, expected):
     assert evaluate(text, NAMES) == expected
@@ -44,6 +48,19 @@ def test_evaluates(text, expected):
     pytest.param("[0] * 10 ** 9", "more than 100000 items", id="huge-list"),
     pytest.param("9 ** 9 ** 9", "power too large", id="huge-power"),
     pytest.param("range(10 ** 9)", "more than 100000 values", id="huge-range"),
+    pytest.param("logspace(1e-4, 1e-2, 10**9)", "logspace() num must be between 1 and 100000, "
+                 "got 1000000000", id="huge-logspace"),
+    pytest.param("'%999999999d' % 1", "format width or precision above 100000 (or '*')",
+                 id="format-width"),
+    pytest.param("'%.999999999f' % 1", "format width or precision above 100000",
+                 id="format-precision"),
+    pytest.param("'%*d' % [10 ** 9, 1]", "(or '*')", id="format-star"),
+    pytest.param("[[0] * 1000] * 1000", "would build more than 100000 items", id="nested-lists"),
+    pytest.param("'a' * 99999 + 'b' * 99999", "would build more than 100000 items",
+                 id="concatenation"),
+    pytest.param("int(1e308) ** 4 * int(1e308) ** 4", "integer above 2**4096", id="huge-product"),
+    pytest.param("round(5, -10 ** 9)", "round() ndigits must be an integer within ±400",
+                 id="round-digits"),
     pytest.param("seq(n_heads,", "syntax error in expression 'seq(n_heads,' at column",
                  id="syntax"),
     pytest.param("n_haeds * 2", "unknown name 'n_haeds' in expression 'n_haeds * 2' (did you mean "

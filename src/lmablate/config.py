@@ -402,7 +402,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                raise ConfigError(f"expected a finite number, got an integer of "
+                                  f"{value.bit_length()} bits", key=key) from None
     elif tp is str:
         if isinstance(value, str):
             return value
