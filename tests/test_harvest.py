@@ -232,7 +232,14 @@ def _study(sweep: dict, model: dict | None = None) -> dict:
                   "calibration"}, id="ablation"),
     pytest.param({"grid": {"model.d_model": [32, 64, 128], "model.n_layers": [1, 2]}}, None,
                  {"loss_curves", "final_val_loss", "final_val_ppl", "efficiency",
-                  "calibration", "params_vs_loss", "scaling_law", "heatmap"}, id="size-grid"),
+                  "calibration", "params_vs_loss", "scaling_law", "heatmap", "loss_vs_axis",
+                  "pareto", "best_per_size"}, id="size-grid"),
+    pytest.param({"variants": {"emb": {"grid": {"model.embedding_share": [0.25, 0.35, 0.45]}},
+                               "glu": {"grid": {"model.glu_expansion": [2.0, 2.66]}}}},
+                 {"params_target": "400k", "embedding_share": 0.35, "glu_expansion": 2.66,
+                  "n_heads": 2},
+                 {"loss_curves", "final_val_loss", "final_val_ppl", "efficiency",
+                  "calibration", "loss_vs_axis", "pareto"}, id="one-axis-sweeps"),
     pytest.param({"grid": {"train.lr": [1e-3, 3e-3]}}, None,
                  {"loss_curves", "final_val_loss", "final_val_ppl", "efficiency",
                   "calibration", "lr_sensitivity"}, id="lr-sweep"),
@@ -283,3 +290,26 @@ def test_reference_falls_back_to_the_best_group():
                          "val_loss": [2.0, 1.0], "seed": [0, 0]})
     assert reference_group(runs) == ("x=2", "the best group by mean val_loss (no single "
                                              "baseline group)")
+
+
+def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
+    """emb 0.25/0.35 and glu 2.0/2.66 around the centre (0.35, 2.66), one run: planned rows
+    hold the centre once per sweep point, so the GLU axis has its two values, as harvested rows
+    expanded by their memberships do."""
+    from lmablate.harvest import _point_rows, figure_axes, shared_points
+
+    study = study_from_dict(_study(
+        {"variants": {"emb": {"grid": {"model.embedding_share": [0.25, 0.35]}},
+                      "glu": {"grid": {"model.glu_expansion": [2.0, 2.66]}}}},
+        {"params_target": "400k", "embedding_share": 0.35, "glu_expansion": 2.66, "n_heads": 2}))
+    assert len(study.runs) == 3 and len(planned_rows(study)) == 4
+    assert set(figure_axes(planned_rows(study))) == {"axis.model.embedding_share",
+                                                     "axis.model.glu_expansion"}
+    shared = shared_points(study.runs)
+    rows = [{"run_id": r.run_id, "variant": r.variant,
+             **{f"axis.{k}": v for k, v in r.axes.items()},
+             "memberships": json.dumps([{"group": "g", "variant": v, "axes": a}
+                                        for v, a in [(r.variant, r.axes), *shared[r.run_id]]])
+             if r.run_id in shared else None} for r in study.runs]
+    assert set(figure_axes(_point_rows(rows))) == {"axis.model.embedding_share",
+                                                   "axis.model.glu_expansion"}

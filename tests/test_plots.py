@@ -3,16 +3,18 @@ shrunk (clipped ends are marked and printed), runs that did not complete are sho
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 from test_harvest import write_run
 
 from lmablate import plots
-from lmablate.harvest import FIGURE_KINDS, collect, harvest, plan_figures
+from lmablate.harvest import FIGURE_KINDS, collect, harvest, load_results, plan_figures
 from lmablate.workflow import plot_study_step
 
 T975_DF1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1)
@@ -185,3 +187,102 @@ def test_save_is_atomic_and_closes(tmp_path):
     assert (tmp_path / "x" / "f.png").is_file()
     assert not list((tmp_path / "x").glob(".*tmp*"))
     assert not plt.fignum_exists(fig.number)
+
+
+def _alloc(root: Path) -> tuple:
+    """Seed 003's one-axis sweeps around a shared centre: embedding share 0.25/0.35/0.45 and GLU
+    expansion 2.0/2.66/4.0, the centre (0.35, 2.66) one run per seed counted on both axes."""
+    runs = root / "runs"
+    losses = {("embedding", 0.25): 3.2, ("embedding", 0.35): 3.0, ("embedding", 0.45): 3.1,
+              ("glu", 2.0): 3.3, ("glu", 4.0): 3.05}
+    shared = {}
+    for (variant, x), loss in losses.items():
+        key = "model.embedding_share" if variant == "embedding" else "model.glu_expansion"
+        for seed in (0, 1):
+            rid = f"{variant}-{x}-s{seed}"
+            write_run(runs, rid, variant=variant, seed=seed, val_loss=loss + 0.02 * seed,
+                      axes={key: x}, diff={key: x}, params=10_000 + 10 * seed)
+            if (variant, x) == ("embedding", 0.35):
+                shared[rid] = [["glu", {"model.glu_expansion": 2.66}]]
+    for d in runs.iterdir():  # compute per token falls as the embedding share grows
+        final = json.loads((d / "final.json").read_text())
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        share = cfg["axes"].get("model.embedding_share", 0.35)
+        glu = cfg["axes"].get("model.glu_expansion", 2.66)
+        final["flops_per_token"] = 6e4 * (1 - share) + 1e3 * glu
+        (d / "final.json").write_text(json.dumps(final))
+    harvest(sorted(runs.iterdir()), root, study="alloc", baseline="embedding", shared=shared)
+    return load_results(root)
+
+
+def test_metric_vs_axis_draws_each_one_axis_sweep_with_its_shared_centre(tmp_path):
+    runs, curves = _alloc(tmp_path)
+    plan = plan_figures(runs.to_dict("records"))
+    assert plan["loss_vs_axis"] == {"kind": "metric_vs_axis"}
+    fig = plots.draw("metric_vs_axis", runs, curves, baseline="embedding")
+    panels = {ax.get_xlabel(): ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()}
+    assert set(panels) == {"embedding_share", "glu_expansion"}
+    means = {}
+    for name, ax in panels.items():  # the joined means: the thick line with circle markers
+        line = next(ln for ln in ax.lines if ln.get_marker() == "o" and len(ln.get_xdata()) > 2)
+        means[name] = dict(zip(np.round(line.get_xdata(), 3), np.round(line.get_ydata(), 3)))
+    assert means["embedding_share"] == {0.25: 3.21, 0.35: 3.01, 0.45: 3.11}
+    assert means["glu_expansion"] == {2.0: 3.31, 2.66: 3.01, 4.0: 3.06}  # the centre on both
+    # two seeds per point: every mean has its t-interval whisker (clipped: n = 2)
+    assert "Arrow heads" in _texts(fig)
+    assert any("perplexity" in c.get_ylabel() for ax in fig.axes for c in ax.child_axes)
+
+
+def test_metric_vs_axis_plots_derived_ratios_best_and_median(tmp_path):
+    """A grid over d_model x d_ff (seed 000): the d_ff/d_model panel's blue line is the best
+    configuration at each ratio, worked out by hand."""
+    root = tmp_path / "runs"
+    dirs, best = [], {}
+    for d_model in (32, 64):
+        for ratio in (1, 2):
+            loss = 3.0 - d_model / 100 - 0.1 * ratio
+            best[ratio] = min(best.get(ratio, 9.0), loss)
+            dirs.append(write_run(root, f"d{d_model}-r{ratio}", val_loss=loss,
+                                  model={"d_model": d_model, "d_ff": ratio * d_model},
+                                  axes={"model.d_model": d_model, "model.d_ff": ratio * d_model}))
+    runs, curves, _ = collect(dirs)
+    fig = plots.metric_vs_axis(runs)
+    ax = next(a for a in fig.axes if a.get_xlabel() == "d_ff/d_model (ratio)")
+    blue = next(ln for ln in ax.lines if ln.get_label() == "best configuration at each value")
+    assert dict(zip(blue.get_xdata(), np.round(blue.get_ydata(), 6))) == \
+        {1.0: round(best[1], 6), 2.0: round(best[2], 6)}
+    assert any(ln.get_label() == "median over configurations" for ln in ax.lines)
+
+
+def test_pareto_draws_and_names_the_frontier(tmp_path):
+    runs, curves = _alloc(tmp_path)
+    fig = plots.pareto(runs, "embedding")
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("training FLOPs per token")
+    listing = next(t.get_text() for t in ax.texts if t.get_text().startswith("Pareto frontier"))
+    # flops 6e4 * (1 - share) + 1e3 * glu; a point is on the frontier when no cheaper one has a
+    # lower mean loss: share 0.45 (3.11), then the centre (3.01); glu 2.0 and 4.0 cost more and
+    # lose, share 0.25 costs most
+    named = [ln.split("  ", 1)[1] for ln in listing.split("\n")[1:] if ln[:2].strip().isdigit()]
+    assert named == ["embedding, embedding_share=0.45", "embedding, embedding_share=0.35"]
+    numbers = sorted(t.get_text() for t in ax.texts if t.get_text().isdigit())
+    assert numbers == ["1", "2"]
+
+
+def test_best_per_size_compares_at_the_tokens_every_run_reached(tmp_path):
+    """Two configurations of one size: a finished at 4096 tokens with the lower final loss, b
+    stopped at 2048; after 2048 tokens (every run reached it) b is lower, and b is named."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "a", val_loss=1.0, tokens=4096, params=10_500, diff={"x": "a"},
+                      variant="a"),
+            write_run(root, "b", val_loss=1.8, tokens=2048, params=10_600, diff={"x": "b"},
+                      variant="b"),
+            write_run(root, "c", val_loss=0.5, tokens=4096, params=60_000, diff={"x": "c"},
+                      variant="c")]
+    runs, curves, _ = collect(dirs)
+    fig = plots.best_per_size(runs, curves)
+    texts = _texts(fig)
+    # a at 2048 tokens: 1.0 + (4 - 2) * 0.5 = 2.0 > b's 1.8
+    assert "b\n10.6k params, loss 1.800 after 2k tokens (n=1); 2 configs" in texts
+    assert "c\n60k params, loss 0.500 after 4k tokens (n=1); 1 configs" in texts
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["10k-25k", "50k-100k"]

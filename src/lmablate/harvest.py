@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results",
            "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
            "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes", "FIGURE_KINDS",
-           "PRIMARY", "INCLUDED_STATUSES"]
+           "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
+           "approx_flops_per_token"]
 
 PRIMARY = "val_loss"  # the metric groups are ranked by (lower is better)
 # Statuses whose final metrics enter the statistics. `in_progress` is an imported Hugging Face run
@@ -341,6 +342,13 @@ FIGURE_KINDS = {  # kind -> what it shows (RESULTS.md; report captions say more)
              "chance line.",
     "scaling_law": "Final loss against parameters with the fitted scaling law "
                    "L(N) = E + A/N^alpha (and L(N, D) when budgets vary), bootstrap bands.",
+    "metric_vs_axis": "Final validation loss (perplexity on the right axis) against each swept "
+                      "numeric axis and derived ratio such as d_ff/d_model: mean with 95% CI "
+                      "over seeds per configuration, the best at each value joined.",
+    "pareto": "Compute against final validation loss (training FLOPs per token; parameters or "
+              "latency as options) with the Pareto frontier drawn and its points labelled.",
+    "best_per_size": "The configuration with the lowest validation loss after N training "
+                     "tokens in each parameter-count bucket (1-2.5-5 series), among the rest.",
 }
 # default figure name -> (kind, options)
 DEFAULT_FIGURES = {
@@ -354,22 +362,47 @@ DEFAULT_FIGURES = {
     "calibration": ("calibration", {}),
     "moe_load": ("moe_load", {}),
     "scaling_law": ("scaling_law", {}),
+    "loss_vs_axis": ("metric_vs_axis", {}),
+    "pareto": ("pareto", {}),
+    "best_per_size": ("best_per_size", {}),
 }
+# derived axes of metric_vs_axis: name -> (numerator, denominator) config columns; drawn when
+# the numerator is swept and the denominator varies (seed 000's d_ff/d_model; see figure_axes)
+DERIVED_AXES = {"d_ff/d_model": ("model.d_ff", "model.d_model"),
+                "n_layers/n_heads": ("model.n_layers", "model.n_heads"),
+                "d_model/n_layers": ("model.d_model", "model.n_layers")}
 FIGURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-def planned_rows(study: Study) -> list[dict[str, Any]]:
+def planned_rows(study: Study, runs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
     """Rows shaped like runs.parquet's config columns, for the runs a study will train (the
-    Snakefile decides its figure list from these before anything has run)."""
+    Snakefile decides its figure list from these before anything has run): one per sweep point,
+    so a run that several points share has a row for each, as :func:`group_rows` expands it.
+    ``runs``: other runs than ``study.runs`` (a two-phase study's phase 1)."""
     from .config import to_dict
 
     rows = []
-    for r in study.runs:
+    for r in study.runs if runs is None else runs:
         row = {"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "source": "lmablate",
                **flatten(to_dict(r.config))}
-        row.update({f"axis.{k}": v for k, v in r.axes.items()})
-        rows.append(row)
+        for variant, axes in r.memberships():
+            rows.append({**row, "variant": variant, **{f"axis.{k}": v for k, v in axes.items()}})
     return rows
+
+
+def _point_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Harvested rows with a shared run expanded to one row per sweep point (its
+    ``memberships``), as :func:`planned_rows` gives them."""
+    out: list[Mapping[str, Any]] = []
+    for row in rows:
+        members = row.get("memberships")
+        if not isinstance(members, str) or not members:
+            out.append(row)
+            continue
+        plain = {k: v for k, v in row.items() if not k.startswith("axis.")}
+        out += [{**plain, "variant": m["variant"],
+                 **{f"axis.{k}": v for k, v in m["axes"].items()}} for m in json.loads(members)]
+    return out
 
 
 def _distinct(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> int:
@@ -431,6 +464,52 @@ def approx_params(row: Mapping[str, Any]) -> float | None:
     return float(emb + layers * (4 * d * d + ffn))
 
 
+def approx_flops_per_token(row: Mapping[str, Any]) -> float | None:
+    """Rough training FLOPs per token from a row's model config, the formula of
+    :func:`lmablate.accounting.flops_per_token` on :func:`approx_params`' terms (MoE: the top_k
+    experts a token uses): enough to tell configurations of different compute apart at parse
+    time."""
+    d, layers = row.get("model.d_model"), row.get("model.n_layers")
+    if not (_number(d) and _number(layers)):
+        return None
+    gated = row.get("model.ffn", "swiglu") in ("swiglu", "geglu")
+    d_ff = row.get("model.expert_d_ff") or row.get("model.d_ff") or \
+        (round(8 * d / 3) if gated else 4 * d)
+    active = min(row.get("model.top_k") or 1, row.get("model.num_experts") or 1)
+    n = layers * (4 * d * d + (3 if gated else 2) * d * d_ff * active)
+    vocab = row.get("model.vocab_size") or row.get("tokenizer.vocab_size") or 0
+    seq = row.get("train.seq_len") or 0
+    return float(6 * n + 6 * d * vocab + 12 * layers * d * seq)
+
+
+def _ratio(row: Mapping[str, Any], num: str, den: str) -> float | None:
+    a, b = row.get(num), row.get(den)
+    return a / b if _number(a) and _number(b) and b else None
+
+
+def axis_value(row: Mapping[str, Any], axis: str) -> float | None:
+    """A row's value on a metric_vs_axis axis: a sweep axis column or a derived ratio."""
+    if axis in DERIVED_AXES:
+        return _ratio(row, *DERIVED_AXES[axis])
+    v = row.get(axis)
+    return v if _present(v) and _number(v) else None
+
+
+def figure_axes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The x axes of a metric_vs_axis figure: the numeric sweep axes (the learning rate has its
+    own figure), then each derived ratio of :data:`DERIVED_AXES` whose numerator is swept,
+    whose denominator varies (else the ratio is the numerator's axis rescaled) and that takes two
+    or more values (2% apart: a d_ff rounded from d_model is not a ratio axis)."""
+    axes = [a for a in numeric_axes(rows) if a != "axis.train.lr"]
+    swept = {k[len("axis."):] for r in rows for k in r if k.startswith("axis.")}
+    for name, (num, den) in DERIVED_AXES.items():
+        vals = [v for v in (_ratio(r, num, den) for r in rows) if v is not None and v > 0]
+        dens = {r.get(den) for r in rows if _present(r.get(den))}
+        if num in swept and len(dens) >= 2 and len(size_levels(vals, 0.02)) >= 2:
+            axes.append(name)
+    return axes
+
+
 def size_levels(params: Sequence[float], tolerance: float = 0.1) -> list[float]:
     """Distinct model sizes among parameter counts: counts within ``tolerance`` (relative) of a
     level's smallest member are one size, so ablations that move the count by a few percent
@@ -469,7 +548,26 @@ def _applies(kind: str, rows: Sequence[Mapping[str, Any]]) -> bool:
         return native
     if kind == "moe_load":
         return any((r.get("model.num_experts") or 0) > 0 for r in rows)
+    if kind == "metric_vs_axis":
+        return bool(figure_axes(rows))
+    if kind == "pareto":  # a sweep of three configurations or more, two compute levels or more
+        flops = {_config_key(r): approx_flops_per_token(r) for r in rows}
+        swept = bool(figure_axes(rows)) or spans_sizes(_row_params(rows))
+        return swept and len(flops) >= 3 and \
+            len(size_levels([f for f in flops.values() if f], 0.05)) >= 2
+    if kind == "best_per_size":  # sizes to choose among, and a choice within one size
+        params = [p for p in (approx_params(r) for r in rows) if p is not None]
+        buckets = [_buckets(p) for p in {_config_key(r): approx_params(r) for r in rows}.values()
+                   if p]
+        return spans_sizes(params) and len(buckets) > len(set(buckets))
     raise KeyError(kind)
+
+
+def _config_key(row: Mapping[str, Any]) -> str:
+    """One key per configuration (the runs of a group differ only in seed and run ID)."""
+    return json.dumps({k: v for k, v in row.items() if k == "variant" or (
+        k.startswith(("model.", "train.", "axis.")) and k != "train.seed")},
+        sort_keys=True, default=str)
 
 
 def plan_figures(rows: Sequence[Mapping[str, Any]], pick: Any = None
@@ -482,6 +580,7 @@ def plan_figures(rows: Sequence[Mapping[str, Any]], pick: Any = None
     default names, or a mapping ``name: kind`` / ``name: {kind: ..., option: value}``.
     """
     if pick is None:
+        rows = _point_rows(rows)
         return {name: {"kind": kind, **opts} for name, (kind, opts) in DEFAULT_FIGURES.items()
                 if _applies(kind, rows)}
     if isinstance(pick, (list, tuple)):

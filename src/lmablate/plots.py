@@ -44,7 +44,8 @@ from .stats import pareto_front, summarize  # noqa: E402
 
 __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
            "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law",
-           "draw", "save", "group_palette", "REFERENCE_COLOR", "DIVERGED_COLOR", "SELECTED_COLOR"]
+           "metric_vs_axis", "pareto", "best_per_size", "draw", "save", "group_palette",
+           "REFERENCE_COLOR", "DIVERGED_COLOR", "SELECTED_COLOR"]
 
 REFERENCE_COLOR = "#3a3a3a"
 DIVERGED_COLOR = "#c0392b"
@@ -917,6 +918,371 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
 
 
 # --------------------------------------------------------------------------------------------------
+# swept numeric axes, compute vs quality, best per size
+
+
+def _exp(v: Any) -> Any:
+    with np.errstate(over="ignore"):
+        return np.exp(v)
+
+
+def _log(v: Any) -> Any:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(v)
+
+
+def _axis_label(axis: str) -> str:
+    return f"{axis} (ratio)" if "/" in axis else _axis_name(axis)
+
+
+def _set_value_ticks(ax: plt.Axes, values: Sequence[float], log: bool) -> None:
+    """Ticks at the swept values when there are few of them, else 1-2-5 (log) or plain ones."""
+    vals = sorted(set(values))
+    if len(vals) <= 8:
+        ax.set_xticks(vals, [f"{v:g}" for v in vals])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+    elif log:
+        _log_ticks(ax.xaxis)
+
+
+def _series_label(group: str, axis: str) -> str:
+    """A group's label without this axis's ``name=value`` part: the line it belongs to."""
+    short = _axis_name(axis) + "="
+    parts = [p for p in str(group).split(", ") if not p.startswith(short)]
+    return ", ".join(parts) or "defaults"
+
+
+def _group_stats(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per group: x (first), mean, 95% interval and n of ``metric`` over seeds."""
+    rows = []
+    for g, sel in ok.groupby("group", observed=True, sort=False):
+        s = summarize(sel[metric].tolist())
+        if s is not None:
+            rows.append({"group": g, "x": float(sel["_x"].iloc[0]), "mean": s.mean,
+                         "lo": s.ci_low, "hi": s.ci_high, "n": s.n,
+                         "series": sel["_series"].iloc[0]})
+    return pd.DataFrame(rows, columns=["group", "x", "mean", "lo", "hi", "n", "series"])
+
+
+def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: str | None,
+                max_lines: int) -> dict[str, Any]:
+    """One panel of :func:`metric_vs_axis`; returns what its legend and notes need."""
+    from .harvest import DERIVED_AXES, axis_value
+
+    recs = rows.to_dict("records")
+    rows = rows.assign(_x=[axis_value(r, axis) for r in recs])
+    rows = rows[rows["_x"].notna()]
+    derived = axis in DERIVED_AXES
+    rows = rows.assign(_series=[g if derived else _series_label(g, axis) for g in rows.group])
+    ok = _ok(rows)
+    ok = ok[ok[metric].notna()]
+    st = _group_stats(ok, metric)
+    per_x = st.groupby(["series", "x"]).size() if len(st) else pd.Series(dtype=int)
+    lines = not derived and len(st) and per_x.max() == 1 and st.series.nunique() <= max_lines
+    xs = rows["_x"].astype(float)
+    log = bool((xs > 0).all() and xs.max() / xs.min() >= 8)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlim(*_data_limits(xs.tolist(), pad=0.08, log=log))
+    out = {"clipped": False, "lines": bool(lines), "n_groups": len(st)}
+    if lines:
+        series = list(dict.fromkeys(st.sort_values("mean").series))
+        colors = sns.color_palette("colorblind", 10)
+        for k, key in enumerate(series):
+            s = st[st.series == key].sort_values("x")
+            color = REFERENCE_COLOR if len(series) == 1 else colors[k % 10]
+            label = f"{key} (n={'/'.join(map(str, sorted(set(s.n))))} seeds per point)"
+            ax.plot(s.x, s["mean"], "-o", color=color, lw=1.8, ms=6, zorder=4,
+                    label=label if len(series) > 1 else None)
+            seeds = ok[ok["_series"] == key]
+            ax.scatter(seeds["_x"], seeds[metric], s=14, color=color, alpha=0.55, zorder=3,
+                       lw=0)
+            for e in s.itertuples():
+                if e.n > 1:
+                    out["clipped"] |= _whisker(ax, e.mean, e.lo, e.hi, e.x, color,
+                                               horizontal=False)
+            best = s.loc[s["mean"].idxmin()]
+            ax.plot(best.x, best["mean"], "*", color=color, ms=15, mec="black", mew=0.6,
+                    zorder=5)
+    elif len(st):
+        ax.scatter(st.x, st["mean"], s=16, color="#9a9a9a", alpha=0.6, lw=0, zorder=2,
+                   label=f"configuration mean ({len(st)})")
+        best = st.loc[st.groupby("x")["mean"].idxmin()].sort_values("x")
+        med = st.groupby("x")["mean"].median()
+        ax.plot(med.index, med.to_numpy(), ls="--", color="#555555", lw=1.2, zorder=3,
+                label="median over configurations")
+        ax.plot(best.x, best["mean"], "-o", color="#1f77b4", lw=1.8, ms=5, zorder=4,
+                label="best configuration at each value")
+        for e in best.itertuples():
+            if e.n > 1:
+                out["clipped"] |= _whisker(ax, e.mean, e.lo, e.hi, e.x, "#1f77b4",
+                                           horizontal=False)
+        top = st.loc[st["mean"].idxmin()]
+        ax.plot(top.x, top["mean"], "*", color="#1f77b4", ms=15, mec="black", mew=0.6,
+                zorder=5)
+        ax.annotate(str(top.group), (top.x, top["mean"]), xytext=(-8, 9),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=7, zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.85})
+    if ref is not None and (st.group == ref).any():
+        r = st[st.group == ref].iloc[0]
+        ax.axhline(r["mean"], color=REFERENCE_COLOR, ls=":", lw=1, zorder=1)
+    bad = rows[~rows.status.isin(INCLUDED_STATUSES)]
+    if len(bad):
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(bad["_x"], [0.98] * len(bad), marker="x", s=50, lw=2, color=DIVERGED_COLOR,
+                   transform=trans, clip_on=False, zorder=6)
+        out["bad"] = len(bad)
+    _set_value_ticks(ax, xs.tolist(), log)
+    ax.set_xlabel(_axis_label(axis) + (" (log scale)" if log else ""))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=7)
+    return out
+
+
+def metric_vs_axis(runs: pd.DataFrame, baseline: str = "baseline", *, metric: str = "val_loss",
+                   axes: Sequence[str] | None = None, max_lines: int = 4,
+                   title: str | None = None) -> plt.Figure:
+    """Final ``metric`` against each swept numeric axis and derived ratio
+    (:func:`lmablate.harvest.figure_axes`), one panel each, y shared.
+
+    Where each value of the axis is one configuration per line (a one-axis sweep, or a grid with
+    at most ``max_lines`` settings of the other axes): the mean over seeds with its 95%
+    t-interval, the seeds as dots, the best value starred. Where many configurations share a
+    value (a grid, a derived ratio): every configuration's mean in grey, the median and the best
+    at each value as lines, the best overall starred and named. A run that several sweep points
+    share (a one-axis sweep's centre) is on each of their axes. Loss figures give the perplexity
+    on the right axis.
+    """
+    from .harvest import figure_axes, group_rows
+
+    style()
+    rows = group_rows(runs)
+    axes = list(axes) if axes else figure_axes(rows.to_dict("records"))
+    label = METRIC_LABELS.get(metric, metric)
+    name = label.split(" (")[0]
+    if not axes:
+        return _empty(title or f"{name} vs sweep axes", "No numeric sweep axis with two or "
+                      "more values.")
+    ok = _ok(rows)
+    ok = ok[ok[metric].notna()] if metric in ok else ok.iloc[0:0]
+    if not len(ok):
+        return _empty(title or f"{name} vs sweep axes", f"No run has a final {metric}.")
+    ref, _ = reference_group(rows, baseline)
+    ncols = min(3, len(axes))
+    nrows = math.ceil(len(axes) / ncols)
+    fig, axs = _subplots(nrows, ncols, figsize=(5.0 * ncols + 0.6, 3.9 * nrows + 0.6),
+                         sharey=True, squeeze=False)
+    vals = ok[metric].tolist() + ok.groupby("group", observed=True)[metric].mean().tolist()
+    ylim = _data_limits(vals, pad=0.1)
+    info = []
+    for ax, axis in zip(axs.flat, axes):
+        ax.set_ylim(*ylim)
+        info.append(_axis_panel(ax, rows, axis, metric, ref, max_lines))
+    for ax in axs.flat[len(axes):]:
+        ax.set_visible(False)
+    for ax in axs[:, 0]:
+        ax.set_ylabel(label + "; lower is better")
+    if metric in ("val_loss", "best_val_loss"):
+        for ax in axs[:, min(ncols, len(axes)) - 1]:
+            if ax.get_visible():
+                sec = ax.secondary_yaxis("right", functions=(_exp, _log))
+                sec.set_ylabel("perplexity (exp of the loss)")
+                sec.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.4g}"))
+    notes = []
+    if any(i["clipped"] for i in info):
+        notes.append("Arrow heads: an interval continues beyond the axis (scaled to the data).")
+    n_bad = max((i.get("bad", 0) for i in info), default=0)
+    if n_bad:
+        notes.append("Red crosses on the top edge: runs that did not complete, at their value.")
+    if ref is not None and (ok.group == ref).any():
+        notes.append(f"Dotted line: the reference {ref} (mean over seeds).")
+    sub = ("dots joined: mean over seeds per configuration; small dots: seeds; whisker: 95% "
+           "Student-t interval; star: best value" if all(i["lines"] for i in info) else
+           "grey: each configuration's mean over seeds; blue line: the best configuration at "
+           "each value (whisker: its 95% Student-t interval); dashed: the median; star: best")
+    return _finish(fig, title or f"{name[0].upper()}{name[1:]} vs each swept axis", sub, notes)
+
+
+X_LABELS = {
+    "flops_per_token": "training FLOPs per token (forward + backward)",
+    "flops": "training FLOPs of the run", "params_total": "total parameters",
+    "params_non_embedding": "non-embedding parameters",
+    "latency_ms_seq128": "forward latency, batch 1, 128 tokens (ms)",
+    "latency_ms_seq512": "forward latency, batch 1, 512 tokens (ms)",
+    "peak_mem_mb": "peak memory (MiB)", "train_wall_s": "training wall time (s)",
+}
+
+
+def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = None,
+           metric: str = "val_loss", max_labels: int = 20, title: str | None = None
+           ) -> plt.Figure:
+    """Cost ``x`` (default: training FLOPs per token, or total parameters where runs have no
+    FLOP count; also latency, memory or wall time: :data:`X_LABELS`) against final ``metric``
+    per configuration: mean over seeds with its 95% t-interval, seeds faint, the Pareto frontier
+    (the configurations no cheaper one beats) as a step line with its points named; runs that
+    did not complete are crosses on the top edge at their cost."""
+    from .harvest import fmt_count, group_rows
+
+    style()
+    if x is None:
+        has = "flops_per_token" in runs and runs.flops_per_token.notna().any()
+        x = "flops_per_token" if has else "params_total"
+    what = X_LABELS.get(x, x)
+    rows = group_rows(runs)
+    ok = _ok(rows)
+    ok = ok[ok[metric].notna() & ok[x].notna()] if metric in ok and x in ok else ok.iloc[0:0]
+    if not len(ok) or ok[x].nunique() < 2:
+        return _empty(title or "Compute vs quality", f"Fewer than two completed configurations "
+                      f"differ in {x}.")
+    ref, _ = reference_group(rows, baseline)
+    ok = ok.assign(_x=ok[x].astype(float), _series="")
+    st = _group_stats(ok.assign(_x=ok.groupby("group", observed=True)["_x"].transform("mean")),
+                      metric)
+    front = pareto_front(st.x.tolist(), st["mean"].tolist())
+    on = st.iloc[front]
+    fig, ax = _subplots(figsize=(9.5, 6))
+    log = st.x.max() / st.x.min() >= 10
+    if log:
+        ax.set_xscale("log")
+    ax.set_ylim(*_data_limits(ok[metric].tolist(), pad=0.12))
+    ax.set_xlim(*_data_limits(ok["_x"].tolist(), pad=0.1, log=log))
+    ax.scatter(ok["_x"], ok[metric], s=12, color="#9a9a9a", alpha=0.5, lw=0, zorder=2,
+               label=f"seeds ({len(ok)} runs)")
+    off = st[~st.index.isin(on.index)]
+    ax.scatter(off.x, off["mean"], s=40, color="#bcbcbc", edgecolor="#666666", lw=0.6,
+               zorder=3, label=f"other configurations ({len(off)})")
+    clipped = False
+    whiskers = len(on) <= 6
+    for e in on.itertuples():
+        if e.n > 1 and whiskers:
+            clipped |= _whisker(ax, e.mean, e.lo, e.hi, e.x, SELECTED_COLOR, horizontal=False)
+    ax.step(on.x, on["mean"], where="post", color=SELECTED_COLOR, lw=1.6, ls="--", zorder=4)
+    ax.scatter(on.x, on["mean"], s=70, color=SELECTED_COLOR, edgecolor="black", lw=0.7,
+               zorder=5, label=f"Pareto frontier ({len(on)} configurations)")
+    listed = []  # numbered on the plot, named in a list beside it: labels never overlap
+    for k, e in enumerate(on.head(max_labels).itertuples(), 1):
+        ax.annotate(str(k), (e.x, e.mean), xytext=(0, 9), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7.5, fontweight="bold", zorder=6,
+                    color=SELECTED_COLOR, bbox={"boxstyle": "circle,pad=0.15", "fc": "white",
+                                                "ec": SELECTED_COLOR, "lw": 0.8})
+        ci = f" [{_num(e.lo)}, {_num(e.hi)}]" if e.n > 1 else ""
+        listed.append(f"{k:>2}  {e.group}\n    {fmt_count(e.x)}: {_num(e.mean)}{ci} n={e.n}")
+    ax.text(1.02, 1.0, "Pareto frontier, cheapest first\n" + "\n".join(listed),
+            transform=ax.transAxes, va="top", ha="left", fontsize=7.5, linespacing=1.35)
+    if ref is not None and (st.group == ref).any():
+        r = st[st.group == ref].iloc[0]
+        ax.plot(r.x, r["mean"], "D", color=REFERENCE_COLOR, ms=8, zorder=6, mfc="none", mew=1.6,
+                label=f"reference: {ref}")
+    bad = rows[~rows.status.isin(INCLUDED_STATUSES)]
+    bad = bad[bad[x].notna()] if x in bad else bad.iloc[0:0]
+    if len(bad):
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(bad[x], [0.98] * len(bad), marker="x", color=DIVERGED_COLOR, s=45, lw=2,
+                   transform=trans, clip_on=False, zorder=6,
+                   label=f"did not complete ({len(bad)} runs, top edge)")
+    ax.set_xlabel(what + ("; log scale" if log else ""))
+    if log:
+        _log_ticks(ax.xaxis)
+    else:
+        _eng(ax.xaxis)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + "; lower is better")
+    ax.legend(loc="upper right")
+    notes = []
+    if clipped:
+        notes.append("Arrow heads: an interval continues beyond the axis (scaled to the data).")
+    if not whiskers:
+        notes.append(f"{len(on)} frontier points: their intervals are listed at the right, not "
+                     "drawn.")
+    if len(on) > max_labels:
+        notes.append(f"{len(on) - max_labels} more frontier configurations are not named.")
+    return _finish(fig, title or f"Compute vs quality: {what.split(' (')[0]} against "
+                   f"{METRIC_LABELS.get(metric, metric).split(' (')[0]}",
+                   "green: the Pareto frontier, each configuration no cheaper one beats (mean "
+                   "over seeds, whisker: 95% Student-t interval); lower left is better", notes)
+
+
+def _loss_at(curves: pd.DataFrame, run_ids: Sequence[str], at: float, x: str
+             ) -> dict[str, float]:
+    """Validation loss of each run interpolated at progress ``at`` (runs that reached it)."""
+    val = curves[(curves.split == "val") & (curves.metric == "loss")
+                 & curves.run_id.isin(list(run_ids))]
+    out = {}
+    for rid, g in val[np.isfinite(val.value)].groupby("run_id", observed=True):
+        g = g.sort_values(x)
+        if len(g) and g[x].iloc[0] <= at <= g[x].iloc[-1] * 1.0001:
+            out[str(rid)] = float(np.interp(at, g[x], g.value))
+    return out
+
+
+def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline", *,
+                  at: float | None = None, title: str | None = None) -> plt.Figure:
+    """Seed 000's choice of a model per size: the configurations grouped into parameter-count
+    buckets (1-2.5-5 series), each bucket one row; every configuration's validation loss after
+    N training tokens (``at``; default: the furthest point every run of the bucket reached) as a
+    grey dot, the lowest starred and named with its size, loss and N."""
+    from .harvest import _buckets, fmt_count, group_rows
+
+    style()
+    rows = group_rows(runs)
+    ok = _ok(rows)
+    ok = ok[ok.params_total.notna()] if "params_total" in ok else ok.iloc[0:0]
+    if not len(ok):
+        return _empty(title or "Best configuration per size", "No completed run has a "
+                      "parameter count.")
+    x = progress_column(curves)
+    sizes = ok.groupby("group", observed=True).params_total.mean()
+    bucket_of = {g: _buckets(p) for g, p in sizes.items()}
+    buckets = sorted(set(bucket_of.values()))
+    fig, ax = _subplots(figsize=(11, 0.75 * len(buckets) + 2.0))
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    rng = np.random.default_rng(0)
+    picked, allv = [], []
+    for i, b in enumerate(buckets):
+        groups = [g for g, bb in bucket_of.items() if bb == b]
+        sel = ok[ok.group.isin(groups)]
+        if len(curves):
+            ends = curves[curves.run_id.isin(sel.run_id) & (curves.split == "val")
+                          & (curves.metric == "loss")].groupby("run_id", observed=True)[x].max()
+            n_at = float(at) if at is not None else float(ends.min()) if len(ends) else None
+        else:
+            n_at = None
+        per_run = _loss_at(curves, sel.run_id.tolist(), n_at, x) if n_at is not None else \
+            dict(zip(sel.run_id.astype(str), sel.val_loss))
+        vals = sel.assign(v=sel.run_id.astype(str).map(per_run)).dropna(subset=["v"])
+        means = vals.groupby("group", observed=True).v.agg(["mean", "size"])
+        if not len(means):
+            ax.text(0.5, i, "no run reached this point", transform=trans, ha="center",
+                    va="center", fontsize=8, color=DIVERGED_COLOR)
+            continue
+        jitter = rng.uniform(-0.18, 0.18, len(means))
+        ax.scatter(means["mean"], i + jitter, s=18, color="#9a9a9a", alpha=0.7, lw=0, zorder=2)
+        allv += means["mean"].tolist()
+        best = means["mean"].idxmin()
+        s = summarize(vals[vals.group == best].v.tolist())
+        ax.plot(s.mean, i, "*", color=SELECTED_COLOR, ms=17, mec="black", mew=0.7, zorder=4)
+        where = f"after {fmt_tokens(n_at)} {'tokens' if x == 'tokens' else 'steps'}" \
+            if n_at is not None else "final"
+        ax.text(1.02, i, f"{best}\n{fmt_count(sizes[best])} params, loss {_num(s.mean)} "
+                f"{where} (n={s.n}); {len(means)} configs", transform=trans, va="center",
+                fontsize=7.5)
+        picked.append(best)
+    if not allv:
+        plt.close(fig)
+        return _empty(title or "Best configuration per size", "No run has a validation loss.")
+    ax.set_xlim(*_data_limits(allv, pad=0.06))
+    ax.set_ylim(len(buckets) - 0.5, -0.5)
+    ax.set_yticks(range(len(buckets)), [f"{fmt_count(lo)}-{fmt_count(hi)}" for lo, hi in buckets])
+    ax.set_ylabel("total parameters (bucket)")
+    ax.set_xlabel("validation loss after N training tokens (nats/token); lower is better")
+    ax.text(1.02, -0.5, "lowest loss in the bucket", transform=trans, va="bottom", fontsize=8,
+            fontweight="bold")
+    return _finish(fig, title or "Best configuration per model size",
+                   "grey: each configuration's mean over seeds at the furthest point every run "
+                   "of its bucket reached (N); star: the lowest, the one to train to completion")
+
+
+# --------------------------------------------------------------------------------------------------
 # efficiency, calibration, mixture of experts
 
 
@@ -1211,6 +1577,12 @@ def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str =
         return calibration(runs, rel, baseline, title=title, **options)
     if kind == "moe_load":
         return moe_load(runs, curves, baseline, title=title, **options)
+    if kind == "metric_vs_axis":
+        return metric_vs_axis(runs, baseline, title=title, **options)
+    if kind == "pareto":
+        return pareto(runs, baseline, title=title, **options)
+    if kind == "best_per_size":
+        return best_per_size(runs, curves, baseline, title=title, **options)
     if kind == "tasks":
         from .evaluation.figure import plot_tasks
 
