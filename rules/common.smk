@@ -192,13 +192,20 @@ def get_figure_paths():
     return [figure_path(name) for name in FIGURES]
 
 
+def figure_caption(spec):
+    """The report caption of a figure: its kind's, or the training-loss one for loss curves of
+    the train split."""
+    train = spec["kind"] == "loss_curves" and spec.get("split") == "train"
+    return "loss_curves_train" if train else spec["kind"]
+
+
 def figure_outputs():
     return {
         name: report(
             figure_path(name),
             category="Figures",
             subcategory=FIGURE_SUBCATEGORY[spec["kind"]],
-            caption=f"../report/{spec['kind']}.rst",
+            caption=f"../report/{figure_caption(spec)}.rst",
             labels={"figure": name},
         )
         for name, spec in FIGURES.items()

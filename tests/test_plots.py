@@ -286,3 +286,22 @@ def test_best_per_size_compares_at_the_tokens_every_run_reached(tmp_path):
     assert "b\n10.6k params, loss 1.800 after 2k tokens (n=1); 2 configs" in texts
     assert "c\n60k params, loss 0.500 after 4k tokens (n=1); 1 configs" in texts
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["10k-25k", "50k-100k"]
+
+
+def test_plot_step_removes_figures_the_plan_no_longer_lists(sweep, tmp_path):
+    """A figure of an earlier version of the study goes; a user's PNG and the LR range test
+    (drawn by its own rule) stay."""
+    import matplotlib.pyplot as plt
+
+    folder = tmp_path / "plots"
+    for name in ("heatmap_old", "lr_finder"):
+        fig, _ = plt.subplots()
+        plots.save(fig, folder / f"{name}.png")
+    fig, _ = plt.subplots()
+    fig.savefig(folder / "mine.png")
+    plt.close(fig)
+    outputs = {"final_val_loss": str(folder / "final_val_loss.png")}
+    plot_study_step(str(sweep / "runs.parquet"), str(sweep / "curves.parquet"), outputs,
+                    baseline="baseline", study="sweep")
+    assert sorted(p.name for p in folder.glob("*.png")) == ["final_val_loss.png",
+                                                            "lr_finder.png", "mine.png"]

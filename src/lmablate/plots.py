@@ -44,7 +44,8 @@ from .stats import pareto_front, summarize  # noqa: E402
 
 __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
            "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law",
-           "metric_vs_axis", "pareto", "best_per_size", "draw", "save", "group_palette",
+           "metric_vs_axis", "pareto", "best_per_size", "draw", "save", "remove_stale",
+           "group_palette",
            "REFERENCE_COLOR", "DIVERGED_COLOR", "SELECTED_COLOR"]
 
 REFERENCE_COLOR = "#3a3a3a"
@@ -1590,11 +1591,38 @@ def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str =
     raise ValueError(f"unknown figure kind {kind!r}")
 
 
+SOFTWARE = "lmablate"  # the PNG "Software" text chunk of every figure save() writes
+
+
 def save(fig: plt.Figure, path: str | Path) -> None:
-    """Save atomically (temp file then rename) and close the figure."""
+    """Save atomically (temp file then rename) and close the figure. PNGs are marked as
+    lmablate's (:data:`SOFTWARE`), so :func:`remove_stale` can tell them from a user's files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, bbox_inches="tight", pad_inches=0.15)
+    meta = {"Software": SOFTWARE} if path.suffix.lower() == ".png" else None
+    fig.savefig(tmp, bbox_inches="tight", pad_inches=0.15, metadata=meta)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def remove_stale(folder: str | Path, keep: Sequence[str | Path]) -> list[Path]:
+    """Delete the PNGs in ``folder`` that :func:`save` wrote and ``keep`` does not list: the
+    figures of an earlier version of the study (a figure its axes no longer support, a renamed
+    one) must not pose as current. Other files, a user's own PNGs included, stay."""
+    from PIL import Image
+
+    kept = {Path(p).resolve() for p in keep}
+    removed = []
+    for png in sorted(Path(folder).glob("*.png")):
+        if png.resolve() in kept:
+            continue
+        try:
+            with Image.open(png) as img:
+                ours = img.info.get("Software") == SOFTWARE
+        except OSError:
+            continue
+        if ours:
+            png.unlink()
+            removed.append(png)
+    return removed

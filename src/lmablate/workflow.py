@@ -315,6 +315,8 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
     :func:`lmablate.harvest.plan_figures`); without it the plan is rebuilt from the runs table,
     which gives the same names because it reads the same config columns. The calibration bins and
     the scaling fit are read from reliability.parquet and summary.json beside the runs table.
+    lmablate's PNGs in the output folders that the plan no longer lists are removed
+    (:func:`lmablate.plots.remove_stale`).
     """
     import json
 
@@ -342,3 +344,8 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
                          reliability=reliability, **opts)
         plots.save(fig, path)
         log.info("%s: %s -> %s", study, name, path)
+    folders = {Path(p).parent for p in outputs.values()}  # the LR range test has its own rule
+    keep = [*outputs.values(), *(f / "lr_finder.png" for f in folders)]
+    for folder in folders:
+        for stale in plots.remove_stale(folder, keep):
+            log.info("%s: removed %s, a figure the current plan does not list", study, stale)
