@@ -192,6 +192,62 @@ def test_snakemake_run_on_the_repository_snakefile_is_guarded_too(tmp_path: Path
 
 
 # --------------------------------------------------------------------------------------------------
+# the loader (lmablate.yamlsafe) on its own
+
+CHAIN = "".join(f"a{i}: &a{i} " + "[" * 30 + (f"*a{i - 1}" if i else "1") + "]" * 30 + "\n"
+                for i in range(4))
+
+
+@pytest.mark.parametrize("text, message", [
+    pytest.param("a: &a [1, *a]\n", r"a\[1\]: line 1: an alias refers to the mapping or list that "
+                 "holds it", id="recursive-alias"),
+    pytest.param(CHAIN, r"a2\[0\]\[0\]\[0\]\.\.\.: line 3: nested deeper than 64 levels \(through "
+                 "aliases\)", id="alias-chain-depth"),
+    pytest.param("x: {a: 1, b: 2, a: 3}\n", r"x\.a: line 1: duplicate key 'a' \(first at line 1\)",
+                 id="duplicate-in-flow-mapping"),
+    pytest.param("- {a: 1}\n- {b: '?x'}\n", r"\[1\]\.b: line 2: '\?x' is a YTE template",
+                 id="yte-in-a-list"),
+    pytest.param("a: 1\n---\nb: 2\n", r"invalid YAML: line 2, column 1: but found another document",
+                 id="two-documents"),
+])
+def test_loader_refuses_in_one_line(text: str, message: str) -> None:
+    from lmablate.errors import ConfigError
+    from lmablate.yamlsafe import load_text
+
+    with pytest.raises(ConfigError) as err:
+        load_text(text, file="f.yaml")
+    assert re.fullmatch(r"f\.yaml: " + message + ".*", str(err.value)), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_loader_reads_what_studies_use() -> None:
+    """Anchors, merge keys, JSON, a `?` inside a text: all fine."""
+    from lmablate.yamlsafe import load_text
+
+    text = "base: &b {x: 1, y: 2}\nv: {<<: *b, y: 3}\nw: [*b, *b]\ndescription: 'why? because'\n"
+    assert load_text(text) == {"base": {"x": 1, "y": 2}, "v": {"x": 1, "y": 3},
+                               "w": [{"x": 1, "y": 2}] * 2, "description": "why? because"}
+    assert load_text('{"study": "x", "seeds": [0, 1]}') == {"study": "x", "seeds": [0, 1]}
+
+
+def test_config_values_are_checked_as_file_text_is() -> None:
+    from lmablate.errors import ConfigError
+    from lmablate.yamlsafe import check_data
+
+    check_data({"overrides": {"defaults.train.lr": "1e-3"}, "scale": "smoke"})
+    for value, key in (({"description": "?x"}, "description"),
+                       ({"overrides": {"__use_yte__": True}}, "overrides.__use_yte__")):
+        with pytest.raises(ConfigError, match="study files are data, not code") as err:
+            check_data(value)
+        assert err.value.key == key
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
+        check_data({"description": deep})
+
+
+# --------------------------------------------------------------------------------------------------
 # the guard against Snakemake's internals
 
 GUARD_CHECK = """

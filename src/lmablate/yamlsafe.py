@@ -65,8 +65,8 @@ class StudyLoader(yaml.SafeLoader):
 
     The checks run while the document is composed (before any Python object is built): each
     node's size (values below it, aliases expanded) and height are known when it is finished,
-    and an alias reuses its anchor's numbers, so a bomb is refused after reading its first few
-    lines, in microseconds.
+    and an alias reuses its anchor's numbers, so a bomb is refused as soon as the line that makes
+    it too large is read (in about a millisecond), without expanding anything.
     """
 
     def __init__(self, stream: Any) -> None:
@@ -74,7 +74,6 @@ class StudyLoader(yaml.SafeLoader):
         self._path: list[str] = []  # keys from the root to the node being composed
         self._measure: dict[int, tuple[int, int]] = {}  # id(node) -> (size, height)
         self._keys: dict[int, dict[tuple[str, str], int]] = {}  # id(mapping) -> {key: line}
-        self._total = 0
 
     def _where(self, *more: str) -> str:
         return _dotted([*self._path, *more])
