@@ -40,6 +40,15 @@ try:
     LR_FIND = lmablate.lrfind.study_lr_find(STUDY)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
+# A run that cannot fit the device it would train on stops here, before any job, where jobs run
+# on this machine (not under Slurm, whose nodes are elsewhere): lmablate.plan.check_memory.
+if workflow.is_main_process and workflow.local_exec:
+    import lmablate.plan
+
+    try:
+        lmablate.plan.check_memory(STUDY)
+    except lmablate.ConfigError as err:
+        sys.exit(f"lmablate: {err}")
 
 
 wildcard_constraints:
