@@ -305,3 +305,29 @@ def test_plot_step_removes_figures_the_plan_no_longer_lists(sweep, tmp_path):
                     baseline="baseline", study="sweep")
     assert sorted(p.name for p in folder.glob("*.png")) == ["final_val_loss.png",
                                                             "lr_finder.png", "mine.png"]
+
+
+def test_moe_load_shows_every_moe_group(tmp_path):
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"moe{k}", variant=f"moe{k}", val_loss=2.0 + 0.1 * k, experts=4,
+                      model={"num_experts": 4}, diff={"model.num_experts": 4, "k": k})
+            for k in range(7)]
+    runs, curves, _ = collect(dirs)
+    fig = plots.moe_load(runs, curves)
+    titles = {a.get_title() for a in fig.axes}
+    assert {f"moe{k} (seed 0)" for k in range(7)} <= titles
+    assert "not shown" not in _texts(fig)
+
+
+def test_lr_figure_draws_configurations_of_one_lr_as_points(tmp_path):
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "base", val_loss=2.0, lr=3e-4),
+            write_run(root, "big", variant="big", val_loss=1.9, lr=5e-4,
+                      diff={"train.batch_size": 16, "train.lr": 5e-4})]
+    runs, _, _ = collect(dirs)
+    fig = plots.lr_sensitivity(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith("big") and "one LR" in t for t in labels), labels
+    diamonds = [ln for ln in fig.axes[0].lines if ln.get_marker() == "D"]
+    assert {(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in diamonds} >= \
+        {(5e-4, 1.9)}

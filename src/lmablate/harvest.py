@@ -542,8 +542,14 @@ def _applies(kind: str, rows: Sequence[Mapping[str, Any]]) -> bool:
         return spans_sizes(_row_params(rows))
     if kind == "heatmap":
         return heatmap_axes(rows)[0] is not None
-    if kind == "lr_sensitivity":
-        return len({r["train.lr"] for r in rows if _present(r.get("train.lr"))}) >= 2
+    if kind == "lr_sensitivity":  # some configuration at two learning rates or more
+        lrs: dict[str, set] = {}
+        for r in rows:
+            if _present(r.get("train.lr")):
+                key = _config_key({k: v for k, v in r.items()
+                                   if k not in ("train.lr", "axis.train.lr", "variant")})
+                lrs.setdefault(key, set()).add(r["train.lr"])
+        return any(len(v) >= 2 for v in lrs.values())
     if kind in ("efficiency", "calibration"):
         return native
     if kind == "moe_load":

@@ -844,8 +844,8 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
         return _empty(title or "Learning-rate sensitivity", "The learning rate does not vary.")
     ref, _ = reference_group(runs, baseline)
     runs = runs_all = runs.assign(line=lr_lines(runs))
-    ok = _ok(runs)
-    ok = ok[ok[metric].notna()]
+    ok = ok_all = _ok(runs)
+    ok = ok_all = ok[ok[metric].notna()]
     ref_mean = ok[ok.group == ref][metric].mean() if ref is not None else float("nan")
     n_lr = runs.groupby("line")["train.lr"].nunique()
     single = sorted(n_lr[n_lr < 2].index)
@@ -900,6 +900,14 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                        zorder=6)
         ax.scatter([], [], marker="x", color=DIVERGED_COLOR, label=f"did not complete "
                    f"({len(bad)} runs; top edge, colour of their line)")
+    for k, key in enumerate(single[:10]):  # one LR only: a point, not a line
+        sel = ok_all[ok_all.line == key]
+        if len(sel):
+            color = sns.color_palette("dark", 10)[k]
+            ax.plot(sel["train.lr"].mean(), sel[metric].mean(), "D", color=color, ms=7,
+                    mec="black", mew=0.6, zorder=5, label=f"{key} (one LR, n={len(sel)})")
+            if not len(ok):
+                ax.set_ylim(*_data_limits(ok_all[metric].tolist(), pad=0.1))
     ax.plot([], [], "*", color="grey", ms=12, mec="black", label="best LR of the line")
     ax.set_xlabel("peak learning rate (log scale)")
     _log_ticks(ax.xaxis, eng=False)
@@ -908,8 +916,8 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     notes = []
     if clipped:
         notes.append("Arrow heads: an interval continues beyond the axis (scaled to the data).")
-    if single:
-        notes.append(f"Not shown (one LR only): {' | '.join(single)}.")
+    if len(single) > 10:
+        notes.append(f"Not shown (one LR only): {' | '.join(single[10:])}.")
     if not whiskers:
         notes.append(f"{len(lines)} lines: intervals are left out for legibility (seeds are "
                      "drawn); analysis.txt has every group's interval.")
@@ -1408,7 +1416,7 @@ def calibration(runs: pd.DataFrame, reliability: pd.DataFrame, baseline: str = "
 
 
 def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline", *,
-             max_groups: int = 4, title: str | None = None) -> plt.Figure:
+             max_groups: int = 12, title: str | None = None) -> plt.Figure:
     """Mixture-of-experts routing: per MoE group, each expert's share of the routed training
     tokens over training (one seed: expert identities differ between seeds), as a heatmap of
     log2(share / uniform share); below, the Gini coefficient and entropy of the load (thick:
@@ -1422,9 +1430,12 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
     groups = [g for g in _order(runs) if g in set(load.group)]
     hidden = max(0, len(groups) - max_groups)
     groups = groups[:max_groups]
-    fig = plt.figure(figsize=(max(10.0, 4.2 * len(groups) + 1.5), 8.6), layout="constrained")
-    outer = fig.add_gridspec(2, 1, height_ratios=[1.2, 1])
-    top = outer[0].subgridspec(1, len(groups))
+    ncol = min(4, len(groups))  # heatmaps four to a row: every MoE group is shown
+    nrow = math.ceil(len(groups) / ncol)
+    fig = plt.figure(figsize=(max(10.0, 4.2 * ncol + 1.5), 4.8 * nrow + 3.8),
+                     layout="constrained")
+    outer = fig.add_gridspec(2, 1, height_ratios=[1.2 * nrow, 1])
+    top = outer[0].subgridspec(nrow, ncol)
     bottom = outer[1].subgridspec(1, 2)
     mats = {}
     for g in groups:
@@ -1441,7 +1452,7 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
     fmt = ticker.EngFormatter(sep="", places=0)
     for k, (g, rel) in enumerate(zip(groups, logs)):
         mat, seed = mats[g]
-        ax = fig.add_subplot(top[0, k])
+        ax = fig.add_subplot(top[k // ncol, k % ncol])
         order = np.argsort(-rel[:, -1])  # the busiest expert at the end of training on top
         ax.imshow(rel[order], aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ticks = np.unique(np.linspace(0, mat.shape[1] - 1, min(5, mat.shape[1])).round()
