@@ -331,3 +331,19 @@ def test_lr_figure_draws_configurations_of_one_lr_as_points(tmp_path):
     diamonds = [ln for ln in fig.axes[0].lines if ln.get_marker() == "D"]
     assert {(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in diamonds} >= \
         {(5e-4, 1.9)}
+
+
+def test_a_run_that_diverged_before_its_first_evaluation_is_named_in_its_panel(tmp_path):
+    import json as json_
+
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "base", val_loss=2.0),
+            write_run(root, "boom", variant="boom", status="diverged", val_loss=None,
+                      diff={"train.lr": 1.0})]
+    (dirs[1] / "metrics.jsonl").write_text(json_.dumps(
+        {"step": 1, "tokens": 64, "split": "train", "loss": float("nan")}) + "\n")
+    runs, curves, _ = collect(dirs)
+    fig = plots.loss_curves(runs, curves)
+    panel = next(a for a in fig.axes if a.get_title() == "boom")
+    assert "No validation point: seed 0 diverged at step 4,\nbefore the first evaluation." in \
+        [t.get_text() for t in panel.texts]

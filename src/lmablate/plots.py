@@ -353,7 +353,12 @@ def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "basel
                 ax.plot(s[x].iloc[-1], v.iloc[-1], "x", color=DIVERGED_COLOR, ms=9, mew=2.2,
                         zorder=4, clip_on=False)
         ax.set_title(group)
-        ax.legend(loc="upper right")
+        if not (c.group == group).any():
+            ax.text(0.5, 0.5, _no_curve_text(runs[runs.group == group]), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8.5, color=DIVERGED_COLOR, wrap=True,
+                    bbox={"boxstyle": "round", "fc": "white", "ec": DIVERGED_COLOR})
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right")
         delta = _final_delta(runs, group, ref)
         if delta:
             ax.text(0.02, 0.03, delta, transform=ax.transAxes, fontsize=7.5, va="bottom",
@@ -379,6 +384,16 @@ def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "basel
                      "t-interval is very wide. The numbers are in analysis.txt.")
     return _finish(fig, title or f"{'Validation' if split == 'val' else 'Training'} {metric} per "
                    f"group vs {ref or 'each other'}", BAND_NOTE, notes)
+
+
+def _no_curve_text(sel: pd.DataFrame) -> str:
+    """Why a group's panel has no curve: its runs ended before their first evaluation."""
+    parts = []
+    for r in sel.itertuples(index=False):
+        step = getattr(r, "diverged_at_step", None)
+        at = f" at step {int(step)}" if step is not None and np.isfinite(step) else ""
+        parts.append(f"seed {r.seed} {r.status}{at}")
+    return "No validation point: " + "; ".join(parts) + ",\nbefore the first evaluation."
 
 
 def _final_delta(runs: pd.DataFrame, group: str, ref: str | None) -> str | None:
