@@ -124,7 +124,7 @@ def _with_includes(doc: dict[str, Any], base_dir: Path, file: str, depth: int = 
     try:
         base = _with_includes(_read_yaml(inc_path), inc_path.parent, str(inc_path), depth + 1)
     except ConfigError as err:
-        raise err if err.file else err.with_file(str(inc_path))
+        raise (err if err.file else err.with_file(str(inc_path))) from None
     merged = deep_merge(base, {k: v for k, v in doc.items() if k != "include"})
     return merged
 
