@@ -30,6 +30,7 @@ localrules:
     harvest_metrics,
     plot_study,
     rank_phase1,
+    plot_phase1,
     plot_lr_find,
     write_results_page,
 
@@ -39,3 +40,5 @@ rule all:
     input:
         get_final_output(),
         get_task_outputs,
+        # every file of every finished run (rules/harvest.smk): a deleted one is re-made
+        get_run_files,

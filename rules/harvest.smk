@@ -1,9 +1,41 @@
 # All finished runs -> tables, summary statistics, the written analysis and RESULTS.md.
+# A copy of the last successful harvest's tables stays in results/<study>/last_good/.
+import lmablate.integrity
+import lmablate.migrate
+
+# Finished runs are checked at every parse, by size (one stat per file, lmablate.integrity): a
+# file that changed size stops here with one line; a missing one (final.json included) is a
+# target of `rule all` (get_run_files), so Snakemake re-trains its run.
+_DAMAGED = lmablate.integrity.damaged_runs(run_dir(r) for r in RUNS)
+if _DAMAGED:
+    _more = f" ({len(_DAMAGED) - 1} more damaged files)" if len(_DAMAGED) > 1 else ""
+    sys.exit(f"lmablate: {lmablate.integrity.damage_message(*_DAMAGED[0])}{_more}")
+# Finished runs under the 8-digit IDs of an older lmablate would be retrained: say how to keep them.
+_LEGACY = lmablate.migrate.legacy_runs(f"results/{NAME}/runs", RUNS)
+if _LEGACY:
+    print(
+        f"lmablate: note: {len(_LEGACY)} finished runs of study {NAME} have IDs with the older "
+        f"8-digit hash and would be retrained; keep them: "
+        f"lmablate migrate-ids {STUDY.source} --apply",
+        file=sys.stderr,
+    )
+
+
+def get_run_files(wildcards):
+    """final.json and every file it vouches for, of every run harvested: targets of `rule all`
+    (Snakemake re-makes a missing one, which it would not do for a mere input of an up-to-date
+    harvest) and inputs of harvest (a changed one is newer than the tables: harvest checks it)."""
+    return [
+        f"{final.rsplit('/', 1)[0]}/{name}"
+        for final in get_run_finals(wildcards)
+        for name in ("final.json", *lmablate.integrity.MANIFEST_FILES)
+    ]
 
 
 rule harvest_metrics:
     input:
         finals=get_run_finals,
+        run_files=get_run_files,
         tasks=get_task_outputs,
     output:
         runs_csv=report(
@@ -39,5 +71,9 @@ rule harvest_metrics:
         study=NAME,
         baseline=STUDY.baseline,
         figures=FIGURES,
+        # runs several sweep points share (one-axis sweeps meeting at their centre)
+        shared=canonical(shared_points(STUDY.runs)),
+        # the settings each variant writes (the findings name variants that change two at once)
+        settings=canonical(lmablate.sweep.written_settings(STUDY.doc)),
     script:
         "../workflow_scripts/harvest_metrics.py"

@@ -44,9 +44,10 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 STAGES = ("prepare_corpus", "train_tokenizer", "tokenize_corpus", "train_model", "harvest_metrics",
           "plot_study")
 # keys whose values are measurements of the machine, not results (compared nowhere), and the
-# checksum of metrics.jsonl, whose records hold some (the records themselves are compared)
+# checksums of metrics.jsonl, whose records hold some, and of the other run files (the files
+# themselves are compared)
 TIMING = re.compile(r"(per_s|_s|runtime|peak_mem_mb|seconds|created)$|^latency_ms"
-                    r"|^metrics_sha256$")
+                    r"|^metrics_sha256$|^files$")
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -736,13 +737,15 @@ def test_truncated_metrics_log_of_a_finished_run_is_detected(tmp_path: Path,
     root = reference.copy(tmp_path / "study")
     metrics = root / "results" / "tiny" / "runs" / reference.run_ids[0] / "metrics.jsonl"
     metrics.write_text(metrics.read_text()[: metrics.stat().st_size // 2])
-    status, _ = snakemake(root, "-c1", "--forcerun", "harvest_metrics", "--until",
-                          "harvest_metrics")
-    if status == 0:  # no error: then the harvested curves must still be complete
-        assert curves_fingerprint(root) == reference.fingerprint["curves.parquet"]
-    else:
-        log = (root / "logs" / "tiny" / "harvest_metrics.log").read_text()
-        assert re.search(r"^lmablate: error: \S*metrics\.jsonl: ", log, re.MULTILINE), log[-3000:]
+    before = results_snapshot(root)
+    status, out = snakemake(root, "-c1", "--forcerun", "harvest_metrics", "--until",
+                            "harvest_metrics")
+    # the parse compares the size with final.json's record: one line, before any job
+    assert status != 0
+    lines = [ln for ln in out.splitlines() if ln.startswith("lmablate:")]
+    assert len(lines) == 1 and re.search(r"^lmablate: \S*metrics\.jsonl: \d+ bytes, but the run "
+                                         r"finished with \d+", lines[0]), out[-3000:]
+    assert TRACEBACK not in out and results_snapshot(root) == before
 
 
 def test_flipped_bit_in_the_token_store_is_detected(tmp_path: Path, reference: Reference) -> None:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from itertools import product
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,8 @@ from lmablate import accounting
 from lmablate import config as C
 from lmablate.errors import ConfigError
 from lmablate.solve import model_vocab, solve
-from lmablate.sweep import canonical_json, expand, identity, run_hash, set_override
+from lmablate.sweep import (RUN_HASH_HEX, canonical_json, expand, identity, legacy_run_id,
+                            run_hash, set_override)
 
 # A corpus passed straight to expand(): its identity is only these keys (the absolute path is
 # machine-specific and stays out of every ID).
@@ -35,6 +37,13 @@ GOLDEN_DOC = {**BASE, "sweep": {"variants": {
 # Pinned: a change here means every existing result directory gets a new ID. If that is intended
 # (a new config field, a new hashing scheme), update these together with a note to users.
 GOLDEN_IDS = [
+    "baseline-s0-dc1420d263a72896", "baseline-s1-f2af581ed0289dc2",
+    "post_norm-s0-be287206716167a4", "post_norm-s1-8b080111dcfde1ec",
+    "lr-lr=0.001-s0-16b442e1e3abba85", "lr-lr=0.001-s1-9b86decce88f8c0c",
+    "lr-lr=0.01-s0-03774d54b6e19d46", "lr-lr=0.01-s1-3009c216afb79910",
+]
+# The same runs' IDs with the 8-digit hash run IDs had before it grew to 16 (a prefix of it).
+LEGACY_GOLDEN_IDS = [
     "baseline-s0-dc1420d2", "baseline-s1-f2af581e", "post_norm-s0-be287206",
     "post_norm-s1-8b080111", "lr-lr=0.001-s0-16b442e1", "lr-lr=0.001-s1-9b86decc",
     "lr-lr=0.01-s0-03774d54", "lr-lr=0.01-s1-3009c216",
@@ -154,8 +163,6 @@ def test_string_settings_are_not_expressions_without_equals():
                  "sweep: `where` 'd_model > 100' removes all 2 points", id="where-removes-all"),
     pytest.param({"variants": {"a": {"model.ffn": "silu", "where": "d_ff < 0"}}},
                  "sweep.variants.a: `where` 'd_ff < 0' removes all 1 points", id="variant-where"),
-    pytest.param({"variants": {"baseline": {}, "same": {"model.d_model": 32}}},
-                 "resolve to the same config", id="duplicate-config"),
     pytest.param({"grid": {"model.d_model": "seq(32,, 64)"}}, "syntax error in expression",
                  id="syntax-error"),
     pytest.param({"grid": {"model.d_model": "d_ff * 2", "model.d_ff": "d_model * 2"}},
@@ -170,6 +177,28 @@ def test_bad_sweeps_fail_with_one_line(sweep, message):
     with pytest.raises(ConfigError) as info:
         expand(study(**sweep), CORPORA)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variants", [
+    {"emb": {"grid": {"model.d_ff": [64, 96]}}, "heads": {"grid": {"model.n_heads": [1, 2]}}},
+    {"heads": {"grid": {"model.n_heads": [2, 1]}}, "emb": {"grid": {"model.d_ff": [96, 64]}}},
+], ids=["one-order", "other-order"])
+def test_sweep_points_of_one_config_are_one_run_in_both_groups(variants):
+    """One-axis sweeps meeting at the defaults (d_ff 64 = n_heads 2 here) train that point once;
+    the run names both points, and its ID is the same whatever the YAML order."""
+    doc = study(variants=variants)
+    doc["defaults"]["model"] = {"preset": "debug", "d_ff": 64, "n_heads": 2}
+    runs = expand(doc, CORPORA)
+    assert len(runs) == 3 and len({resolved_key(r) for r in runs}) == 3
+    centre = next(r for r in runs if r.shared)
+    assert centre.run_id.startswith("emb-d_ff=64-s0-")  # the smaller of the two points' IDs
+    assert centre.memberships() == [("emb", {"model.d_ff": 64}), ("heads", {"model.n_heads": 2})]
+    assert "shared" not in centre.to_dict()  # sharing never changes what the train job sees
+    assert sorted(r.run_id for r in runs) == sorted(
+        r.run_id for r in expand({**doc, "sweep": {"variants": dict(reversed(variants.items()))}},
+                                 CORPORA))
+    same = expand(study(variants={"baseline": {}, "same": {"model.d_model": 32}}), CORPORA)
+    assert [r.memberships() for r in same] == [[("baseline", {}), ("same", {})]]
 
 
 def test_set_override_addresses_dotted_axes_and_variant_settings():
@@ -278,6 +307,38 @@ def test_golden_ids_and_hash_are_pinned():
     assert [r.run_id for r in expand(GOLDEN_DOC, CORPORA)] == GOLDEN_IDS
 
 
+def test_legacy_ids_are_the_new_ids_cut_to_8_digits():
+    assert [legacy_run_id(r.run_id) for r in expand(GOLDEN_DOC, CORPORA)] == LEGACY_GOLDEN_IDS
+
+
+# Two points of tests/bad_inputs/base.yaml's study (lr 1.25922e-05 with warmup 27, lr 1.58562e-05
+# with warmup 94) whose resolved configs, as lmablate hashed them when run IDs had 8 digits, share
+# the hash 2eb22933: the study was refused as "resolve to the same config" (P ~ 1.2% at 10k runs).
+# tests/data/colliding_run_identities.json holds the two objects hashed; with 64 bits they differ.
+COLLIDING_IDENTITIES = Path(__file__).parent / "data" / "colliding_run_identities.json"
+COLLIDING_32BIT = {"study": "tiny", "data": {"corpus": "tiny-stories", "val_fraction": 0.1},
+                   "tokenizer": {"kind": "bpe", "vocab_size": 320},
+                   "defaults": {"model": {"preset": "debug"},
+                                "train": {"tokens": 4096, "batch_size": 8, "seq_len": 32,
+                                          "lr": 3.0e-3, "eval_every": 8, "eval_tokens": 2048,
+                                          "log_every": 4}},
+                   "sweep": {"grid": {"train.lr": [1.25922e-05, 1.58562e-05],
+                                      "train.warmup": [27, 94]}, "seeds": [0]}}
+COLLIDING_CORPORA = {"tiny-stories": {"source": "file", "path": "package:tinystories_valid_1k.txt",
+                                      "separator": "\n\n", "max_documents": 400}}
+
+
+def test_the_pair_whose_32_bit_hashes_collided_gets_distinct_ids():
+    objs = json.loads(COLLIDING_IDENTITIES.read_text())
+    assert sorted(objs) == ["lr=1.25922e-05-warmup=27-s0-2eb22933",
+                            "lr=1.58562e-05-warmup=94-s0-2eb22933"]
+    a, b = objs.values()
+    assert run_hash(a) == run_hash(b) == "2eb22933"  # 32 bits: the collision
+    assert run_hash(a, RUN_HASH_HEX) != run_hash(b, RUN_HASH_HEX)
+    runs = expand(COLLIDING_32BIT, COLLIDING_CORPORA)  # the study expands, four distinct IDs
+    assert len({r.run_id[-RUN_HASH_HEX:] for r in runs}) == len(runs) == 4
+
+
 def test_ids_ignore_where_the_corpus_lives():
     moved = {"golden": {**CORPORA["golden"], "_abs": "/elsewhere/golden.txt"}}
     assert [r.run_id for r in expand(GOLDEN_DOC, moved)] == GOLDEN_IDS
@@ -309,7 +370,7 @@ HASH_SCRIPT = """
 import hashlib, json, sys
 for obj in json.loads(sys.stdin.read()):
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    print(hashlib.sha256(text.encode()).hexdigest()[:8])
+    print(hashlib.sha256(text.encode()).hexdigest()[:16])
 """
 
 
@@ -336,11 +397,11 @@ def test_ids_are_stable_across_python_versions():
         pytest.skip("no other Python version on this machine")
     runs = expand(GOLDEN_DOC, CORPORA)
     objs = [identity(r.sections, r.data_id) for r in runs]
-    assert [run_hash(o) for o in objs] == [r.run_id[-8:] for r in runs]
+    assert [run_hash(o, RUN_HASH_HEX) for o in objs] == [r.run_id[-16:] for r in runs]
     for exe in exes:
         out = subprocess.run([exe, "-c", HASH_SCRIPT], input=json.dumps(objs), capture_output=True,
                              text=True, check=True).stdout.split()
-        assert out == [r.run_id[-8:] for r in runs], exe
+        assert out == [r.run_id[-16:] for r in runs], exe
 
 
 VARIANT_POOL = {

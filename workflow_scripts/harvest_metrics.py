@@ -6,10 +6,9 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from pathlib import Path
 
-from lmablate.harvest import harvest
-from lmablate.workflow import run_step
+from lmablate.workflow import harvest_step, run_step
 
-run_step(lambda: harvest([Path(f).parent for f in snakemake.input.finals],
-                         Path(snakemake.output.summary).parent, study=snakemake.params.study,
-                         baseline=snakemake.params.baseline,
-                         figures=snakemake.params.figures))
+run_step(lambda: harvest_step(snakemake.input.finals, Path(snakemake.output.summary).parent,
+                              study=snakemake.params.study, baseline=snakemake.params.baseline,
+                              figures=snakemake.params.figures, shared=snakemake.params.shared,
+                              settings=snakemake.params.settings))

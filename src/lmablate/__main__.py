@@ -10,6 +10,7 @@
     lmablate import-hf runs/* --name-pattern '(?P<heads>[0-9]+)_(?P<layers>[0-9]+)' --out results/hf
     lmablate eval-harness results/default/runs/RUN_ID --tasks arc_easy --limit 100
     lmablate export-hf results/default/runs/RUN_ID hf/RUN_ID   a transformers model directory
+    lmablate migrate-ids config.yaml [--apply]  keep runs finished under older 8-digit run IDs
 """
 
 from __future__ import annotations
@@ -166,7 +167,37 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     ex.add_argument("out", type=Path, metavar="OUT")
     ex.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the "
                     "workflow's resources/tokenizers/<corpus>-<data_id>/tokenizer.json)")
+    mi = sub.add_parser("migrate-ids", help="rename finished runs made under older 8-digit IDs",
+                        description="Run IDs end in 16 hex digits (they used to end in 8). Find "
+                        "the study's finished runs under their old IDs and, with --apply, rename "
+                        "their results, checkpoints, logs and benchmarks to the new IDs, so "
+                        "snakemake keeps them instead of retraining. A run is renamed only when "
+                        "its config.yaml resolves to the same config as the new ID.")
+    mi.add_argument("study", type=Path)
+    mi.add_argument("--config", "-C", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key, as in `lmablate plan`; repeatable")
+    mi.add_argument("--apply", action="store_true", help="rename (default: only list)")
+    mi.add_argument("--root", type=Path, default=Path("."), metavar="DIR",
+                    help="the workflow's working directory (default: .)")
     return p
+
+
+def _migrate_ids(args: argparse.Namespace) -> int:
+    from .migrate import migrate_ids
+    from .phases import ranking_of
+    from .study import read_study
+
+    study = read_study(args.study, _overrides(args.config))
+    ranking = ranking_of(study)
+    runs = {**study.by_id, **(ranking.phase1 if ranking else {})}
+    plan = migrate_ids(args.root, study.name, runs, apply=args.apply)
+    base = f"results/{study.name}/runs"
+    for r in plan:
+        print(f"{base}/{r.old} -> {r.new}" if r.ok else f"{base}/{r.old}: not renamed ({r.why})")
+    n = sum(r.ok for r in plan)
+    verb = "renamed" if args.apply else "to rename (dry run; --apply renames them)"
+    print(f"{n} runs {verb}" + (f", {len(plan) - n} not renamed" if len(plan) > n else ""))
+    return 0
 
 
 def _overrides(items: Sequence[str]) -> dict:
@@ -365,7 +396,8 @@ def main(cli_args: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         return {"plan": _plan, "solve": _solve, "train": _train, "schema": _schema,
                 "import-hf": _import_hf, "eval-harness": _eval_harness, "lr-find": _lr_find,
-                "overfit": _overfit, "export-hf": _export_hf}[args.command](args)
+                "overfit": _overfit, "export-hf": _export_hf,
+                "migrate-ids": _migrate_ids}[args.command](args)
     except LmablateError as err:
         print(f"lmablate: error: {err}", file=sys.stderr)
         return 2

@@ -29,11 +29,13 @@ is complete. :func:`iter_documents` streams documents from a manifest without lo
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -374,19 +376,61 @@ def _decode_error(path: Path, offset: int) -> DataError:
                      "replace and count bad bytes)")
 
 
+# Non-UTF-8 bytes under `encoding_errors: replace`: each invalid sequence becomes one U+FFFD, and
+# the codec error handler below counts them into the stats of the file being decoded (set around
+# each decode call by _counting): replaced_chars (U+FFFD made), replaced_bytes, replaced_first.
+_DECODING = threading.local()
+
+
+def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    where = getattr(_DECODING, "where", None)
+    if where is not None:
+        stats, path, base = where
+        stats["replaced_chars"] = stats.get("replaced_chars", 0) + 1
+        stats["replaced_bytes"] = stats.get("replaced_bytes", 0) + err.end - err.start
+        stats.setdefault("replaced_first", f"byte offset {base + err.start} in {path}")
+    return "\ufffd", err.end
+
+
+codecs.register_error("lmablate.count", _count_and_replace)
+
+
+@contextlib.contextmanager
+def _counting(stats: dict, path: Path, base: int) -> Iterator[None]:
+    """Decode errors inside the block count into ``stats`` (the object decoded starts at file
+    offset ``base``)."""
+    _DECODING.where = (stats, path, base)
+    try:
+        yield
+    finally:
+        _DECODING.where = None
+
+
+def replaced_message(stats: Mapping[str, Any]) -> str | None:
+    """The log line for a corpus with non-UTF-8 bytes (None when it had none)."""
+    if not stats.get("replaced_chars"):
+        return None
+    return (f"{stats.get('replaced_bytes', 0)} bytes were not UTF-8 and became U+FFFD "
+            f"({stats['replaced_chars']} characters; first at {stats.get('replaced_first')})")
+
+
 def _iter_txt(path: Path, separator: str, errors: str, stats: dict) -> Iterator[str]:
     """Stream documents split on ``separator`` from a text file, 1 MiB at a time."""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict" if errors == "error" else "replace")
+    decoder = codecs.getincrementaldecoder("utf-8")(
+        "strict" if errors == "error" else "lmablate.count")
     buf, offset = "", 0
     with open(path, "rb") as fh:
         while True:
             chunk = fh.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a sequence cut by the last chunk
             try:
-                text = decoder.decode(chunk, final=not chunk)
+                with _counting(stats, path, offset - pending):
+                    text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
-                raise _decode_error(path, offset + err.start) from None
+                raise _decode_error(path, offset - pending + err.start) from None
             offset += len(chunk)
-            _count_replaced(text, stats)
             if "\x00" in text:
                 raise DataError(f"{path}: contains NUL bytes; this looks like a binary file, "
                                 "not text")
@@ -401,18 +445,13 @@ def _iter_txt(path: Path, separator: str, errors: str, stats: dict) -> Iterator[
         yield buf.strip()
 
 
-def _count_replaced(text: str, stats: dict) -> None:
-    bad = text.count("\ufffd")
-    if bad:
-        stats["replaced_chars"] = stats.get("replaced_chars", 0) + bad
-
-
 def _iter_jsonl(path: Path, field: str, errors: str, stats: dict) -> Iterator[str]:
     with open(path, "rb") as fh:
         offset = 0
         for lineno, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8", "strict" if errors == "error" else "replace")
+                with _counting(stats, path, offset):
+                    line = raw.decode("utf-8", "strict" if errors == "error" else "lmablate.count")
             except UnicodeDecodeError as err:
                 raise _decode_error(path, offset + err.start) from None
             offset += len(raw)
@@ -425,7 +464,6 @@ def _iter_jsonl(path: Path, field: str, errors: str, stats: dict) -> Iterator[st
             text = obj.get(field) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 raise DataError(f"{path}:{lineno}: no string field {field!r}")
-            _count_replaced(text, stats)
             yield text
 
 

@@ -12,8 +12,10 @@
         -> analysis.txt, RESULTS.md  the same findings as text and as Markdown with the figures
 
 A *group* is one configuration: the runs that differ only by seed (a variant, or a variant at one
-grid point). Statistics over seeds are per group. Run IDs are never parsed: every column comes
-from the run's own config.yaml.
+grid point). Statistics over seeds are per group. A run that several sweep points resolve to
+(one-axis sweeps sharing their centre, :attr:`lmablate.sweep.Run.shared`) is one row of the runs
+table, its ``groups`` column naming every group it belongs to, and it counts in each of them.
+Run IDs are never parsed: every column comes from the run's own config.yaml.
 
 pandas is imported inside the functions that need it: the Snakefile imports this module at parse
 time (to decide which figures a study gets) and every job re-parses the Snakefile.
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import ConfigError, DataError
+from .integrity import verify_run
 from .io import atomic_write_bytes, atomic_write_text
 from .sweep import flatten, format_value
 
@@ -43,8 +46,8 @@ if TYPE_CHECKING:
 
     from .study import Study
 
-__all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results",
-           "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
+__all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results", "group_rows",
+           "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
            "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes", "FIGURE_KINDS",
            "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
            "approx_flops_per_token"]
@@ -69,7 +72,7 @@ CURVE_STATS = {("val", "loss"): ("val_loss", True), ("val", "ppl"): ("val_ppl", 
                ("val", "ece"): ("val_ece", True), ("train", "loss"): ("train_loss", True)}
 CURVE_COLUMNS = ["run_id", "variant", "group", "seed", "step", "tokens", "split", "metric",
                  "value"]
-FRONT_COLUMNS = ["run_id", "group", "variant", "seed", "status", "source", "differs",
+FRONT_COLUMNS = ["run_id", "group", "groups", "variant", "seed", "status", "source", "differs",
                  "params_total", "params_non_embedding", "tokens", "steps", *FINAL_METRICS]
 
 
@@ -189,7 +192,8 @@ def load_run(run_dir: str | Path) -> RunData:
     for k, v in (final.get("params") or {}).items():
         row[f"params_{k}"] = v
     for k in ("steps", "tokens", "planned_tokens", "diverged_at_step", "flops_per_token",
-              "vocab_size", "epochs", "device", "precision", *FINAL_METRICS):
+              "vocab_size", "epochs", "device", "precision", "data_replaced_chars",
+              *FINAL_METRICS):
         row[k] = final.get(k)
     row["flops"] = (final.get("flops_per_token") or 0) * (final.get("tokens") or 0) or None
     for fname, prefix in (("tasks.json", "task"), ("harness.json", "harness")):
@@ -198,25 +202,30 @@ def load_run(run_dir: str | Path) -> RunData:
 
             row.update(tasks_to_columns(_read_json(d / fname), prefix))
     rel = final.get("reliability")
+    verify_run(d, final)  # the files final.json vouches for (sizes; config.yaml's hash)
     records = _read_jsonl(d / "metrics.jsonl", final.get("metrics_sha256"))
     return RunData(row, curve_blocks(records),
                    rel if isinstance(rel, Mapping) else None)
 
 
-def collect(run_dirs: Iterable[str | Path], workers: int | None = None
+def collect(run_dirs: Iterable[str | Path], workers: int | None = None,
+            shared: Mapping[str, Sequence[Sequence[Any]]] | None = None
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, curves, reliability) tables of lmablate run directories.
 
     Parsing YAML and JSON is most of a large harvest; from 200 runs on it is spread over
     ``workers`` forked processes (default: the CPUs this process may use, at most 8).
+    ``shared``: run ID -> the other sweep points ``(variant, axes)`` it stands for (see
+    :func:`tables`).
     """
     dirs = list(run_dirs)
     workers = workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else os.cpu_count() or 1)
     if workers < 2 or len(dirs) < 200 or "fork" not in mp.get_all_start_methods():
-        return tables([load_run(d) for d in dirs])
+        return tables([load_run(d) for d in dirs], shared)
     with mp.get_context("fork").Pool(workers) as pool:
-        return tables(pool.map(load_run, dirs, chunksize=max(1, len(dirs) // (4 * workers))))
+        return tables(pool.map(load_run, dirs, chunksize=max(1, len(dirs) // (4 * workers))),
+                      shared)
 
 
 def short_names(columns: Sequence[str]) -> dict[str, str]:
@@ -246,9 +255,63 @@ def _group_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return labels
 
 
-def tables(data: Sequence[RunData]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _member_row(row: Mapping[str, Any], variant: str, axes: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` as the sweep point (variant, axes) that shares its run."""
+    out = {k: v for k, v in row.items() if not k.startswith("axis.")}
+    return {**out, "variant": variant, **{f"axis.{k}": v for k, v in axes.items()}}
+
+
+def _memberships(rows: list[dict[str, Any]],
+                 shared: Mapping[str, Sequence[Sequence[Any]]]) -> None:
+    """Group labels of every row, and for a shared run the ``groups`` (labels, ``; ``) and
+    ``memberships`` (JSON: group, variant, axes of each point, its own first) columns."""
+    extra = [(i, _member_row(r, str(v), a)) for i, r in enumerate(rows)
+             for v, a in shared.get(r["run_id"], ())]
+    labels = _group_labels(rows + [m for _, m in extra])
+    for r, label in zip(rows, labels):
+        r["group"] = label
+    members: dict[int, list[dict[str, Any]]] = {}
+    for (i, m), label in zip(extra, labels[len(rows):]):
+        own = members.setdefault(i, [_membership(rows[i], rows[i]["group"])])
+        if label not in [x["group"] for x in own]:
+            own.append(_membership(m, label))
+    for i, own in members.items():
+        rows[i]["groups"] = "; ".join(x["group"] for x in own)
+        rows[i]["memberships"] = json.dumps(own, default=str)
+
+
+def _membership(row: Mapping[str, Any], label: str) -> dict[str, Any]:
+    return {"group": label, "variant": row["variant"],
+            "axes": {k[5:]: v for k, v in row.items() if k.startswith("axis.") and _present(v)}}
+
+
+def group_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table with one row per (run, group): a run that several sweep points share
+    appears once in each of their groups, with that point's variant and axes (per-group
+    statistics, per-group selection). Other tables come back as they are."""
+    import pandas as pd
+
+    if "memberships" not in runs or not runs["memberships"].notna().any():
+        return runs
+    axis_cols = [c for c in runs.columns if c.startswith("axis.")]
+    out = []
+    for row in runs.to_dict("records"):
+        members = row.get("memberships")
+        if not isinstance(members, str) or not members:
+            out.append(row)
+            continue
+        for m in json.loads(members):
+            out.append({**row, **dict.fromkeys(axis_cols), "group": m["group"],
+                        "variant": m["variant"], **{f"axis.{k}": v for k, v in m["axes"].items()}})
+    return pd.DataFrame(out, columns=runs.columns)
+
+
+def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]] | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Assemble (runs, curves, reliability) DataFrames; curves are built column-wise (a few
-    million points for a 1,000-run sweep), never as a list of dicts."""
+    million points for a 1,000-run sweep), never as a list of dicts. ``shared``: run ID -> the
+    other sweep points (variant, axes) it stands for: its row's ``groups`` column lists every
+    group it belongs to (:func:`group_rows` expands it; curves carry its own group)."""
     import numpy as np
     import pandas as pd
 
@@ -259,8 +322,7 @@ def tables(data: Sequence[RunData]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     if len(set(ids)) < len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"run {dup!r} appears twice (two directories with the same run_id)")
-    for r, label in zip(rows, _group_labels(rows)):
-        r["group"] = label
+    _memberships(rows, shared or {})
     runs = pd.DataFrame(rows)
     front = [c for c in FRONT_COLUMNS if c in runs.columns]
     runs = runs[front + [c for c in runs.columns if c not in front]]
@@ -403,6 +465,12 @@ def _point_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         out += [{**plain, "variant": m["variant"],
                  **{f"axis.{k}": v for k, v in m["axes"].items()}} for m in json.loads(members)]
     return out
+
+
+def shared_points(runs: Iterable[Any]) -> dict[str, list[list[Any]]]:
+    """Run ID -> the other sweep points ``[variant, axes]`` of each run several points share
+    (:attr:`lmablate.sweep.Run.shared`), as plain data for :func:`harvest`."""
+    return {r.run_id: [[v, dict(a)] for v, a in r.shared] for r in runs if r.shared}
 
 
 def _distinct(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> int:
@@ -746,16 +814,24 @@ def fmt_count(n: float) -> str:
 
 
 def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline",
-                   metrics: Sequence[str] = GROUP_METRICS) -> dict[str, Any]:
+                   metrics: Sequence[str] = GROUP_METRICS,
+                   settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """summary.json: per-run statistics, per-group mean/std/95% CI over seeds, every group's
     difference from the reference with a test, and findings stated from the data.
 
+    ``settings``: variant -> the settings the study writes for it
+    (:func:`lmablate.sweep.written_settings`); a group that differs from the reference in two or
+    more of them is listed under ``confounds``. Groups whose parameter count differs from the
+    reference's by more than 1% are listed under ``size_changes``.
+
     Only runs with an included status (completed; imported in-progress runs) enter the group
-    statistics; diverged and stopped runs are listed apart and counted per group.
+    statistics; diverged and stopped runs are listed apart and counted per group. A run shared
+    by several sweep points counts in each of their groups (:func:`group_rows`).
     """
     from .stats import compare, holm, summarize
 
-    ref, ref_why = reference_group(runs, baseline)
+    grouped = group_rows(runs)
+    ref, ref_why = reference_group(grouped, baseline)
     out: dict[str, Any] = {"baseline": baseline, "reference": ref, "reference_is": ref_why,
                            "primary_metric": PRIMARY, "n_runs": int(len(runs)),
                            "status_counts": {str(k): int(v) for k, v
@@ -768,15 +844,15 @@ def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "ba
         out["runs"][r.run_id] = {"variant": r.variant, "group": r.group, "seed": r.seed,
                                  "status": r.status, "statistics": stats.get(r.run_id, {}),
                                  **{m: getattr(r, m) for m in keep}}
-    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
     x = progress_column(curves)
     last = curves.groupby("run_id", observed=True)[x].max() if len(curves) else {}
-    for r in bad.itertuples(index=False):
+    for r in runs[~runs.status.isin(INCLUDED_STATUSES)].itertuples(index=False):
         out["excluded_runs"][r.run_id] = {
             "group": r.group, "variant": r.variant, "seed": r.seed, "status": r.status,
             "diverged_at_step": getattr(r, "diverged_at_step", None),
             f"last_{x}": last.get(r.run_id) if len(curves) else None}
-    ok = runs[runs.status.isin(INCLUDED_STATUSES)]
+    bad = grouped[~grouped.status.isin(INCLUDED_STATUSES)]
+    ok = grouped[grouped.status.isin(INCLUDED_STATUSES)]
     axis_cols = [c for c in runs.columns if c.startswith("axis.")]
     axes = {g: {c[5:]: v for c, v in row.items() if _present(v)}
             for g, row in ok.groupby("group", sort=False, observed=True)[axis_cols].first()
@@ -814,9 +890,53 @@ def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "ba
                 out["comparisons"][k][m]["p_holm"] = p
     out["progress"] = _common_progress(ok, curves)
     out["params"] = _params_findings(ok, out)
-    out["scaling"] = _scaling(ok)
+    out["confounds"] = _confounds(ok, ref, out["comparisons"], settings or {})
+    out["size_changes"] = _size_changes(out["groups"], ref, out["comparisons"])
+    out["scaling"] = _scaling(runs[runs.status.isin(INCLUDED_STATUSES)])  # each run once
     out["findings"] = _findings(runs, out)
     return _py(out)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (not _present(a) and not _present(b)) or (_present(a) and _present(b) and a == b)
+
+
+def _confounds(ok: pd.DataFrame, ref: str | None, compared: Iterable[str],
+               settings: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """Groups compared with the reference that differ from it in two or more of the settings
+    the study writes for their variants (pos_emb and lr at once): their difference cannot be
+    credited to any one of them. Group -> {setting: value}."""
+    if ref is None or not settings or not len(ok):
+        return {}
+    first = ok.drop_duplicates("group").set_index("group")
+    if ref not in first.index:
+        return {}
+    base = first.loc[ref]
+    out = {}
+    for group in compared:
+        row = first.loc[group]
+        keys = {*settings.get(str(row.variant), ()), *settings.get(str(base.variant), ())}
+        changed = {k: row[k] for k in sorted(keys) if k in first.columns
+                   and not _same(row[k], base[k])}
+        if len(changed) >= 2:
+            out[str(group)] = changed
+    return out
+
+
+def _size_changes(groups: Mapping[str, Mapping[str, Any]], ref: str | None,
+                  compared: Iterable[str], tolerance: float = 0.01) -> dict[str, dict[str, float]]:
+    """Groups compared with the reference whose parameter count differs from its by more than
+    ``tolerance`` (a SiLU FFN at a preset's fixed d_ff has a third fewer FFN weights than
+    SwiGLU): their loss difference is partly one of model size. Group -> {params, change}."""
+    base = groups.get(ref or "", {}).get("params_total")
+    if not _finite(base) or not base:
+        return {}
+    out = {}
+    for group in compared:
+        p = groups.get(group, {}).get("params_total")
+        if _finite(p) and abs(p - base) > tolerance * base:
+            out[str(group)] = {"params_total": float(p), "change": float(p / base - 1)}
+    return out
 
 
 def _common_progress(ok: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Any] | None:
@@ -842,10 +962,13 @@ def _common_progress(ok: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Any] |
         xs, vs = g[x].to_numpy(), g.value.to_numpy()
         if xs[0] <= at:
             per_run[rid] = float(np.interp(at, xs, vs))
-    groups = ok.set_index("run_id").group
+    groups: dict[str, list[str]] = {}  # a shared run is in several groups
+    for rid, group in zip(ok.run_id, ok.group):
+        groups.setdefault(rid, []).append(group)
     by_group: dict[str, list[float]] = {}
     for rid, v in per_run.items():
-        by_group.setdefault(groups[rid], []).append(v)
+        for group in groups[rid]:
+            by_group.setdefault(group, []).append(v)
     ranking = sorted(({"group": k, "mean": float(np.mean(v)), "n": len(v)}
                       for k, v in by_group.items()), key=lambda e: e["mean"])
     return {"column": x, "at": at, "min_end": at, "max_end": float(ends["max"].max()),
@@ -919,6 +1042,19 @@ def _findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
     spread = _seed_spread(groups)
     if spread:
         out.append(spread)
+    for group, changed in s.get("confounds", {}).items():
+        out.append(f"Confounded: {group} differs from {ref} in {len(changed)} settings at once ("
+                   + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in changed.items())
+                   + "): its difference cannot be credited to any one of them alone.")
+    sizes = s.get("size_changes") or {}
+    if sizes and not s.get("params"):  # a size sweep states sizes in its own findings
+        base = groups[ref]["params_total"]
+        listed = sorted(sizes.items(), key=lambda kv: -abs(kv[1]["change"]))
+        more = f"; and {len(listed) - 6} more" if len(listed) > 6 else ""
+        out.append(f"Not the same size: against {ref}'s {fmt_count(base)} parameters, "
+                   + "; ".join(f"{g} has {fmt_count(e['params_total'])} ({e['change']:+.1%})"
+                               for g, e in listed[:6]) + more
+                   + ". Their loss differences are partly differences in model size.")
     pf = s.get("params")
     if pf:
         out.append(f"Spearman rank correlation of parameter count with mean val loss over "
@@ -1087,6 +1223,7 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str) ->
         if j == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     lines.append("")
+    lines += _replaced_lines(runs)
     if summary["excluded_runs"]:
         lines.append("Runs excluded from the statistics:")
         for rid, e in summary["excluded_runs"].items():
@@ -1099,6 +1236,19 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str) ->
             lines += _wrap(f, "  - ", "    ")
         lines.append("")
     return "\n".join(lines)
+
+
+def _replaced_lines(runs: pd.DataFrame) -> list[str]:
+    """A note when a run's corpus had bytes that were not UTF-8 (they became U+FFFD)."""
+    if "data_replaced_chars" not in runs:
+        return []
+    n = runs.data_replaced_chars.fillna(0)
+    if not (n > 0).any():
+        return []
+    most = int(n.max())
+    return [f"Data: the corpus of {int((n > 0).sum())} of {len(runs)} runs had bytes that were "
+            f"not UTF-8: up to {most:,} characters became U+FFFD (runs.csv column "
+            "data_replaced_chars; the tokenize_corpus log names the first offset).", ""]
 
 
 def _wrap(text: str, first: str, rest: str, width: int = 100) -> list[str]:
@@ -1177,11 +1327,13 @@ def summary_json(summary: Mapping[str, Any]) -> str:
 
 def write_outputs(runs: pd.DataFrame, curves: pd.DataFrame, reliability: pd.DataFrame,
                   out_dir: str | Path, *, study: str, baseline: str = "baseline",
-                  figures: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Write the tables, summary.json, analysis.txt and RESULTS.md of a study to ``out_dir``."""
+                  figures: Mapping[str, Mapping[str, Any]] | None = None,
+                  settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Write the tables, summary.json, analysis.txt and RESULTS.md of a study to ``out_dir``
+    (``settings``: see :func:`summarize_runs`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize_runs(runs, curves, baseline)
+    summary = summarize_runs(runs, curves, baseline, settings=settings)
     summary = {"study": study, **summary}
     if figures is None:
         figures = plan_figures(runs.to_dict("records"))
@@ -1196,16 +1348,21 @@ def write_outputs(runs: pd.DataFrame, curves: pd.DataFrame, reliability: pd.Data
 
 
 def harvest(run_dirs: Sequence[str | Path], out_dir: str | Path, *, study: str,
-            baseline: str = "baseline", figures: Any = None) -> dict[str, Any]:
+            baseline: str = "baseline", figures: Any = None,
+            shared: Mapping[str, Sequence[Sequence[Any]]] | None = None,
+            settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Collect lmablate run directories and write every table and text output to ``out_dir``.
 
     ``figures``: the study's ``figures:`` pick (None: every figure the study's axes support),
-    used for RESULTS.md's figure links.
+    used for RESULTS.md's figure links. ``shared``: run ID -> the other sweep points
+    ``(variant, axes)`` that resolve to it (:func:`shared_points`); it counts in their groups.
+    ``settings``: variant -> the settings the study writes for it
+    (:func:`lmablate.sweep.written_settings`), for the findings' confound warnings.
     """
-    runs, curves, reliability = collect(run_dirs)
+    runs, curves, reliability = collect(run_dirs, shared=shared)
     plan = plan_figures(runs.to_dict("records"), figures)
     return write_outputs(runs, curves, reliability, out_dir, study=study, baseline=baseline,
-                         figures=plan)
+                         figures=plan, settings=settings)
 
 
 def load_results(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -29,19 +29,25 @@ and reported as the study's results.
 Early stopping compares each phase-1 run's validation metric with the best any phase-1 run has
 logged at the same or fewer tokens (the cohort file ``checkpoints/<study>/phase1-cohort.jsonl``)
 and stops it (status ``stopped_early``) after ``tokens`` tokens at least ``delta`` behind.
-Stopped and diverged runs are never selected.
+Stopped and diverged runs are never selected. With ``per``, each value of ``per`` is a cohort of
+its own (``phase1-cohort-<value>.jsonl``), so one axis of a sweep can neither stop the runs of
+another nor take their places. A run that several sweep points share (one-axis sweeps meeting at
+their centre, :attr:`lmablate.sweep.Run.shared`) is in each of their cohorts and groups: it is
+stopped only when it is behind in all of its cohorts, and competes for each group's top_k.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import config as C
 from .errors import ConfigError, did_you_mean
-from .sweep import Run, flatten, identity, run_hash, set_dotted, unflatten
+from .sweep import format_value
+from .sweep import RUN_HASH_HEX, Run, flatten, identity, run_hash, set_dotted, unflatten
 
 __all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select"]
 
@@ -78,9 +84,38 @@ class Ranking:
         return {p2: p1 for p1, p2 in self.phase2_of.items()}
 
     def selection(self) -> dict[str, Any]:
-        """What :func:`select` needs, as plain data (a Snakemake param)."""
-        return {"top_k": self.top_k, "metric": self.metric, "maximize": self.maximize,
-                "per": self.per, "phase2_of": dict(sorted(self.phase2_of.items()))}
+        """What :func:`select` needs, as plain data (a Snakemake param); ``shared``: the other
+        sweep points of phase-1 runs that several points share (only where there are some)."""
+        out = {"top_k": self.top_k, "metric": self.metric, "maximize": self.maximize,
+               "per": self.per, "phase2_of": dict(sorted(self.phase2_of.items()))}
+        shared = {i: [[v, dict(a)] for v, a in r.shared] for i, r in self.phase1.items()
+                  if r.shared}
+        return {**out, "shared": shared} if shared else out
+
+    def cohorts(self, run_id: str) -> list[str]:
+        """Names of the early-stopping cohorts of phase-1 run ``run_id``: ``phase1-cohort``,
+        or with ``per`` one per value of ``per`` among the sweep points the run stands for."""
+        if self.per is None:
+            return ["phase1-cohort"]
+        run = self.phase1[run_id]
+        config = flatten(run.sections or C.to_dict(run.config))
+        values = []
+        for variant, axes in run.memberships():
+            point = {"variant": variant, "seed": run.seed,
+                     **{f"axis.{k}": v for k, v in axes.items()}, **config}
+            if self.per not in point:  # a column known only once trained: one cohort
+                return ["phase1-cohort"]
+            value = re.sub(r"[^A-Za-z0-9._=+-]+", "_", format_value(point[self.per]))
+            values.append(f"phase1-cohort-{value}")
+        return sorted(set(values))
+
+    def phase2_at_most(self) -> int:
+        """The most runs phase 2 can train: top_k of each value of ``per`` (every run where
+        ``per`` is a column known only once phase 1 has trained)."""
+        groups = {c for run_id in self.phase1 for c in self.cohorts(run_id)}
+        if self.per is not None and groups == {"phase1-cohort"}:
+            return len(self.phase1)
+        return min(len(self.phase1), self.top_k * len(groups))
 
 
 def _phase1_settings(spec: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -133,7 +168,7 @@ def _phase1_run(run: Run, settings: Mapping[str, Any]) -> Run:
         raise ConfigError(f"phase 1 of run {run.run_id}: {err.message}", key="ranking") from None
     resolved = C.to_dict(cfg)
     slug = run.run_id.rsplit("-", 1)[0]
-    run_id = f"{PREFIX}{slug}-{run_hash(identity(resolved, run.data_id))}"
+    run_id = f"{PREFIX}{slug}-{run_hash(identity(resolved, run.data_id), RUN_HASH_HEX)}"
     return dataclasses.replace(run, run_id=run_id, config=cfg, sections=resolved)
 
 
@@ -177,6 +212,11 @@ def select(ranking: Ranking | Mapping[str, Any], runs_table: Any) -> dict[str, A
         raise ConfigError(f"no column {per!r} in the phase-1 runs table"
                           f"{did_you_mean(str(per), list(map(str, runs_table.columns)))}",
                           key="ranking.per")
-    winners = select_top_k(runs_table, p["top_k"], p["metric"], maximize=p["maximize"], per=per)
+    if hasattr(runs_table, "columns"):  # a shared run competes in each of its groups
+        from .harvest import group_rows
+
+        runs_table = group_rows(runs_table)
+    winners = list(dict.fromkeys(select_top_k(runs_table, p["top_k"], p["metric"],
+                                              maximize=p["maximize"], per=per)))
     return {"selected": [p["phase2_of"][r] for r in winners], "phase1": winners,
             "metric": p["metric"], "top_k": p["top_k"], "per": per}

@@ -5,12 +5,15 @@
              ─► params_target solved into d_model / n_layers / d_ff (:mod:`lmablate.solve`)
 
 Every run is resolved into a :class:`~lmablate.config.RunConfig`. Its **run ID** is a readable
-slug (variant, axis values sorted by key, seed) plus the first 8 hex digits of a SHA-256 over the
-canonical JSON (sorted keys) of the resolved model and train sections and the data identity, so
+slug (variant, axis values sorted by key, seed) plus the first 16 hex digits (64 bits,
+:data:`RUN_HASH_HEX`) of a SHA-256 over the canonical JSON (sorted keys) of the resolved model
+and train sections and the data identity, so
 the same resolved config gives the same ID whatever the YAML order, on every machine and Python
-version, and any change to a run's config gives it a new ID. Two runs that resolve to the same
-config under different names are an error, so IDs and configs map one to one. IDs are never
-parsed: tools read ``config.yaml`` beside the results.
+version, and any change to a run's config gives it a new ID. IDs and configs map one to one:
+sweep points that resolve to the same config (one-axis sweeps sharing their centre point, seed
+003's embedding share 0.35 = GLU 2.66) are one run, trained once, that belongs to each point's
+group (:attr:`Run.shared`); its ID is the smallest of the points' IDs, so it does not depend on
+the YAML order. IDs are never parsed: tools read ``config.yaml`` beside the results.
 
 Resolution is cached per section (identical ``data``/``tokenizer``/``train`` dicts are checked
 once), so seed 000's 1,152-point grid expands in about a second on 2 CPU cores.
@@ -43,10 +46,12 @@ __all__ = [
     "expand",
     "flatten",
     "identity",
+    "legacy_run_id",
     "run_hash",
     "set_dotted",
     "set_override",
     "unflatten",
+    "written_settings",
 ]
 
 SWEEP_KEYS = ("variants", "grid", "zip", "where", "seeds")
@@ -74,6 +79,13 @@ class Run:
     # plain dict of ``config`` per section, made once at expansion (Snakemake asks per job)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False,
                                                       compare=False)
+    # the other sweep points (variant, axes) that resolve to this config: the run belongs to
+    # their groups too. Not part of to_dict(), so sharing never re-runs a finished run.
+    shared: tuple[tuple[str, dict[str, Any]], ...] = field(default=(), compare=False)
+
+    def memberships(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every sweep point this run stands for, (variant, axes), its own first."""
+        return [(self.variant, dict(self.axes)), *((v, dict(a)) for v, a in self.shared)]
 
     def to_dict(self) -> dict[str, Any]:
         """Run metadata + the resolved config sections (fresh containers, safe to modify)."""
@@ -164,8 +176,24 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# Hex digits of the hash in a run ID. Birthday bound: P(some collision among n runs) =
+# 1 - exp(-n^2 / 2^(b+1)) for b bits. 8 digits (32 bits) give 1.2% at 10k runs and 69% at 100k;
+# 16 digits (64 bits) give 1e12 / 2^65 = 2.7e-8 at 1M runs.
+RUN_HASH_HEX = 16
+# Run IDs made before RUN_HASH_HEX grew end in this many digits: the same SHA-256's prefix, so an
+# old ID is the new one cut short (:func:`legacy_run_id`, ``lmablate migrate-ids``).
+LEGACY_RUN_HASH_HEX = 8
+
+
 def run_hash(obj: Any, n: int = 8) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``obj``'s canonical JSON (8 for the tokenizer
+    and data identities, which a study has a handful of; :data:`RUN_HASH_HEX` for run IDs)."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def legacy_run_id(run_id: str) -> str:
+    """The ID an older lmablate gave the run now called ``run_id`` (hash cut to 8 digits)."""
+    return run_id[:len(run_id) - (RUN_HASH_HEX - LEGACY_RUN_HASH_HEX)]
 
 
 def _names(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -531,6 +559,7 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         base_cfg.train.seed]
     runs: dict[str, Run] = {}
     by_hash: dict[str, str] = {}
+    sharing: dict[str, list[Run]] = {}  # first run ID -> the other points of the same config
     planned = 0  # runs of the variants so far, before `where`
     for vname, vspec in variants.items():
         vkey = f"sweep.variants.{vname}" if named else "sweep"
@@ -565,6 +594,8 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
                                                        base_flat)
             if wheres:  # constraints see derived and solved values (d_ff, params_target dims)
                 scope = _names({**flatten(resolved), "variant": vname})
+                if any("params_" in w for w, _ in wheres):  # seed 000: "ignored under 1M"
+                    scope.update(_param_names(cfg, corpora))
                 if not all(evaluate(w, scope, key=k) for w, k in wheres):
                     continue
             kept += 1
@@ -576,16 +607,60 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
                                 corpora)
                 ident = run.run_id.rsplit("-", 1)[1]
                 if run.run_id not in runs and ident in by_hash:
-                    raise ConfigError(f"runs {by_hash[ident]} and {run.run_id} resolve to the same "
-                                      "config; drop one of them (or give it a setting that "
-                                      "differs)", key=vkey)
+                    sharing.setdefault(by_hash[ident], []).append(run)
+                    continue
                 by_hash[ident] = run.run_id
                 runs.setdefault(run.run_id, run)
         if not kept:
             where = " and ".join(repr(w) for w, _ in wheres)
             raise ConfigError(f"`where` {where} removes all {len(points)} points, so this "
                               f"{'variant' if named else 'sweep'} expands to no runs", key=vkey)
-    return list(runs.values())
+    return [_shared_run(r, sharing[i]) if i in sharing else r for i, r in runs.items()]
+
+
+def written_settings(study: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Variant -> the dotted settings the study writes for it: its delta (``model.preset`` as one
+    setting) and its own grid/zip axes. Settings derived from them (a default ``d_ff`` following
+    ``d_model``, a solved shape) are not listed: the findings use this to tell a variant that
+    changes two things at once from one whose single change moves derived values."""
+    out = {}
+    for name, spec in ((study.get("sweep") or {}).get("variants") or {}).items():
+        spec = dict(spec or {})
+        axes = [*(spec.pop("grid", None) or {}), *(spec.pop("zip", None) or {})]
+        for key in ("where", "seeds", "label"):
+            spec.pop(key, None)
+        out[str(name)] = sorted({*_normalise_delta(spec, f"sweep.variants.{name}"), *axes})
+    return out
+
+
+def _param_names(cfg: C.RunConfig, corpora: Mapping[str, Any]) -> dict[str, Any]:
+    """``params_total``, ``params_non_embedding``, ... of a resolved run, for ``where``: the
+    counts ``lmablate plan`` prints and runs.csv holds (a pre-tokenized corpus's own vocabulary
+    where it states one)."""
+    from .accounting import param_counts
+    from .solve import model_vocab
+
+    m, t = cfg.model, cfg.tokenizer
+    spec = corpora.get(cfg.data.corpus) or {}
+    if spec.get("source") == "hdf5" and spec.get("vocab_size") and t.kind != "file":
+        vocab = m.padded_vocab(int(spec["vocab_size"]))
+    else:
+        vocab = model_vocab(m, t) or m.padded_vocab(t.vocab_size)
+    counts = param_counts(m, vocab, m.context_length or cfg.train.seq_len)
+    return {f"params_{k}": v for k, v in counts.items()}
+
+
+def _shared_run(first: Run, others: list[Run]) -> Run:
+    """One run for sweep points that resolve to the same config: the point with the smallest
+    ID names it (whatever the YAML order), the others are listed in ``shared``."""
+    points = sorted([first, *others], key=lambda r: r.run_id)
+    seen = {(points[0].variant, canonical_json(points[0].axes))}
+    shared = []
+    for r in points[1:]:
+        if (r.variant, canonical_json(r.axes)) not in seen:
+            seen.add((r.variant, canonical_json(r.axes)))
+            shared.append((r.variant, dict(r.axes)))
+    return dataclasses.replace(points[0], shared=tuple(shared))
 
 
 def _top_level_settings(study: Mapping[str, Any]) -> dict[str, Any]:
@@ -629,7 +704,7 @@ def _make_run(cfg: C.RunConfig, resolved: Mapping[str, Any], variant: str | None
     data_id = run_hash({"tok": tok_id, "data": resolved["data"]})
     flat = flatten(resolved)
     diff = {k: v for k, v in flat.items() if base_flat.get(k) != v and k != "train.seed"}
-    run_id = f"{_slug(variant, axes, seed)}-{run_hash(identity(resolved, data_id))}"
+    run_id = f"{_slug(variant, axes, seed)}-{run_hash(identity(resolved, data_id), RUN_HASH_HEX)}"
     return Run(run_id=run_id, variant=variant or "baseline", seed=seed, config=cfg,
                axes=dict(sorted(axes.items())), diff=diff, data_id=data_id, tok_id=tok_id,
                sections=resolved)

@@ -8,7 +8,8 @@ File layout (``resources/tokens/<corpus>-<data_id>.h5``)::
     /val_docs       int64 (E,)
     attrs           format, vocab_size, eot_id, dtype, tokenizer_sha256, corpus, corpus_files
                     (path, bytes, sha256, split of each source file), corpus_spec, split
-                    ("hash" or "explicit"), val_fraction, token/document counts, replaced_chars,
+                    ("hash" or "explicit"), val_fraction, token/document counts, replaced_chars
+                    (non-UTF-8 sequences that became U+FFFD), replaced_bytes, replaced_first,
                     versions, created (provenance)
 
 Two writers fill it. :func:`encode_corpus` streams the documents of a prepared text corpus (never
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import time
@@ -40,7 +42,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .corpora import has_explicit_val, identity, is_val, iter_documents, load_manifest
+from .corpora import (has_explicit_val, identity, is_val, iter_documents, load_manifest,
+                      replaced_message)
 from .errors import DataError
 from .io import fsync_dir, sha256_file
 from .tokenizer import load_tokenizer
@@ -261,11 +264,15 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
                 split="explicit" if explicit else "hash", val_fraction=val_fraction,
                 train_tokens=splits["train"].n, val_tokens=splits["val"].n,
                 train_documents=len(splits["train"].docs), val_documents=len(splits["val"].docs),
-                replaced_chars=stats.get("replaced_chars", 0))
+                replaced_chars=stats.get("replaced_chars", 0),
+                replaced_bytes=stats.get("replaced_bytes", 0),
+                replaced_first=stats.get("replaced_first", ""))
             f.attrs.update(attrs)
     finally:
         if bar is not None:
             bar.close()
+    if replaced := replaced_message(stats):  # the schema's promise: count and report
+        logging.getLogger("lmablate").warning("%s: %s", manifest["corpus"], replaced)
     return {**attrs, "seconds": time.perf_counter() - t0, "bytes": stats.get("bytes", 0)}
 
 

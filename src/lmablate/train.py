@@ -24,7 +24,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import torch
 from . import accounting
 from .checkpoint import load_latest, save_checkpoint
 from .config import RunConfig, from_dict, to_dict
+from .integrity import file_manifest
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from .metrics import EvalAccumulator, entropy, gini
 from .model import LM
@@ -416,7 +417,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
           ckpt_dir: str | Path | None = None, run_id: str | None = None,
           meta: Mapping[str, Any] | None = None, device: str = "auto", threads: int | None = None,
           resume: bool | str = "auto", progress: bool | None = None,
-          stop_after_steps: int | None = None, cohort: str | Path | None = None,
+          stop_after_steps: int | None = None,
+          cohort: str | Path | Sequence[str | Path] | None = None,
           init_from: str | Path | None = None) -> dict[str, Any]:
     """Train one run; write its outputs to ``out_dir``; return the contents of final.json.
 
@@ -425,7 +427,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     ``resume``: "auto" (continue from the newest valid checkpoint), False (start over).
     ``stop_after_steps``: stop (checkpointed, not final) after this many steps — for tests.
     ``cohort``: a JSON-lines file the runs of one phase share for early stopping (each appends its
-    validation metric per evaluation; without it a run compares against its own best).
+    validation metric per evaluation; without it a run compares against its own best), or a list
+    of them (a run in several cohorts is stopped only when it is behind in all of them).
     ``init_from``: a checkpoint dir to continue when ``ckpt_dir`` has none (phase 2 continuing a
     phase-1 run of the same config whose ``train.stop_tokens`` ended it early).
     """
@@ -650,6 +653,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     final.update({
         "params": counts, "flops_per_token": flops, "vocab_size": vocab,
         "padded_vocab_size": padded, "train_split_tokens": int(len(train_tokens)),
+        # non-UTF-8 byte sequences of the corpus that became U+FFFD (lmablate.corpora)
+        "data_replaced_chars": int(store.attrs.get("replaced_chars", 0)),
         "epochs": tokens_seen / max(1, len(train_tokens)),
         "train_wall_s": train_time, "tokens_per_s": tokens_seen / max(train_time, 1e-9),
         "wall_s": time.perf_counter() - t_start, "device": str(dev),
@@ -678,6 +683,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     atomic_write_json(out / "trainer_state.json",
                       _trainer_state(records, plan, cfg, len(train_tokens),
                                      final["best_val_loss"], flops))
+    # what final.json vouches for: sizes checked at every Snakefile parse, hashes by harvest
+    final["files"] = file_manifest(out)
     atomic_write_json(out / "final.json", final)
     store.close()
     log.info("done %s: status %s, val loss %s, %.0f tok/s, %.1f s", run_id, status,
@@ -722,25 +729,34 @@ class EarlyStop:
     by the runs of one phase; the best-so-far at ``t`` tokens is the lowest value any of them logged
     at <= t tokens. Which peers have logged by then depends on scheduling, so with parallel runs the
     decision can differ between repeats (the reference run and value are logged). Without a cohort
-    file a run compares against its own best (plain patience).
+    file a run compares against its own best (plain patience). A run in several cohorts (a point
+    two sweep axes share, ``ranking.per``) logs to each and is behind only when it is behind the
+    best of every one of them.
     """
 
-    def __init__(self, cfg: RunConfig, run_id: str, cohort: str | Path | None):
+    def __init__(self, cfg: RunConfig, run_id: str,
+                 cohort: str | Path | Sequence[str | Path] | None):
         self.delta = float(cfg.train.early_stop_delta or 0)
         self.metric = cfg.train.early_stop_metric
-        self.run_id, self.cohort = run_id, Path(cohort) if cohort else None
+        cohorts = [cohort] if isinstance(cohort, (str, Path)) else list(cohort or [])
+        self.run_id, self.cohorts = run_id, [Path(c) for c in cohorts]
 
     def value(self, rec: Mapping[str, Any]) -> float:
         return float(rec["ppl"] if self.metric == "ppl" else rec["loss"])
 
-    def _peers(self, tokens: int, value: float, records: list[dict]) -> list[tuple[int, float]]:
-        if self.cohort is None:  # its own evaluations (from the records: survives a resume)
-            return [(r["tokens"], self.value(r)) for r in records if r["split"] == "val"]
+    def _peers(self, tokens: int, value: float,
+               records: list[dict]) -> list[list[tuple[int, float]]]:
+        """Per cohort, the (tokens, value) every member logged (this evaluation included)."""
+        if not self.cohorts:  # its own evaluations (from the records: survives a resume)
+            return [[(r["tokens"], self.value(r)) for r in records if r["split"] == "val"]]
+        return [self._logged(path, tokens, value) for path in self.cohorts]
+
+    def _logged(self, path: Path, tokens: int, value: float) -> list[tuple[int, float]]:
         import fcntl
 
-        self.cohort.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"run_id": self.run_id, "tokens": tokens, "value": value}) + "\n"
-        with open(self.cohort, "a+") as fh:
+        with open(path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.write(line)
             fh.flush()
@@ -753,9 +769,8 @@ class EarlyStop:
                records: list[dict]) -> int | None:
         """The new ``worse_since`` (tokens since which the run is behind, or None)."""
         value = self.value(rec)
-        seen = [v for t, v in self._peers(tokens, value, records) if t <= tokens and
-                math.isfinite(v)]
-        best = min(seen, default=math.inf)
+        best = max(min((v for t, v in peers if t <= tokens and math.isfinite(v)), default=math.inf)
+                   for peers in self._peers(tokens, value, records))  # the most lenient cohort
         if math.isfinite(value) and value - best < self.delta:
             return None
         return tokens if worse_since is None else worse_since

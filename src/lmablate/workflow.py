@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import subprocess
 import sys
 import time
 import traceback
@@ -68,19 +70,40 @@ def open_attempt_log(log: str | Path, history: str | Path) -> TextIO:
     the history so far, then a marker line (attempt number, UTC time, ``SLURM_JOB_ID``,
     ``SLURM_RESTART_COUNT``), then this attempt's lines, each written to both files."""
     history = Path(history)
-    history.parent.mkdir(parents=True, exist_ok=True)
-    earlier = history.read_text(errors="replace") if history.exists() else ""
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        earlier = history.read_text(errors="replace") if history.exists() else ""
+        copy = open(history, "a", buffering=1)
+    except OSError as err:  # (a file where the folder belongs): the step meets it and says so
+        out = open(log, "w", buffering=1)
+        out.write(f"lmablate: warning: earlier attempts' lines are not kept: {history}: "
+                  f"{err.strerror}\n")
+        return out
     attempt = sum(line.startswith(ATTEMPT_MARK) for line in earlier.splitlines()) + 1
     out = open(log, "w", buffering=1)
     out.write(earlier)
-    stream = _Tee(out, open(history, "a", buffering=1))
+    stream = _Tee(out, copy)
     if earlier and not earlier.endswith("\n"):
         stream.write("\n")  # the earlier attempt was killed mid-line
-    env = os.environ
+    job = os.environ.get("SLURM_JOB_ID", "-")
     stream.write(f"{ATTEMPT_MARK} {attempt} at {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
-                 f"SLURM_JOB_ID={env.get('SLURM_JOB_ID', '-')} "
-                 f"SLURM_RESTART_COUNT={env.get('SLURM_RESTART_COUNT', '-')}\n")
+                 f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT={_slurm_restarts(job)}\n")
     return stream
+
+
+def _slurm_restarts(job: str) -> str:
+    """How often Slurm restarted (requeued) job ``job``: ``SLURM_RESTART_COUNT``, else
+    ``scontrol``'s ``Restarts=`` (the Slurm executor's job step drops that variable); "-"
+    outside Slurm or where scontrol does not answer."""
+    if "SLURM_RESTART_COUNT" in os.environ or job == "-":
+        return os.environ.get("SLURM_RESTART_COUNT", "-")
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "-"
+    found = re.search(r"\bRestarts=(\d+)", out)
+    return found[1] if found else "-"
 
 
 def run_step(fn: Callable[[], Any]) -> Any:
