@@ -9,7 +9,7 @@ import lmablate.corpora
 import lmablate.evaluation
 import lmablate.lrfind
 import lmablate.phases
-from lmablate.harvest import plan_figures, planned_rows
+from lmablate.harvest import plan_figures, planned_rows, shared_points
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -126,7 +126,11 @@ def get_train_phase(wildcards):
     if RANKING is None:
         return {}
     if wildcards.run_id in RANKING.phase1:
-        return {"cohort": f"checkpoints/{NAME}/phase1-cohort.jsonl"} if RANKING.early_stop else {}
+        if not RANKING.early_stop:
+            return {}
+        # one cohort per value of ranking.per; a run shared by two axes is in both
+        cohorts = [f"checkpoints/{NAME}/{c}.jsonl" for c in RANKING.cohorts(wildcards.run_id)]
+        return {"cohort": cohorts[0] if len(cohorts) == 1 else cohorts}
     phase1 = RANKING.phase1_of.get(wildcards.run_id)
     if phase1 and RANKING.resume == "continue":
         return {"init_from": f"checkpoints/{NAME}/{phase1}"}

@@ -47,16 +47,56 @@ DEFAULT_TRAIN_TOKENS_PER_S = 1e5
 DEFAULT_TRAIN_RUNTIME_MIN = 240
 
 
-def _vocab(run: Any) -> int:
+def _vocab(run: Any, corpora: Mapping[str, Any] | None = None,
+           store: Mapping[str, int] | None = None) -> int:
+    """Embedding rows ``run`` trains with. A pre-tokenized (hdf5) corpus brings its own ids:
+    its ``vocab_size``, else the imported token store's, sizes the embedding, not the tokenizer
+    setting (seed 000: 293,708,800 parameters, not a padded byte vocabulary's 293,987,328)."""
     m, t = run.config.model, run.config.tokenizer
+    spec = (corpora or {}).get(run.config.data.corpus) or {}
+    if spec.get("source") == "hdf5" and t.kind != "file":
+        if spec.get("vocab_size"):
+            return m.padded_vocab(int(spec["vocab_size"]))
+        if store and store.get("vocab_size"):
+            return m.padded_vocab(int(store["vocab_size"]))
     # char/file tokenizers only know their size once trained: estimate with the configured one
     return model_vocab(m, t) or math.ceil(t.vocab_size / m.vocab_multiple) * m.vocab_multiple
 
 
-def _finals(study: Study, results_root: str | Path) -> dict[str, dict[str, Any]]:
+def _store(run: Any, resources_root: str | Path,
+           corpora: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """``vocab_size`` and ``train_tokens`` of the run's token store, once it is built
+    (``resources/tokens/<corpus>-<data_id>.h5``, as rules/common.smk names it). Before that, a
+    pre-tokenized (hdf5) corpus of fixed-length rows or one stream without a mask is counted in
+    its file; other corpora: {} (their size is known once tokenized)."""
+    import h5py
+
+    path = Path(resources_root) / "tokens" / f"{run.config.data.corpus}-{run.data_id}.h5"
+    try:
+        if path.is_file():
+            with h5py.File(path, "r") as f:
+                return {"vocab_size": int(f.attrs["vocab_size"]),
+                        "train_tokens": int(len(f["train"]))}
+        spec = (corpora or {}).get(run.config.data.corpus) or {}
+        if spec.get("source") != "hdf5" or spec.get("mask") or not spec.get("_abs_train"):
+            return {}
+        with h5py.File(spec["_abs_train"], "r") as f:
+            ds = f[spec["dataset"]]
+            if h5py.check_vlen_dtype(ds.dtype) is not None:
+                return {}  # ragged rows: their lengths are read when the store is built
+            rows = ds.shape[0] if ds.ndim == 2 else 1
+            tokens = int(ds.size) + (rows if spec.get("eot_id") is not None else 0)
+        budget = spec.get("max_tokens")
+        return {"train_tokens": min(tokens, int(budget)) if budget else tokens}
+    except (OSError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def _finals(study: Study, results_root: str | Path,
+            run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     runs_dir = Path(results_root) / study.name / "runs"
     out = {}
-    for run_id in study.by_id:
+    for run_id in study.by_id if run_ids is None else run_ids:
         f = runs_dir / run_id / "final.json"
         if f.is_file():
             try:
@@ -76,14 +116,22 @@ def measured_rate(finals: dict[str, dict[str, Any]]) -> tuple[str, float] | None
     return ("tokens", tokens[len(tokens) // 2]) if tokens else None
 
 
-def planned_tokens(run: Any) -> int | None:
-    """Tokens ``run`` trains on (its budget rounded up to whole steps); None for an epoch
-    budget, which depends on the data."""
+def planned_tokens(run: Any, train_tokens: int | None = None) -> int | None:
+    """Tokens ``run`` trains on: its budget rounded up to whole steps, as training plans it
+    (:func:`lmablate.train.make_plan`), ending at ``train.stop_tokens`` where that is set (a
+    phase-1 run that stops early on the full schedule). An epoch budget needs the train split's
+    size, ``train_tokens``; None without it."""
     t = run.config.train
+    budget = t.tokens
     if t.epochs is not None:
-        return None
+        if train_tokens is None:
+            return None
+        budget = int(t.epochs * train_tokens)
     per_step = t.batch_size * t.grad_accum * t.seq_len
-    return math.ceil(t.tokens / per_step) * per_step
+    steps = max(1, math.ceil(budget / per_step))
+    if t.stop_tokens:
+        steps = min(steps, math.ceil(t.stop_tokens / per_step))
+    return steps * per_step
 
 
 def train_memory_bytes(run: Any, vocab: int | None = None, *, cuda: bool = False) -> int:
@@ -215,15 +263,37 @@ def _short_keys(diff: dict[str, Any]) -> str:
 
 def plan_table(study: Study, tokens_per_second: float | None = None,
                results_root: str | Path = "results") -> list[dict[str, Any]]:
-    """One dict per run (see the module doc); ``est_seconds`` is None without a rate."""
-    finals = _finals(study, results_root)
+    """One dict per run (see the module doc); ``est_seconds`` is None without a rate.
+
+    A two-phase study (``ranking:``) lists its phase-1 runs (``phase`` 1, the short budget) and
+    then the runs phase 2 may train (``phase`` 2; with ``resume: continue`` only the tokens left
+    after phase 1). An epoch budget's tokens come from the built token store (under
+    ``resources/`` beside ``results_root``). A run several sweep points share names the others
+    in ``also``."""
+    from .phases import ranking_of
+
+    ranking = ranking_of(study)
+    planned = [(r, None) for r in study.runs] if ranking is None else [
+        *((r, 1) for r in ranking.phase1.values()), *((r, 2) for r in study.runs)]
+    finals = _finals(study, results_root, [r.run_id for r, _ in planned])
     rate = ("tokens", tokens_per_second) if tokens_per_second else measured_rate(finals)
+    resources = Path(results_root).parent / "resources"
+    shared = any(r.shared for r in study.runs)
+    hdf5 = any(c.get("source") == "hdf5" for c in study.corpora.values())
+    stores: dict[tuple[str, str], dict[str, int]] = {}  # one look per token store
     rows = []
-    for r in study.runs:
-        vocab, t = _vocab(r), r.config.train
+    for r, phase in planned:
+        key = (r.config.data.corpus, r.data_id)
+        if key not in stores:
+            stores[key] = _store(r, resources, study.corpora) if (
+                hdf5 or r.config.train.epochs is not None) else {}
+        store = stores[key]
+        vocab, t = _vocab(r, study.corpora, store), r.config.train
         ctx = r.config.model.context_length or t.seq_len
         counts = accounting.param_counts(r.config.model, vocab, ctx)
-        tokens = planned_tokens(r)
+        tokens = planned_tokens(r, store.get("train_tokens"))
+        if phase == 2 and tokens and ranking.resume == "continue":  # phase 1 trained the rest
+            tokens -= planned_tokens(ranking.phase1[ranking.phase1_of[r.run_id]]) or 0
         flops = accounting.flops_per_token(r.config.model, vocab, t.seq_len) * tokens \
             if tokens else None
         est = None
@@ -231,6 +301,8 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
             est = flops / rate[1] if rate[0] == "flops" else tokens / rate[1]
         rows.append({
             "run_id": r.run_id, "variant": r.variant, "seed": r.seed,
+            **({"phase": phase} if ranking else {}),
+            **({"also": "; ".join(_point(v, a) for v, a in r.shared)} if shared else {}),
             "differs": _short_keys(r.diff),
             "params": counts["total"], "non_embedding": counts["non_embedding"],
             "trainable": counts["trainable"],
@@ -241,7 +313,20 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
     return rows
 
 
-def plan_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _point(variant: str, axes: Mapping[str, Any]) -> str:
+    parts = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in axes.items())
+    return f"{variant} ({parts})" if parts else variant
+
+
+def plan_totals(rows: list[dict[str, Any]], phase2_at_most: int | None = None) -> dict[str, Any]:
+    """Runs, tokens, FLOPs and time of the plan. In a two-phase study phase 2 trains at most
+    ``phase2_at_most`` of its runs: the totals count phase 1 and that many of the most
+    expensive phase-2 runs (an upper bound; the selection is known once phase 1 has run)."""
+    phase2 = [r for r in rows if r.get("phase") == 2]
+    if phase2 and phase2_at_most is not None:
+        phase2.sort(key=lambda r: (r["flops"] or 0, r["tokens"] or 0), reverse=True)
+        kept = {id(r) for r in phase2[:phase2_at_most]}
+        rows = [r for r in rows if r.get("phase") != 2 or id(r) in kept]
     todo = [r for r in rows if not r["done"]]
     secs = [r["est_seconds"] for r in todo if r["est_seconds"] is not None]
     return {"runs": len(rows), "done": len(rows) - len(todo),
@@ -275,7 +360,11 @@ def _fmt_time(s: float | None) -> str:
 
 def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
     """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals)."""
-    totals = plan_totals(rows)
+    from .phases import ranking_of
+
+    ranking = ranking_of(study)
+    at_most = ranking.phase2_at_most() if ranking else None
+    totals = plan_totals(rows, at_most)
     if fmt == "json":
         return json.dumps({"study": study.name, "runs": rows, "totals": totals}, indent=2)
     if fmt == "csv":
@@ -284,7 +373,8 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
-    cols = [("run_id", "run ID", str), ("differs", "differs from defaults", str),
+    cols = [("run_id", "run ID", str), *([("phase", "phase", str)] if ranking else []),
+            ("differs", "differs from defaults", str),
             ("params", "params", _fmt_count), ("non_embedding", "non-emb", _fmt_count),
             ("memory", "memory", lambda b: _fmt_count(b) + "B"),
             ("tokens", "tokens", _fmt_count), ("flops", "FLOPs", _fmt_count),
@@ -292,7 +382,8 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
             ("done", "status", lambda d: "done" if d else "to run")]
     table = [[f(r[k]) for k, _, f in cols] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, (_, h, _) in enumerate(cols)]
-    widths[1] = min(widths[1], 48)
+    differs = [k for k, _, _ in cols].index("differs")
+    widths[differs] = min(widths[differs], 48)
     lines = ["  ".join(h.ljust(w) for (_, h, _), w in zip(cols, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in table:
@@ -308,9 +399,22 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
     else:
         time_note = "; no throughput measured yet (pass --tokens-per-second)"
     variants = f"{totals['variants']} variant{'s' if totals['variants'] != 1 else ''}"
+    lines += [f"{r['run_id']} also stands for {r['also']}" for r in rows if r.get("also")]
+    if ranking:
+        n1 = sum(r.get("phase") == 1 for r in rows)
+        n2 = sum(r.get("phase") == 2 for r in rows)
+        per = f" per {ranking.per}" if ranking.per else ""
+        lines.append(f"total: {n1} phase-1 runs + at most {at_most} of the {n2} phase-2 runs "
+                     f"(top {ranking.top_k}{per}){done} in study {study.name!r}: at most "
+                     f"{_fmt_count(totals['tokens'])} tokens, {_fmt_count(totals['flops'])} "
+                     f"FLOPs{time_note}")
+        return "\n".join(lines)
+    unknown = sum(r["tokens"] is None for r in rows)
+    epochs = (f" (+ {unknown} epoch-budget run(s) whose tokens are known once the token store "
+              "is built)") if unknown else ""
     lines.append(f"total: {totals['runs']} runs ({variants}){done} in study "
                  f"{study.name!r}: {_fmt_count(totals['tokens'])} tokens, "
-                 f"{_fmt_count(totals['flops'])} FLOPs{time_note}")
+                 f"{_fmt_count(totals['flops'])} FLOPs{epochs}{time_note}")
     return "\n".join(lines)
 
 

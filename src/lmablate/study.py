@@ -286,7 +286,7 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
             raise ConfigError(f"unknown corpus {corpus!r}{did_you_mean(corpus, corpora)}; define "
                               f"it under `corpora:` or use a preset ({presets})", key="data.corpus")
     baseline = doc.get("baseline", "baseline")
-    variants = {r.variant for r in runs}
+    variants = {v for r in runs for v, _ in r.memberships()}  # a shared run's variants too
     if "baseline" in doc and baseline not in variants:
         raise ConfigError(f"baseline {baseline!r} is not a variant"
                           f"{did_you_mean(baseline, variants)}", key="baseline")
