@@ -246,6 +246,42 @@ def test_a_read_only_checkpoint_folder_is_one_line(finished: Finished, tmp_path:
     assert TRACEBACK not in err
 
 
+def test_a_full_disk_for_the_log_and_the_checkpoints_is_one_line_on_the_terminal(
+        finished: Finished, tmp_path: Path):
+    """The training job's log and checkpoints on one full file system: the log stays empty, the
+    terminal gets the one line."""
+    root = finished.copy(tmp_path / "study")
+    rid = with_variant(root)
+    disk = root / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+    try:
+        for name, link in (("logs", root / "logs" / "tiny" / "train_model"),
+                           ("checkpoints", root / "checkpoints" / "tiny")):
+            (disk / name).mkdir()
+            shutil.rmtree(link)
+            link.symlink_to(disk / name)
+        with open(disk / "filler", "wb", buffering=0) as fh:  # fill it, byte by byte at the end
+            for size in (1 << 16, 512, 1):
+                try:
+                    while True:
+                        fh.write(bytes(size))
+                except OSError:
+                    pass
+        status, out, err = run_snakemake(root, "-c1")
+        log = (disk / "logs" / f"{rid}.log").read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert status != 0
+    assert len(lines_of(err)) == 1 and "No space left on device" in lines_of(err)[0], err[-3000:]
+    assert rid in lines_of(err)[0]
+    assert TRACEBACK not in err and "Exception ignored" not in err
+    assert log == ""
+
+
 STEP = """
 import sys
 if sys.argv[1] != "-":

@@ -1,4 +1,5 @@
-"""Collect every run of the study into runs.csv/parquet, curves.parquet, summary.json, analysis.txt."""
+"""Collect every run of the study into runs.csv/parquet, curves.parquet, summary.json,
+analysis.txt (a copy of the tables in results/<study>/last_good/)."""
 
 import sys
 

@@ -81,13 +81,22 @@ def open_attempt_log(log: str | Path, history: str | Path) -> TextIO:
         return out
     attempt = sum(line.startswith(ATTEMPT_MARK) for line in earlier.splitlines()) + 1
     out = open(log, "w", buffering=1)
-    out.write(earlier)
     stream = _Tee(out, copy)
-    if earlier and not earlier.endswith("\n"):
-        stream.write("\n")  # the earlier attempt was killed mid-line
     job = os.environ.get("SLURM_JOB_ID", "-")
-    stream.write(f"{ATTEMPT_MARK} {attempt} at {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
-                 f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT={_slurm_restarts(job)}\n")
+    try:
+        out.write(earlier)
+        if earlier and not earlier.endswith("\n"):
+            stream.write("\n")  # the earlier attempt was killed mid-line
+        stream.write(f"{ATTEMPT_MARK} {attempt} at "
+                     f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
+                     f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT={_slurm_restarts(job)}\n")
+    except OSError:  # the log's disk is full: the step's lines (and its error) go to stderr
+        for fh in (out, copy):
+            try:
+                fh.close()
+            except OSError:
+                pass
+        return sys.__stderr__
     return stream
 
 
