@@ -175,6 +175,15 @@ if RANKING is not None and not STUDY.doc.get("figures"):
     FIGURES = {n: f for n, f in FIGURES.items() if f["kind"] not in PHASE1_ONLY_FIGURES}
 if EVAL is not None and not STUDY.doc.get("figures"):
     FIGURES["tasks"] = {"kind": "tasks"}
+# A two-phase study's whole sweep is its phase 1: the figures over the sweep axes are drawn from
+# it (results/<study>/phase1/plots/), planned from the phase-1 runs as FIGURES from the study's.
+PHASE1_FIGURES = {}
+if RANKING is not None and not STUDY.doc.get("figures"):
+    PHASE1_FIGURES = {
+        n: f
+        for n, f in plan_figures(planned_rows(STUDY, RANKING.phase1.values())).items()
+        if f["kind"] in PHASE1_ONLY_FIGURES
+    }
 FIGURE_SUBCATEGORY = {
     "loss_curves": "Loss",
     "final_metric": "Loss",
@@ -231,16 +240,23 @@ REPORT_DIR = Path(workflow.basedir) / "report"
 
 def results_page_figures():
     """Figure name -> PNG, report caption and one-line summary, in the order the results page
-    shows them: the study's figures, then the LR range test."""
+    shows them: the study's figures, a two-phase study's phase-1 figures, the LR range test."""
     figures = {
         name: {
             "path": figure_path(name),
-            "caption": str(REPORT_DIR / f"{spec['kind']}.rst"),
+            "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
             "what": lmablate.harvest.FIGURE_KINDS[spec["kind"]]
             + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
         }
         for name, spec in FIGURES.items()
     }
+    for name, spec in PHASE1_FIGURES.items():  # a two-phase study's sweep figures
+        figures[f"phase1/{name}"] = {
+            "path": f"results/{NAME}/phase1/plots/{name}.png",
+            "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
+            "what": "Phase 1, every configuration: "
+            + lmablate.harvest.FIGURE_KINDS[spec["kind"]],
+        }
     if LR_FIND:
         figures["lr_finder"] = {
             "path": f"results/{NAME}/plots/lr_finder.png",
@@ -250,8 +266,23 @@ def results_page_figures():
     return figures
 
 
+def phase1_figure_outputs():
+    """The figures of a two-phase study's phase 1 (PHASE1_FIGURES), for rule plot_phase1."""
+    return {
+        name: report(
+            f"results/{NAME}/phase1/plots/{name}.png",
+            category="Figures",
+            subcategory="Phase 1: every configuration",
+            caption=f"../report/{figure_caption(spec)}.rst",
+            labels={"figure": f"phase1/{name}"},
+        )
+        for name, spec in PHASE1_FIGURES.items()
+    }
+
+
 def get_final_output():
     phase1 = [f"results/{NAME}/phase1/selected.json"] if RANKING else []
+    phase1 += [f"results/{NAME}/phase1/plots/{name}.png" for name in PHASE1_FIGURES]
     lr_find = [f"results/{NAME}/plots/lr_finder.png"] if LR_FIND else []
     tables = [f"results/{NAME}/{f}" for f in ("runs.csv", "summary.json", "analysis.txt")]
     results = [f"results/{NAME}/RESULTS.md", f"results/{NAME}/results.html"]

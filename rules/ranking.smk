@@ -11,6 +11,8 @@ checkpoint rank_phase1:
         runs_csv=f"results/{NAME}/phase1/runs.csv",
         analysis=f"results/{NAME}/phase1/analysis.txt",
         ranking=f"results/{NAME}/phase1/ranking.png",
+        runs=f"results/{NAME}/phase1/runs.parquet",
+        curves=f"results/{NAME}/phase1/curves.parquet",
     log:
         f"logs/{NAME}/rank_phase1.log",
     benchmark:
@@ -23,3 +25,27 @@ checkpoint rank_phase1:
         ranking=RANKING.selection() if RANKING else {},
     script:
         "../workflow_scripts/rank_phase1.py"
+
+
+# The figures over the sweep axes of a two-phase study, drawn from phase 1 (every configuration;
+# phase 2 holds only the selected ones): loss vs each axis, compute vs quality, heatmap, ...
+if PHASE1_FIGURES:
+
+    rule plot_phase1:
+        input:
+            runs=f"results/{NAME}/phase1/runs.parquet",
+            curves=f"results/{NAME}/phase1/curves.parquet",
+        output:
+            **phase1_figure_outputs(),
+        log:
+            f"logs/{NAME}/plot_phase1.log",
+        benchmark:
+            f"benchmarks/{NAME}/plot_phase1.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        params:
+            baseline=STUDY.baseline,
+            study=f"{NAME} (phase 1)",
+            figures=PHASE1_FIGURES,
+        script:
+            "../workflow_scripts/plot_study.py"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from test_harvest import write_run
@@ -261,10 +262,13 @@ def test_pareto_draws_and_names_the_frontier(tmp_path):
     assert ax.get_xlabel().startswith("training FLOPs per token")
     listing = next(t.get_text() for t in ax.texts if t.get_text().startswith("Pareto frontier"))
     # flops 6e4 * (1 - share) + 1e3 * glu; a point is on the frontier when no cheaper one has a
-    # lower mean loss: share 0.45 (3.11), then the centre (3.01); glu 2.0 and 4.0 cost more and
-    # lose, share 0.25 costs most
+    # lower mean loss: share 0.45 (3.11), then the centre (3.01, one model named by both its
+    # sweep points); glu 2.0 and 4.0 cost more and lose, share 0.25 costs most
     named = [ln.split("  ", 1)[1] for ln in listing.split("\n")[1:] if ln[:2].strip().isdigit()]
-    assert named == ["embedding, embedding_share=0.45", "embedding, embedding_share=0.35"]
+    assert named == ["embedding, embedding_share=0.45",
+                     "embedding, embedding_share=0.35; glu, glu_expansion=2.66"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"seeds (10 runs)", "other configurations (3)"} <= set(legend)  # each run once
     numbers = sorted(t.get_text() for t in ax.texts if t.get_text().isdigit())
     assert numbers == ["1", "2"]
 
@@ -347,3 +351,25 @@ def test_a_run_that_diverged_before_its_first_evaluation_is_named_in_its_panel(t
     panel = next(a for a in fig.axes if a.get_title() == "boom")
     assert "No validation point: seed 0 diverged at step 4,\nbefore the first evaluation." in \
         [t.get_text() for t in panel.texts]
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_a_two_phase_study_draws_its_sweep_figures_from_phase_1(tmp_path, tiny_study):
+    """Phase 2 holds only the selected configuration; the loss-vs-axis and compute-vs-quality
+    figures of the whole sweep come from phase 1 (results/<study>/phase1/plots/)."""
+    from conftest import planned, snakemake, write_yaml
+
+    tiny_study["sweep"] = {"grid": {"model.n_layers": [1, 2, 3]}, "seeds": [0]}
+    tiny_study["ranking"] = {"tokens": 2048, "top_k": 1}
+    write_yaml(tmp_path / "study.yaml", tiny_study)
+    rules, _ = planned(tmp_path)
+    assert rules["plot_phase1"] == 1
+    names = ("loss_vs_axis", "pareto")
+    snakemake(tmp_path, "-c2", *(f"results/tiny/phase1/plots/{n}.png" for n in names))
+    for name in names:
+        img = matplotlib.image.imread(tmp_path / f"results/tiny/phase1/plots/{name}.png")
+        assert img.shape[0] > 300 and img[..., :3].std() > 0.05, name
+    runs = pd.read_parquet(tmp_path / "results/tiny/phase1/runs.parquet")
+    fig = plots.metric_vs_axis(runs)
+    assert [a.get_xlabel() for a in fig.axes if a.get_xlabel()] == ["n_layers"]

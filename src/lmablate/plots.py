@@ -1121,8 +1121,10 @@ def metric_vs_axis(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
         notes.append("Red crosses on the top edge: runs that did not complete, at their value.")
     if ref is not None and (ok.group == ref).any():
         notes.append(f"Dotted line: the reference {ref} (mean over seeds).")
-    sub = ("dots joined: mean over seeds per configuration; small dots: seeds; whisker: 95% "
-           "Student-t interval; star: best value" if all(i["lines"] for i in info) else
+    whisk = "whisker: 95% Student-t interval" if (ok.groupby("group", observed=True).size()
+                                                   > 1).any() else "one seed: no interval"
+    sub = ("dots joined: mean over seeds per configuration; small dots: seeds; "
+           f"{whisk}; star: best value" if all(i["lines"] for i in info) else
            "grey: each configuration's mean over seeds; blue line: the best configuration at "
            "each value (whisker: its 95% Student-t interval); dashed: the median; star: best")
     return _finish(fig, title or f"{name[0].upper()}{name[1:]} vs each swept axis", sub, notes)
@@ -1146,14 +1148,16 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
     per configuration: mean over seeds with its 95% t-interval, seeds faint, the Pareto frontier
     (the configurations no cheaper one beats) as a step line with its points named; runs that
     did not complete are crosses on the top edge at their cost."""
-    from .harvest import fmt_count, group_rows
+    from .harvest import fmt_count
 
     style()
     if x is None:
         has = "flops_per_token" in runs and runs.flops_per_token.notna().any()
         x = "flops_per_token" if has else "params_total"
     what = X_LABELS.get(x, x)
-    rows = group_rows(runs)
+    rows = runs  # each run once: a run that two sweep points share is one model, named by both
+    if "groups" in runs and runs.groups.notna().any():
+        rows = runs.assign(group=runs.groups.where(runs.groups.notna(), runs.group))
     ok = _ok(rows)
     ok = ok[ok[metric].notna() & ok[x].notna()] if metric in ok and x in ok else ok.iloc[0:0]
     if not len(ok) or ok[x].nunique() < 2:
@@ -1165,7 +1169,7 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
                       metric)
     front = pareto_front(st.x.tolist(), st["mean"].tolist())
     on = st.iloc[front]
-    fig, ax = _subplots(figsize=(9.5, 6))
+    fig, ax = _subplots(figsize=(13, 6))
     log = st.x.max() / st.x.min() >= 10
     if log:
         ax.set_xscale("log")
@@ -1183,7 +1187,8 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
             clipped |= _whisker(ax, e.mean, e.lo, e.hi, e.x, SELECTED_COLOR, horizontal=False)
     ax.step(on.x, on["mean"], where="post", color=SELECTED_COLOR, lw=1.6, ls="--", zorder=4)
     ax.scatter(on.x, on["mean"], s=70, color=SELECTED_COLOR, edgecolor="black", lw=0.7,
-               zorder=5, label=f"Pareto frontier ({len(on)} configurations)")
+               zorder=5, label=f"Pareto frontier ({len(on)} configuration"
+               + ("s)" if len(on) != 1 else ")"))
     listed = []  # numbered on the plot, named in a list beside it: labels never overlap
     for k, e in enumerate(on.head(max_labels).itertuples(), 1):
         ax.annotate(str(k), (e.x, e.mean), xytext=(0, 9), textcoords="offset points",
@@ -1211,7 +1216,7 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
     else:
         _eng(ax.xaxis)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric) + "; lower is better")
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower left", bbox_to_anchor=(1.02, 0.0))  # beside the axes: hides no point
     notes = []
     if clipped:
         notes.append("Arrow heads: an interval continues beyond the axis (scaled to the data).")
