@@ -245,7 +245,7 @@ def results_page_figures():
         name: {
             "path": figure_path(name),
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": lmablate.harvest.FIGURE_KINDS[spec["kind"]]
+            "what": lmablate.harvest.figure_summary(spec)
             + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
         }
         for name, spec in FIGURES.items()
@@ -254,8 +254,7 @@ def results_page_figures():
         figures[f"phase1/{name}"] = {
             "path": f"results/{NAME}/phase1/plots/{name}.png",
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": "Phase 1, every configuration: "
-            + lmablate.harvest.FIGURE_KINDS[spec["kind"]],
+            "what": "Phase 1, every configuration: " + lmablate.harvest.figure_summary(spec),
         }
     if LR_FIND:
         figures["lr_finder"] = {

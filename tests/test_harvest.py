@@ -28,6 +28,7 @@ from lmablate.harvest import (
 )
 
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
+REPO_REPORT = Path(__file__).resolve().parents[1] / "report"
 
 
 def write_run(root: Path, run_id: str, *, variant: str = "baseline", seed: int = 0,
@@ -317,3 +318,11 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
              if r.run_id in shared else None} for r in study.runs]
     assert set(figure_axes(_point_rows(rows))) == {"axis.model.embedding_share",
                                                    "axis.model.glu_expansion"}
+
+
+def test_train_split_curves_are_not_called_validation_loss():
+    from lmablate.harvest import figure_summary
+
+    assert figure_summary({"kind": "loss_curves", "split": "train"}).startswith("Training loss")
+    assert figure_summary({"kind": "loss_curves"}).startswith("Validation loss")
+    assert (REPO_REPORT / "loss_curves_train.rst").read_text().startswith("Training loss")

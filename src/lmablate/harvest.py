@@ -50,7 +50,7 @@ __all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results"
            "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
            "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes", "FIGURE_KINDS",
            "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
-           "approx_flops_per_token"]
+           "approx_flops_per_token", "figure_summary"]
 
 PRIMARY = "val_loss"  # the metric groups are ranked by (lower is better)
 # Statuses whose final metrics enter the statistics. `in_progress` is an imported Hugging Face run
@@ -434,6 +434,15 @@ DERIVED_AXES = {"d_ff/d_model": ("model.d_ff", "model.d_model"),
                 "n_layers/n_heads": ("model.n_layers", "model.n_heads"),
                 "d_model/n_layers": ("model.d_model", "model.n_layers")}
 FIGURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def figure_summary(spec: Mapping[str, Any]) -> str:
+    """One line on what a planned figure shows (RESULTS.md, the results page): its kind's
+    :data:`FIGURE_KINDS` entry, for loss curves of the train split the training loss."""
+    if spec.get("kind") == "loss_curves" and spec.get("split") == "train":
+        return ("Training loss against training tokens, each group next to the reference (mean "
+                "and 95% CI over seeds).")
+    return FIGURE_KINDS.get(spec.get("kind", ""), "")
 
 
 def planned_rows(study: Study, runs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
@@ -1288,7 +1297,7 @@ def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     if figures:
         lines += ["## Figures", ""]
         for name, spec in figures.items():
-            what = FIGURE_KINDS.get(spec.get("kind", ""), "")
+            what = figure_summary(spec)
             if spec.get("metric"):
                 what += f" Metric: `{spec['metric']}`."
             lines += [f"### {name}", "", what, "",
