@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -173,7 +174,7 @@ def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path
             assert proc.poll() is None and time.monotonic() < deadline
             metrics = list(runs_dir.glob("*/metrics.jsonl"))
             if metrics and metrics[0].read_text().count("\n") >= 4:
-                job = _train_job_id()
+                job = _train_job_id(f"rule_train_model_wildcards_{metrics[0].parent.name}")
             time.sleep(0.2)
         subprocess.run(["scontrol", "requeue", job], check=True)
         assert proc.wait(timeout=900) == 0
@@ -182,7 +183,18 @@ def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path
             proc.kill()
     (rid,) = [p.name for p in runs_dir.iterdir()]
     log = (work / "logs" / "tiny" / "train_model" / f"{rid}.log").read_text()
-    assert "resumed from" in log
+    # the log keeps the first attempt's lines, up to the signal, then a marker, then the second's
+    marks = [ln for ln in log.splitlines() if ln.startswith("=== lmablate: attempt ")]
+    assert len(marks) == 2, log
+    for n, mark in enumerate(marks):  # the same Slurm job, restarted once by the requeue
+        assert mark.startswith(f"=== lmablate: attempt {n + 1} at ") and mark.endswith(
+            f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT={n}"), marks
+    first, second = log.split(marks[1])
+    assert "starting" in first and "resumed from" not in first, log
+    assert re.search(r"step \d+/\d+ tokens", first), log
+    assert re.search(r"signal 15: checkpointed at step \d+, exiting for requeue", first), log
+    assert "resumed from" in second and "starting" not in second, log
+    assert log == (work / "checkpoints" / "tiny" / rid / "train.log").read_text()
     final = json.loads((runs_dir / rid / "final.json").read_text())
     expected = json.loads((ref / "results" / "tiny" / "runs" / rid / "final.json").read_text())
     for key in ("val_loss", "best_val_loss", "val_acc", "final_train_loss", "steps", "tokens"):
