@@ -373,3 +373,23 @@ def test_a_two_phase_study_draws_its_sweep_figures_from_phase_1(tmp_path, tiny_s
     runs = pd.read_parquet(tmp_path / "results/tiny/phase1/runs.parquet")
     fig = plots.metric_vs_axis(runs)
     assert [a.get_xlabel() for a in fig.axes if a.get_xlabel()] == ["n_layers"]
+
+
+def test_heatmap_shows_a_relative_d_ff_sweep_as_the_ratio(tmp_path):
+    """d_ff swept from d_model/2 to 2 * d_model (seed 000): in absolute d_ff the grid would be a
+    sparse diagonal; as d_ff/d_model every cell is filled."""
+    from lmablate.harvest import heatmap_axes
+
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"d{d}-r{r}", val_loss=3.0 - d / 100 - r / 10,
+                      model={"d_model": d, "d_ff": int(r * d)},
+                      axes={"model.d_model": d, "model.d_ff": int(r * d)})
+            for d in (32, 64, 128) for r in (0.5, 1, 2)]
+    runs, _, _ = collect(dirs)
+    assert heatmap_axes(runs.to_dict("records"))[1][:2] == ["d_ff/d_model", "axis.model.d_model"]
+    fig = plots.heatmap(runs)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "d_ff/d_model"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.5", "1", "2"]
+    cells = [t.get_text() for t in ax.texts]
+    assert len(cells) == 9 and f"{3.0 - 0.64 - 0.2:.3f}" in cells

@@ -507,6 +507,8 @@ def heatmap_axes(rows: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[st
     The grid is the variant with the most configurations (other variants are single points
     beside it); y and x are its first two numeric axes that form a real grid, i.e. more
     combinations than either has values (zipped axes such as seq_len with batch_size do not).
+    An axis swept relative to another (seed 000's d_ff from d_model/2 to 2 * d_model) is shown
+    as that ratio (``d_ff/d_model``, :data:`DERIVED_AXES`) when the ratio takes fewer values.
     """
     counts: dict[Any, set] = {}
     for r in rows:
@@ -516,13 +518,25 @@ def heatmap_axes(rows: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[st
         return None, []
     variant = max(counts, key=lambda v: len(counts[v]))
     sub = [r for r in rows if r.get("variant") == variant]
-    axes = numeric_axes(sub)
+    axes = [_relative(a, sub) for a in numeric_axes(sub)]
     for i, y in enumerate(axes):
         for x in axes[i + 1:]:
-            combos = {(r.get(y), r.get(x)) for r in sub}
-            if len(combos) > max(len({r.get(y) for r in sub}), len({r.get(x) for r in sub})):
+            combos = {(axis_value(r, y), axis_value(r, x)) for r in sub}
+            if len(combos) > max(len({axis_value(r, y) for r in sub}),
+                                 len({axis_value(r, x) for r in sub})):
                 return variant, [y, x] + [a for a in axes if a not in (y, x)]
     return None, []
+
+
+def _relative(axis: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """``axis``, or the derived ratio with it as numerator and a swept denominator when the
+    ratio takes fewer values (the sweep was relative: d_ff = d_model / 2 ... 2 * d_model)."""
+    for name, (num, den) in DERIVED_AXES.items():
+        if axis == f"axis.{num}" and any(f"axis.{den}" in r for r in rows):
+            ratios = {round(v, 6) for v in (_ratio(r, num, den) for r in rows) if v is not None}
+            if 2 <= len(ratios) < len({r.get(axis) for r in rows}):
+                return name
+    return axis
 
 
 def approx_params(row: Mapping[str, Any]) -> float | None:

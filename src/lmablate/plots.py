@@ -778,7 +778,7 @@ def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
     and are named in the subtitle). Axes beyond these three are collapsed to their best group.
     Cells where every seed failed say so; cells the sweep never visited stay grey.
     """
-    from .harvest import heatmap_axes
+    from .harvest import DERIVED_AXES, axis_value, heatmap_axes
 
     style()
     main, axes = heatmap_axes(runs.to_dict("records"))
@@ -787,6 +787,8 @@ def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
     main = main if main is not None else runs.variant.iloc[0]
     others = sorted(set(runs.variant) - {main})
     runs = runs[runs.variant == main]
+    runs = runs.assign(**{a: [axis_value(r, a) for r in runs.to_dict("records")]  # d_ff/d_model
+                          for a in [*axes, x, y, facet] if a in DERIVED_AXES})
     axes = axes or numeric_axes(runs.to_dict("records"))
     y = y or axes[0]
     x = x or next(a for a in axes if a != y)
