@@ -287,8 +287,8 @@ def test_best_per_size_compares_at_the_tokens_every_run_reached(tmp_path):
     fig = plots.best_per_size(runs, curves)
     texts = _texts(fig)
     # a at 2048 tokens: 1.0 + (4 - 2) * 0.5 = 2.0 > b's 1.8
-    assert "b\n10.6k params, loss 1.800 after 2k tokens (n=1); 2 configs" in texts
-    assert "c\n60k params, loss 0.500 after 4k tokens (n=1); 1 configs" in texts
+    assert "b\n10.6k params, loss 1.800 after 2k tokens (n=1); best of 2" in texts
+    assert "c\n60k params, loss 0.500 after 4k tokens (n=1); best of 1" in texts
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["10k-25k", "50k-100k"]
 
 

@@ -1017,7 +1017,7 @@ def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: s
         for k, key in enumerate(series):
             s = st[st.series == key].sort_values("x")
             color = REFERENCE_COLOR if len(series) == 1 else colors[k % 10]
-            label = f"{key} (n={'/'.join(map(str, sorted(set(s.n))))} seeds per point)"
+            label = f"{key} (seeds per point: {'/'.join(map(str, sorted(set(s.n))))})"
             ax.plot(s.x, s["mean"], "-o", color=color, lw=1.8, ms=6, zorder=4,
                     label=label if len(series) > 1 else None)
             seeds = ok[ok["_series"] == key]
@@ -1286,16 +1286,17 @@ def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "bas
             ax.text(0.5, i, "no run reached this point", transform=trans, ha="center",
                     va="center", fontsize=8, color=DIVERGED_COLOR)
             continue
-        jitter = rng.uniform(-0.18, 0.18, len(means))
-        ax.scatter(means["mean"], i + jitter, s=18, color="#9a9a9a", alpha=0.7, lw=0, zorder=2)
-        allv += means["mean"].tolist()
         best = means["mean"].idxmin()
+        rest = means.drop(index=best)  # the best is the star
+        jitter = rng.uniform(-0.18, 0.18, len(rest))
+        ax.scatter(rest["mean"], i + jitter, s=18, color="#9a9a9a", alpha=0.7, lw=0, zorder=2)
+        allv += means["mean"].tolist()
         s = summarize(vals[vals.group == best].v.tolist())
         ax.plot(s.mean, i, "*", color=SELECTED_COLOR, ms=17, mec="black", mew=0.7, zorder=4)
         where = f"after {fmt_tokens(n_at)} {'tokens' if x == 'tokens' else 'steps'}" \
             if n_at is not None else "final"
         ax.text(1.02, i, f"{best}\n{fmt_count(sizes[best])} params, loss {_num(s.mean)} "
-                f"{where} (n={s.n}); {len(means)} configs", transform=trans, va="center",
+                f"{where} (n={s.n}); best of {len(means)}", transform=trans, va="center",
                 fontsize=7.5)
         picked.append(best)
     if not allv:
