@@ -1180,8 +1180,9 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
     ax.scatter(ok["_x"], ok[metric], s=12, color="#9a9a9a", alpha=0.5, lw=0, zorder=2,
                label=f"seeds ({len(ok)} runs)")
     off = st[~st.index.isin(on.index)]
-    ax.scatter(off.x, off["mean"], s=40, color="#bcbcbc", edgecolor="#666666", lw=0.6,
-               zorder=3, label=f"other configurations ({len(off)})")
+    if len(off):
+        ax.scatter(off.x, off["mean"], s=40, color="#bcbcbc", edgecolor="#666666", lw=0.6,
+                   zorder=3, label=f"other configurations ({len(off)})")
     clipped = False
     whiskers = len(on) <= 6
     for e in on.itertuples():
