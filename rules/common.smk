@@ -168,8 +168,14 @@ def get_run_tokenizer(wildcards):
 # The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
 # every figure the sweep axes support, or the study's own `figures:` pick.
 FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
-PHASE1_ONLY_FIGURES = ("heatmap", "lr_sensitivity", "scaling_law", "metric_vs_axis", "pareto",
-                       "best_per_size")
+PHASE1_ONLY_FIGURES = (
+    "heatmap",
+    "lr_sensitivity",
+    "scaling_law",
+    "metric_vs_axis",
+    "pareto",
+    "best_per_size",
+)
 if RANKING is not None and not STUDY.doc.get("figures"):
     # phase 2 holds only the selected configurations: no figures that need the whole sweep
     FIGURES = {n: f for n, f in FIGURES.items() if f["kind"] not in PHASE1_ONLY_FIGURES}
