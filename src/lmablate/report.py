@@ -54,7 +54,8 @@ STYLE = """
 #lmablate-results .table-scroll { overflow-x: auto; max-width: 100%; }
 #lmablate-results ul { list-style: disc; padding-left: 1.4em; margin: 0.3em 0 1em; }
 #lmablate-results figure { margin: 0.6em 0 1.6em; }
-#lmablate-results figure img { max-width: min(100%, 900px); height: auto; border: 1px solid #ddd; }
+#lmablate-results figure img { max-width: 100%; max-height: 90vh; width: auto; height: auto;
+  border: 1px solid #ddd; }
 #lmablate-results figcaption { font-size: 13px; color: #333; max-width: 1000px; }
 #lmablate-results figcaption p { margin: 0.3em 0; }
 #lmablate-results .note { color: #555; }
