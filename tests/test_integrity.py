@@ -109,6 +109,24 @@ def test_non_utf8_bytes_are_reported_in_the_job_log_and_the_run_tables(finished:
     assert "had bytes that were not UTF-8: up to 3 characters became U+FFFD" in analysis
 
 
+@pytest.mark.parametrize("fmt", ["txt", "jsonl"])
+def test_non_utf8_bytes_are_counted_with_the_first_offset(tmp_path: Path, fmt: str):
+    from lmablate.corpora import iter_documents, replaced_message
+
+    if fmt == "txt":
+        data = b"A clean story.\n\nA caf\xe9 story with a real \xef\xbf\xbd.\n\nTwo \x80\x80."
+    else:
+        data = b'{"text": "A clean story."}\n{"text": "A caf\xe9 story."}\n{"text": "\x80\x80"}\n'
+    (tmp_path / f"c.{fmt}").write_bytes(data)
+    stats: dict = {}
+    manifest = {"spec": {"source": "file"}, "files": [{"path": f"c.{fmt}"}], "_dir": str(tmp_path)}
+    docs = list(iter_documents(manifest, stats))
+    assert sum(d.count("\ufffd") for d in docs) == 3 + (fmt == "txt")  # a real U+FFFD stays
+    first, path = data.index(b"\xe9"), tmp_path / f"c.{fmt}"
+    assert replaced_message(stats) == ("3 bytes were not UTF-8 and became U+FFFD (3 characters; "
+                                       f"first at byte offset {first} in {path})")
+
+
 # --------------------------------------------------------------------------------------------------
 # integrity of finished runs
 
