@@ -21,6 +21,15 @@ from lmablate.workflow import plot_study_step
 T975_DF1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each test's figures are closed after it (pyplot warns from 20 open figures on)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """d_model 32/64/128 x lr 1e-3/1e-2, two seeds; an MoE variant; one diverged run."""
@@ -393,3 +402,18 @@ def test_heatmap_shows_a_relative_d_ff_sweep_as_the_ratio(tmp_path):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0.5", "1", "2"]
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 9 and f"{3.0 - 0.64 - 0.2:.3f}" in cells
+
+
+def test_metric_vs_axis_joins_an_axis_zipped_with_another(tmp_path):
+    """batch_size zipped with seq_len (moe series A): no setting of the other axis has two
+    batch sizes, so the panel draws one line per variant, not single points."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"b{b}", val_loss=2.0 + b / 100, axes={"train.batch_size": b,
+                                                                 "train.seq_len": 512 // b})
+            for b in (8, 16, 32)]
+    runs, _, _ = collect(dirs)
+    fig = plots.metric_vs_axis(runs)
+    ax = next(a for a in fig.axes if a.get_xlabel().startswith("batch_size"))
+    line = next(ln for ln in ax.lines if ln.get_marker() == "o")
+    assert list(line.get_xdata()) == [8, 16, 32]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "16", "32"]

@@ -965,7 +965,7 @@ def _set_value_ticks(ax: plt.Axes, values: Sequence[float], log: bool) -> None:
     """Ticks at the swept values when there are few of them, else 1-2-5 (log) or plain ones."""
     vals = sorted(set(values))
     if len(vals) <= 8:
-        ax.set_xticks(vals, [f"{v:g}" for v in vals])
+        ax.set_xticks(vals, [f"{v:.4g}" for v in vals])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
     elif log:
         _log_ticks(ax.xaxis)
@@ -1003,6 +1003,11 @@ def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: s
     ok = _ok(rows)
     ok = ok[ok[metric].notna()]
     st = _group_stats(ok, metric)
+    if not derived and len(st) and st.groupby("series").size().max() == 1:
+        # no line has two points (an axis zipped with another): one line per variant instead
+        rows = rows.assign(_series=rows.variant.astype(str))
+        ok = ok.assign(_series=ok.variant.astype(str))
+        st = _group_stats(ok, metric)
     per_x = st.groupby(["series", "x"]).size() if len(st) else pd.Series(dtype=int)
     lines = not derived and len(st) and per_x.max() == 1 and st.series.nunique() <= max_lines
     xs = rows["_x"].astype(float)
