@@ -1528,7 +1528,8 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
         ax.set_xlabel(_x_label(x))
         _eng(ax.xaxis)
         ax.set_ylabel(label)
-        ax.legend(loc="best")
+        if k == 1:  # one legend for both, beside them: it hides no curve
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     notes = [f"{hidden} more MoE group(s) not shown."] if hidden else []
     notes.append("Bands extend beyond the axes where the 95% interval is wider than the data "
                  "(few seeds).")
