@@ -203,10 +203,11 @@ def test_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path
 
 @needs_slurm
 def test_one_failing_job_does_not_stop_the_others(tmp_path, tiny_study):
-    # `long_ctx` passes every parse-time check but its job fails at run time: its windows are
-    # longer than the validation split (~5k tokens), a DataError inside train().
+    # `long_ctx` passes every parse-time check (batch 1: one step fits the 8192-token budget) but
+    # its job fails at run time: its windows are longer than the validation split (~5k tokens),
+    # a DataError inside train().
     variants = {"baseline": {}, "post_norm": {"model.norm_position": "post"},
-                "long_ctx": {"train.seq_len": 8192}}
+                "long_ctx": {"train.seq_len": 8192, "train.batch_size": 1}}
     tiny_study["sweep"] = {"variants": variants, "seeds": [0]}
     write_yaml(tmp_path / "study.yaml", tiny_study)
     # no --keep-going here: profiles/slurm sets it, and that is what is tested
@@ -369,3 +370,26 @@ def test_snakemake_stops_at_once_with_one_line_where_no_status_command_works(
         assert proc.returncode == 0 and "lmablate:" not in proc.stderr, proc.stderr[-3000:]
     else:
         assert "login node" in lines[0]
+
+
+def test_each_attempt_log_starts_with_the_earlier_attempts_and_a_marker(tmp_path, monkeypatch):
+    """What a requeue does to a run's log, without Slurm: Snakemake deletes the log before each
+    attempt; the copy beside the checkpoints brings the earlier lines back."""
+    from lmablate.workflow import open_attempt_log
+
+    log, history = tmp_path / "logs" / "run.log", tmp_path / "ckpt" / "run" / "train.log"
+    log.parent.mkdir()
+    for restart, text in enumerate(["first\npartial line", "second\n"]):
+        monkeypatch.setenv("SLURM_JOB_ID", "7")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restart))
+        log.unlink(missing_ok=True)
+        stream = open_attempt_log(log, history)
+        stream.write(text)
+        stream.close()
+    lines = log.read_text().splitlines()
+    assert [ln.split(" at ")[0] for ln in lines[::3]] == ["=== lmablate: attempt 1",
+                                                         "=== lmablate: attempt 2"]
+    assert lines[0].endswith(" SLURM_JOB_ID=7 SLURM_RESTART_COUNT=0")
+    assert lines[3].endswith(" SLURM_JOB_ID=7 SLURM_RESTART_COUNT=1")
+    assert lines[1:3] == ["first", "partial line"] and lines[4:] == ["second"]
+    assert history.read_text() == log.read_text()

@@ -61,6 +61,12 @@ class _Tee(io.TextIOBase):
     def fileno(self) -> int:
         return self.main.fileno()
 
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # flushes both
+            self._to_copy(lambda f: f.close())
+            self.main.close()
+
 
 def open_attempt_log(log: str | Path, history: str | Path) -> TextIO:
     """The stream for one attempt of a job whose earlier attempts' lines must survive.
