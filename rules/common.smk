@@ -63,6 +63,17 @@ def canonical(obj):
     return json.loads(lmablate.sweep.canonical_json(obj))
 
 
+_RUN_PARAMS = {}
+
+
+def run_params(wildcards):
+    """A run's resolved config as the train and lr_find rules' `run` param: made once per run
+    (Snakemake expands a job's params more than once; a 1,000-run DAG felt it)."""
+    if wildcards.run_id not in _RUN_PARAMS:
+        _RUN_PARAMS[wildcards.run_id] = canonical(RUNS[wildcards.run_id].to_dict())
+    return _RUN_PARAMS[wildcards.run_id]
+
+
 def dataset_of(run):
     """Name of a run's tokenizer and token store: <corpus>-<data_id>."""
     return f"{run.config.data.corpus}-{run.data_id}"

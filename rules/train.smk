@@ -37,7 +37,7 @@ rule train_model:
         mem_mb=EXECUTION.get("train_mem_mb", 4000),
         runtime=train_runtime,
     params:
-        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
+        run=run_params,
         study=NAME,
         ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
         phase=get_train_phase,
@@ -63,7 +63,7 @@ rule lr_find:
         gpu=gpus_per_run(),
         mem_mb=EXECUTION.get("train_mem_mb", 4000),
     params:
-        run=lambda w: canonical(RUNS[w.run_id].to_dict()),
+        run=run_params,
         options=LR_FIND[1] if LR_FIND else {},
     script:
         "../workflow_scripts/lr_find.py"

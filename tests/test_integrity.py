@@ -152,6 +152,32 @@ def test_a_deleted_weights_file_makes_snakemake_retrain_that_run(finished: Finis
     assert rules["train_model"] == 1 and rules["harvest_metrics"] == 1
 
 
+@pytest.mark.parametrize("lost", ["final.json", "run folder"])
+def test_a_lost_final_json_or_run_folder_makes_snakemake_retrain_that_run(
+        finished: Finished, tmp_path: Path, lost: str):
+    root = finished.copy(tmp_path / "study")
+    rid = finished.run_ids[1]
+    d = finished.run(root, rid)
+    if lost == "final.json":
+        (d / "final.json").unlink()
+    else:
+        shutil.rmtree(d)
+    rules, run_ids = planned(root)
+    assert run_ids == {rid}, (rules, run_ids)
+    assert rules["train_model"] == 1 and rules["harvest_metrics"] == 1
+
+
+def test_an_intact_study_declares_no_run_file_to_snakemake(finished: Finished):
+    """Only runs that lost or changed a file are declared file by file (scan_runs): a finished
+    study's DAG stays as small as its tables need, however many runs it has."""
+    from lmablate.integrity import scan_runs
+
+    runs = [finished.run(finished.path, rid) for rid in finished.run_ids]
+    tables = finished.path / "results" / "tiny" / "runs.csv"
+    assert scan_runs(runs, tables) == ([], [])
+    assert scan_runs(runs, finished.path / "never-harvested.csv") == ([], [])
+
+
 def test_a_truncated_metrics_log_stops_the_parse_with_one_line(finished: Finished,
                                                                tmp_path: Path):
     root = finished.copy(tmp_path / "study")

@@ -3,10 +3,13 @@
 Training writes final.json last, with a manifest of the run's other outputs (size and SHA-256 of
 config.yaml, metrics.jsonl, trainer_state.json, model.safetensors). Two checks read it:
 
-- :func:`damaged_runs`, at every Snakefile parse: one ``stat`` per file (sizes only, so it stays
-  fast for thousands of runs). A missing file is left to Snakemake, which re-trains the run
-  (harvest declares every run file as its input); a file whose size changed stops the workflow
-  with one line naming the file and how to retrain the run (:func:`damage_message`).
+- :func:`scan_runs`, at every Snakefile parse: one ``stat`` per file (sizes and times only, so
+  it stays fast for thousands of runs). A file whose size changed stops the workflow with one
+  line naming the file and how to retrain the run (:func:`damage_message`). The runs Snakemake
+  must look at again (a file missing, or changed since the last harvest) come back too: their
+  files become targets of ``rule all`` and inputs of harvest, so Snakemake re-trains a run that
+  lost a file and re-harvests one that changed. Every other run stays out of those lists:
+  Snakemake's DAG of a large study costs time per declared file.
 - :func:`verify_run`, in harvest: sizes again, and the full hash of the small files harvest
   reads anyway (config.yaml; metrics.jsonl is checked against its own ``metrics_sha256``).
 
@@ -24,8 +27,8 @@ from typing import Any
 from .errors import DataError
 from .io import sha256_file
 
-__all__ = ["MANIFEST_FILES", "file_manifest", "size_problem", "damaged_runs", "damage_message",
-           "verify_run"]
+__all__ = ["MANIFEST_FILES", "file_manifest", "size_problem", "damaged_runs", "scan_runs",
+           "damage_message", "verify_run"]
 
 # the run's outputs final.json vouches for (final.json itself is the Snakemake marker)
 MANIFEST_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "model.safetensors")
@@ -73,6 +76,48 @@ def damaged_runs(run_dirs: Iterable[str | Path], *, missing: bool = False
             if problem and (missing or problem != "missing"):
                 out.append((d, name, problem))
     return out
+
+
+def scan_runs(run_dirs: Iterable[str | Path], tables: str | Path
+              ) -> tuple[list[tuple[Path, str, str]], list[Path]]:
+    """``(damaged, recheck)`` of the runs in ``run_dirs``, with one ``stat`` per file.
+
+    ``damaged``: ``(run_dir, file, problem)`` of finished runs whose files differ in size from
+    what their final.json recorded (as :func:`damaged_runs`). ``recheck``: the runs Snakemake has
+    to look at again although the study's harvested ``tables`` (runs.csv) exist and are up to
+    date in its eyes (Snakemake does not follow a missing or newer input of a job whose outputs
+    are present): a run with a file missing (final.json too, once the study has been harvested,
+    or while other files of the run exist), or with a file newer than ``tables``.
+    """
+    try:
+        harvested: float | None = os.stat(tables).st_mtime
+    except OSError:
+        harvested = None
+    damaged: list[tuple[Path, str, str]] = []
+    recheck: list[Path] = []
+    for d in map(Path, run_dirs):
+        files = _manifest(d / "final.json")
+        if files is None:
+            if (d / "final.json").exists() or harvested is not None or d.is_dir():
+                recheck.append(d)
+            continue
+        again = False
+        for name, entry in files.items():
+            if not isinstance(entry, Mapping):
+                continue
+            try:
+                st = os.stat(d / name)
+            except FileNotFoundError:
+                again = True
+                continue
+            if st.st_size != entry.get("size"):
+                damaged.append((d, name, f"{st.st_size} bytes, but the run finished with "
+                                         f"{entry.get('size')}"))
+            elif harvested is not None and st.st_mtime > harvested:
+                again = True
+        if again:
+            recheck.append(d)
+    return damaged, recheck
 
 
 def damage_message(run_dir: Path, name: str, problem: str) -> str:
