@@ -30,7 +30,6 @@ localrules:
     harvest_metrics,
     plot_study,
     rank_phase1,
-    plot_phase1,
     plot_lr_find,
     write_results_page,
 
@@ -40,5 +39,5 @@ rule all:
     input:
         get_final_output(),
         get_task_outputs,
-        # every file of every finished run (rules/harvest.smk): a deleted one is re-made
+        # every file of a run that lost or changed one since the last harvest (rules/harvest.smk)
         get_run_files,

@@ -31,6 +31,9 @@ checkpoint rank_phase1:
 # phase 2 holds only the selected ones): loss vs each axis, compute vs quality, heatmap, ...
 if PHASE1_FIGURES:
 
+    localrules:
+        plot_phase1,
+
     rule plot_phase1:
         input:
             runs=f"results/{NAME}/phase1/runs.parquet",
