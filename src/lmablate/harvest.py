@@ -50,7 +50,8 @@ __all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results"
            "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
            "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes", "FIGURE_KINDS",
            "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
-           "approx_flops_per_token", "figure_summary"]
+           "approx_flops_per_token", "figure_summary", "add_efficiency", "moe_load_summary",
+           "EFFICIENCY_COLUMNS"]
 
 PRIMARY = "val_loss"  # the metric groups are ranked by (lower is better)
 # Statuses whose final metrics enter the statistics. `in_progress` is an imported Hugging Face run
@@ -64,7 +65,8 @@ FINAL_METRICS = ("val_loss", "best_val_loss", "val_ppl", "val_acc", "val_top5", 
 CURVE_METRICS = ("loss", "ppl", "acc", "top5", "ece", "confidence", "entropy", "lr", "grad_norm",
                  "tokens_per_s", "expert_gini", "expert_entropy")
 GROUP_METRICS = ("val_loss", "best_val_loss", "val_ppl", "val_acc", "val_top5", "val_ece",
-                 "tokens_per_s", "peak_mem_mb")
+                 "tokens_per_s", "peak_mem_mb", "tokens", "loss_per_mtok", "loss_drop_per_mtok",
+                 "early_drop_per_mtok", "late_drop_per_mtok", "early_late_ratio", "early_share")
 COMPARE_METRICS = ("val_loss", "val_ppl", "val_acc")
 # (split, metric) curves that get per-run statistics, and whether lower is better
 CURVE_STATS = {("val", "loss"): ("val_loss", True), ("val", "ppl"): ("val_ppl", True),
@@ -379,7 +381,7 @@ def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]
         rel_rows["accuracy"] += list(rel["bin_accuracy"])
         rel_rows["count"] += list(rel["bin_count"])
     reliability = pd.DataFrame(rel_rows)
-    return runs, curves, reliability
+    return add_efficiency(runs, curves), curves, reliability
 
 
 # --------------------------------------------------------------------------------------------------
@@ -916,6 +918,8 @@ def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "ba
     out["confounds"] = _confounds(ok, ref, out["comparisons"], settings or {})
     out["size_changes"] = _size_changes(out["groups"], ref, out["comparisons"])
     out["scaling"] = _scaling(runs[runs.status.isin(INCLUDED_STATUSES)])  # each run once
+    out["efficiency_columns"] = {**EFFICIENCY_COLUMNS, "phase": PHASE}
+    out["moe_load"] = moe_load_summary(runs, curves)
     out["findings"] = _findings(runs, out)
     return _py(out)
 
@@ -1065,6 +1069,158 @@ def _findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
     spread = _seed_spread(groups)
     if spread:
         out.append(spread)
+# --------------------------------------------------------------------------------------------------
+# data efficiency, early- vs late-phase convergence, expert load (seeds 002 and 004)
+
+PHASE = 0.25  # the early phase is the first quarter of a run's tokens, the late phase the last
+EFFICIENCY_COLUMNS = {  # runs.csv column -> what it is (per run, from its training-loss curve)
+    "loss_per_mtok": "final val loss / million training tokens (seed 002's loss/token "
+                     "efficiency; lower is better)",
+    "loss_drop_per_mtok": "training-loss drop per million tokens, first logged step to the end",
+    "early_drop_per_mtok": "training-loss drop per million tokens in the first 25% of tokens",
+    "late_drop_per_mtok": "training-loss drop per million tokens in the last 25% of tokens",
+    "early_late_ratio": "early_drop_per_mtok / late_drop_per_mtok (empty when the late phase "
+                        "did not improve)",
+    "early_share": "share of the run's training-loss drop made in the first 25% of tokens",
+}
+
+
+def _phase_rates(xs: Any, vs: Any) -> dict[str, float | None]:
+    """Efficiency columns of one training-loss curve (token counts ``xs``, losses ``vs``)."""
+    import numpy as np
+
+    t0, end = float(xs[0]), float(xs[-1])
+    early, late = PHASE * end, (1 - PHASE) * end
+    at = dict(zip(("early", "late"), np.interp([early, late], xs, vs)))
+    first, last = float(vs[0]), float(vs[-1])
+    out: dict[str, float | None] = dict.fromkeys(list(EFFICIENCY_COLUMNS)[1:])
+    if end > t0:
+        out["loss_drop_per_mtok"] = (first - last) / ((end - t0) / 1e6)
+    if early > t0:
+        out["early_drop_per_mtok"] = (first - at["early"]) / ((early - t0) / 1e6)
+    if end > late > t0:
+        out["late_drop_per_mtok"] = (at["late"] - last) / ((end - late) / 1e6)
+    e, lt = out["early_drop_per_mtok"], out["late_drop_per_mtok"]
+    if e is not None and lt is not None and lt > 0:
+        out["early_late_ratio"] = e / lt
+    if early > t0 and first > last:
+        out["early_share"] = (first - at["early"]) / (first - last)
+    return out
+
+
+def add_efficiency(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the :data:`EFFICIENCY_COLUMNS`, from each run's training-loss curve
+    (the logged window means, from the first step on) and its token count. Runs whose curves
+    count steps only (imported runs without token counts) get empty columns."""
+    import numpy as np
+
+    cols: dict[str, dict[str, float | None]] = {c: {} for c in EFFICIENCY_COLUMNS}
+    if len(curves) and progress_column(curves) == "tokens":
+        sel = curves[(curves.split == "train") & (curves.metric == "loss")]
+        sel = sel[np.isfinite(sel.value.to_numpy())]
+        for rid, g in sel.groupby("run_id", observed=True, sort=False):
+            if len(g) >= 3:
+                g = g.sort_values("tokens")
+                for k, v in _phase_rates(g.tokens.to_numpy(), g.value.to_numpy()).items():
+                    cols[k][str(rid)] = v
+    if PRIMARY in runs and "tokens" in runs:
+        for rid, loss, tok in zip(runs.run_id, runs[PRIMARY], runs.tokens):
+            if _finite(loss) and _finite(tok) and tok > 0:
+                cols["loss_per_mtok"][rid] = float(loss) / (tok / 1e6)
+    return runs.assign(**{c: [v.get(r) for r in runs.run_id] for c, v in cols.items()})
+
+
+def moe_load_summary(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per MoE group: the Gini coefficient and entropy (bits) of the expert load at the first
+    and the last evaluation, mean over the group's included seeds (seed 004: "Gini started at
+    0.709 and finished at 0.710")."""
+    import numpy as np
+
+    if not len(curves):
+        return {}
+    ok = set(runs.run_id[runs.status.isin(INCLUDED_STATUSES)])
+    load = curves[curves.metric.isin(["expert_gini", "expert_entropy"])
+                  & curves.run_id.isin(ok)]
+    load = load[np.isfinite(load.value.to_numpy())]
+    experts = curves[curves.split == "expert"].groupby("run_id", observed=True).metric.nunique()
+    x = progress_column(curves)
+    out: dict[str, dict[str, Any]] = {}
+    for group, g in load.groupby("group", observed=True, sort=False):
+        entry: dict[str, Any] = {"n": int(g.run_id.nunique())}
+        for metric, name in (("expert_gini", "gini"), ("expert_entropy", "entropy")):
+            m = g[g.metric == metric].sort_values(x)
+            ends = m.groupby("run_id", observed=True).value.agg(["first", "last"])
+            if len(ends):
+                entry[f"{name}_start"] = float(ends["first"].mean())
+                entry[f"{name}_end"] = float(ends["last"].mean())
+        n_exp = [int(experts[r]) for r in set(g.run_id.astype(str)) if r in experts]
+        if n_exp:
+            entry["num_experts"] = max(n_exp)
+        entry[f"first_{x}"] = float(g[x].min())
+        entry[f"last_{x}"] = float(g[x].max())
+        out[str(group)] = entry
+    return out
+
+
+def _efficiency_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
+    """Data efficiency and early- vs late-phase convergence per group, stated with units."""
+    groups, ref = s["groups"], s["reference"]
+    order = [g for g in s["ranking"] if "loss_drop_per_mtok" in groups[g]]
+    if not order:
+        return []
+    if ref in order:  # the reference first, then the rest best first
+        order = [ref] + [g for g in order if g != ref]
+    shown, more = order[:limit], len(order) - limit
+
+    def mean(g: str, m: str) -> float | None:
+        return groups[g].get(m, {}).get("mean")
+
+    tail = f"; {more} more in summary.json" if more > 0 else ""
+    out = ["Data efficiency (training-loss drop per million training tokens, first logged step "
+           "to the end of the run; mean over seeds): " + "; ".join(
+               f"{g} {mean(g, 'loss_drop_per_mtok'):.3g} nats/M tokens"
+               + (f" over {fmt_count(groups[g]['tokens']['mean'])} tokens"
+                  if "tokens" in groups[g] else "")
+               + (f", final val loss {mean(g, 'loss_per_mtok'):.3g} per M tokens"
+                  if _finite(mean(g, "loss_per_mtok")) else "")
+               for g in shown) + tail + "."]
+    parts = []
+    for g in shown:
+        e, lt = mean(g, "early_drop_per_mtok"), mean(g, "late_drop_per_mtok")
+        if not _finite(e) or not _finite(lt):
+            continue
+        ratio, share = mean(g, "early_late_ratio"), mean(g, "early_share")
+        parts.append(f"{g} fell {e:.3g} nats/M tokens early and {lt:.3g} late"
+                     + (f" ({ratio:.1f}x)" if _finite(ratio) and lt > 0 else
+                        " (no late improvement)")
+                     + (f", {share:.0%} of its drop in the early phase" if _finite(share)
+                        else ""))
+    if parts:
+        out.append(f"Convergence (training loss; early phase = first {PHASE:.0%} of tokens, "
+                   f"late phase = last {PHASE:.0%}; mean over seeds): " + "; ".join(parts)
+                   + tail + ".")
+    return out
+
+
+def _moe_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
+    """One sentence per MoE group: Gini and entropy of the expert load, start and end."""
+    out = []
+    for g, e in list((s.get("moe_load") or {}).items())[:limit]:
+        if "gini_start" not in e:
+            continue
+        n = e.get("num_experts")
+        seeds = f"mean of {e['n']} seeds" if e["n"] > 1 else "one seed"
+        txt = (f"Expert load of {g} ({seeds}{f', {n} experts' if n else ''}): the Gini "
+               f"coefficient started at {e['gini_start']:.3f} and finished at "
+               f"{e['gini_end']:.3f} (0 = even, 1 = one expert takes all)")
+        if "entropy_start" in e:
+            txt += (f"; the Shannon entropy started at {e['entropy_start']:.3f} and finished at "
+                    f"{e['entropy_end']:.3f} bits"
+                    + (f" ({math.log2(n):.3f} = even)" if n else ""))
+        out.append(txt + ".")
+    return out
+
+
     for group, changed in s.get("confounds", {}).items():
         out.append(f"Confounded: {group} differs from {ref} in {len(changed)} settings at once ("
                    + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in changed.items())
@@ -1130,6 +1286,8 @@ def lr_lines(runs: pd.DataFrame) -> pd.Series:
 
 def _seed_spread(groups: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Groups whose seeds disagree far more than seeds usually do in this study (a seed that
+    out += _efficiency_findings(s)
+    out += _moe_findings(s)
     stalled or spiked): their mean, and any test on it, rests on unlike runs."""
     ranges = {g: e[PRIMARY]["max"] - e[PRIMARY]["min"] for g, e in groups.items()
               if PRIMARY in e and e[PRIMARY]["n"] >= 2}
