@@ -66,6 +66,7 @@ def _section(cls: type, description: str) -> dict[str, Any]:
 def study_schema() -> dict[str, Any]:
     from .lrfind import LR_FIND_KEYS
     from .phases import RANKING_KEYS
+    from .tracking import BACKENDS
 
     model = _section(C.ModelConfig, "Model architecture (every field is an ablation knob).")
     train = _section(C.TrainConfig, "Optimisation, budget, evaluation and checkpoints.")
@@ -133,4 +134,10 @@ def study_schema() -> dict[str, Any]:
                                         "runs, else a slow default (lmablate.plan).",
                          "type": "integer", "minimum": 1},
     }, "additionalProperties": True})
+    p["logging"].update({"type": "object", "additionalProperties": False, "properties": {
+        backend: {"description": f"{backend} (pip install 'lmablate[{extra}]'): true, or "
+                                 "its settings.",
+                  "type": ["boolean", "object", "null"], "additionalProperties": False,
+                  "properties": {k: {"description": v} for k, v in settings.items()}}
+        for backend, (_, extra, settings) in BACKENDS.items()}})
     return schema

@@ -61,6 +61,8 @@ TOP_KEYS = {
                "{runs, min_lr, max_lr, steps}; draws plots/lr_finder.png.",
     "figures": "Pick and name the study's figures (default: every figure its sweep axes support).",
     "execution": "Where/how runs execute (threads, device packing); not part of run identity.",
+    "logging": "Experiment trackers every run logs to (curves, config, final metrics): "
+               "tensorboard, mlflow, wandb (true or their settings); not part of run identity.",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SCHEMA_TYPES = {"array": "a list", "object": "a mapping", "string": "a string", "integer":
@@ -276,6 +278,10 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
 
     if doc.get("execution") is not None:
         doc["execution"] = _execution(doc["execution"])
+    if doc.get("logging") is not None:
+        from .tracking import check_logging
+
+        doc["logging"] = check_logging(doc["logging"])
 
     corpora = corpora_mod.resolve_corpora(doc.get("corpora") or {}, base_dir)
     runs = [_tokenizer_located(r, base_dir) for r in expand(doc, corpora)]

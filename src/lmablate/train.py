@@ -321,6 +321,13 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def epoch_ended(tokens_seen: int, tokens_per_step: int, split_tokens: int) -> int | None:
+    """The number (1-based) of the last epoch completed by the step that brought the tokens seen
+    to ``tokens_seen``; None when that step crossed no epoch boundary."""
+    done = tokens_seen // max(1, split_tokens)
+    return done if done > (tokens_seen - tokens_per_step) // max(1, split_tokens) else None
+
+
 # --------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -419,7 +426,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
           resume: bool | str = "auto", progress: bool | None = None,
           stop_after_steps: int | None = None,
           cohort: str | Path | Sequence[str | Path] | None = None,
-          init_from: str | Path | None = None) -> dict[str, Any]:
+          init_from: str | Path | None = None,
+          tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train one run; write its outputs to ``out_dir``; return the contents of final.json.
 
     ``run``: a RunConfig or its dict; ``meta``: extra identity written to config.yaml (study,
@@ -431,6 +439,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     of them (a run in several cohorts is stopped only when it is behind in all of them).
     ``init_from``: a checkpoint dir to continue when ``ckpt_dir`` has none (phase 2 continuing a
     phase-1 run of the same config whose ``train.stop_tokens`` ended it early).
+    ``tracking``: the study's ``logging:`` block (TensorBoard, MLflow, W&B; lmablate.tracking).
     """
     t_start = time.perf_counter()
     cfg = run if isinstance(run, RunConfig) else from_dict(RunConfig, dict(run))
@@ -461,6 +470,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     val = val_windows(store.split("val"), seq_len, cfg.train.eval_tokens)
     final_cap = cfg.train.final_eval_tokens or 2_000_000
     val_final = val_windows(store.split("val"), seq_len, final_cap)
+    test_final = (val_windows(store.split("test"), seq_len, final_cap, split="test")
+                  if store.has_split("test") else None)  # a corpus with a `test` source
     batches = Batches(train_tokens, seq_len, cfg.train.batch_size, cfg.train.seed)
 
     torch.manual_seed(cfg.train.seed)
@@ -477,6 +488,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
 
     records: list[dict[str, Any]] = []
     window_loss, window_n = torch.zeros((), device=dev), 0  # train loss summed since last log
+    epoch_loss, epoch_n = torch.zeros((), device=dev), 0  # train loss summed in this epoch
+    by_epoch = cfg.train.epochs is not None  # an epoch budget: evaluate at each epoch boundary
     step, tokens_seen, best_val, train_time = 0, 0, math.inf, 0.0
     status, diverged_at = "completed", None
     worse_since: int | None = None  # early stopping: tokens when the run fell behind its cohort
@@ -505,6 +518,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
         worse_since = state.get("worse_since")
         _set_rng_state(state["rng"])
         window_loss, window_n = state["window"][0].to(dev), state["window"][1]
+        if state.get("epoch_window") is not None:
+            epoch_loss, epoch_n = state["epoch_window"][0].to(dev), state["epoch_window"][1]
         log.info("resumed from %s at step %d/%d (%d tokens)", state["_path"], step,
                  plan.total_steps, tokens_seen)
     else:
@@ -513,6 +528,11 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                  plan.tokens_per_step, dev, autocast or "fp32")
     metrics_path = out / "metrics.jsonl"
     _write_metrics(metrics_path, records)  # drop lines logged after the checkpoint we resumed
+    from .tracking import open_trackers
+
+    trackers = open_trackers(tracking, run_id=run_id, study=str((meta or {}).get("study", "")),
+                             config=resolved, state_dir=ckpt, step=step,
+                             resumed=state is not None)
 
     limit = cfg.train.diverge_loss or (math.log(vocab) + 2.0)
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -530,6 +550,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                 "train_time": train_time, "status": status, "diverged_at": diverged_at,
                 "worse_since": worse_since,
                 "window": (window_loss.detach().clone(), window_n), "rng": _rng_state(),
+                "epoch_window": (epoch_loss.detach().clone(), epoch_n),
                 "config": to_dict(cfg), "run_id": run_id}
 
     def run_eval() -> dict[str, Any]:
@@ -567,10 +588,13 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                 else:
                     total_loss.backward()
                 window_loss += loss.detach() / cfg.train.grad_accum
+                if by_epoch:
+                    epoch_loss += loss.detach() / cfg.train.grad_accum
             grad_norm = optimizer_step(model, opt, scaler, cfg.train.grad_clip)
             step += 1
             tokens_seen += plan.tokens_per_step
             window_n += 1
+            epoch_n += 1
             train_time += time.perf_counter() - t_step
 
             last = step == end_step
@@ -585,6 +609,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                 records.append(rec)
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
+                trackers.log(rec)
                 if bar is not None:
                     bar.update(window_n * plan.tokens_per_step)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
@@ -598,11 +623,19 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                     status, diverged_at = "diverged", step
                     log.warning("run diverged at step %d: train loss %s (limit %.2f)", step,
                                 mean_loss, limit)
-            if status == "completed" and (step % plan.eval_every == 0 or last):
+            epoch = epoch_ended(tokens_seen, plan.tokens_per_step, len(train_tokens)) \
+                if by_epoch else None
+            if status == "completed" and (step % plan.eval_every == 0 or last or epoch):
                 rec = run_eval()
+                if epoch:  # the epoch's number and its mean training loss, on the eval record
+                    rec["epoch"] = epoch
+                    rec["epoch_train_loss"] = (epoch_loss / max(1, epoch_n)).item()
+                    epoch_loss.zero_()
+                    epoch_n = 0
                 records.append(rec)
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
+                trackers.log(rec)
                 log.info("eval step %d: val loss %.4f ppl %.2f acc %.3f", step, rec["loss"],
                          rec["ppl"], rec["acc"])
                 if stopper is not None:  # the last evaluation still informs the cohort
@@ -621,10 +654,12 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                             step)
                 if bar is not None:
                     bar.close()
+                trackers.close()
                 raise Preempted(pre.signal, ckpt)
             if stop_after_steps is not None and step >= stop_after_steps and not last:
                 if bar is not None:
                     bar.close()
+                trackers.close()
                 return {"status": "stopped", "step": step}
     if bar is not None:
         bar.close()
@@ -640,6 +675,11 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
                        autocast=autocast, vocab_size=vocab, reliability=True)
         final.update({f"val_{k}": v for k, v in res.items() if k != "reliability"})
         final["reliability"] = res["reliability"]
+        if test_final is not None:  # the test split: once, on the final model only
+            res = evaluate(compiled, test_final, batch_size=cfg.train.batch_size, device=dev,
+                           autocast=autocast, vocab_size=vocab)
+            final.update({f"test_{k}": v for k, v in res.items()})
+            log.info("test loss %.4f ppl %.2f", res["loss"], res["ppl"])
         final.update(measure_latency(model, dev, autocast, vocab, max_len))
     vals = [r["loss"] for r in records if r["split"] == "val" and math.isfinite(r["loss"])]
     final["best_val_loss"] = min(vals + [final.get("val_loss", math.inf)]) if (
@@ -686,6 +726,7 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     # what final.json vouches for: sizes checked at every Snakefile parse, hashes by harvest
     final["files"] = file_manifest(out)
     atomic_write_json(out / "final.json", final)
+    trackers.finish(final)
     store.close()
     log.info("done %s: status %s, val loss %s, %.0f tok/s, %.1f s", run_id, status,
              final.get("val_loss"), final["tokens_per_s"], final["wall_s"])
