@@ -5,18 +5,21 @@ A corpus is a named spec (``corpora:`` in the study, or a preset below)::
     source: file | url | hf | hdf5
     path / url / repo + files   where the text is (hdf5: train + val + dataset)
     val                         optional explicit validation source, in the same form
+    test                        optional test source, in the same form: tokenized as the split
+                                ``test``, each run's final model is evaluated on it once
     format: txt | jsonl | parquet   (default: from the file extension)
     separator: "\\n\\n"          txt: string between documents
     text_field: text            jsonl/parquet: the column holding the text
     doc_start: regex            jsonl/parquet: a row matching it starts a new document and the
                                 rows up to the next match are joined (WikiText: one row per line)
-    sha256 / val_sha256         optional checksums (url sources)
+    sha256 / val_sha256 / test_sha256   optional checksums (url sources)
     max_documents / max_bytes   optional limits on the training text read
     max_tokens                  optional limit on the training tokens written
     preset: name                start from a preset and override some of its keys
 
 Validation documents come from ``val`` when a corpus has one, otherwise from a deterministic
-split by document hash (:func:`is_val`). Limits apply to the training side only.
+split by document hash (:func:`is_val`). Test documents come only from ``test``. Limits apply to
+the training side only.
 
 :func:`prepare_corpus` copies or downloads the files into a folder (the workflow's is
 ``resources/corpora/<name>-<hash of the spec>/``, :func:`manifest_path`) and writes
@@ -63,14 +66,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "files": ["TinyStories-train.txt"], "val": ["TinyStories-valid.txt"],
                     "separator": "<|endoftext|>"},
     # Merity et al. 2016, raw (untokenized) text; parquet rows are lines, an article starts at a
-    # ` = Title = ` row (sub-headings are ` = = ... = = `)
+    # ` = Title = ` row (sub-headings are ` = = ... = = `); its test split gives test perplexity
     "wikitext-2-raw": {"source": "hf", "repo": "Salesforce/wikitext", "revision": HF_MAIN,
                        "files": ["wikitext-2-raw-v1/train-*.parquet"],
                        "val": ["wikitext-2-raw-v1/validation-*.parquet"],
+                       "test": ["wikitext-2-raw-v1/test-*.parquet"],
                        "text_field": "text", "doc_start": r"^ = [^=].* = \n?$"},
     "wikitext-103-raw": {"source": "hf", "repo": "Salesforce/wikitext", "revision": HF_MAIN,
                          "files": ["wikitext-103-raw-v1/train-*.parquet"],
                          "val": ["wikitext-103-raw-v1/validation-*.parquet"],
+                         "test": ["wikitext-103-raw-v1/test-*.parquet"],
                          "text_field": "text", "doc_start": r"^ = [^=].* = \n?$"},
     # karpathy/char-rnn, 1.1 MB of Shakespeare; one document per speech (blank-line separated)
     "tinyshakespeare": {
@@ -99,6 +104,8 @@ SPEC_KEYS = {
     "files": "hf: file patterns inside the repo",
     "val": "explicit validation source, same form as the training one (file: path or glob; url: "
            "URL; hf: file patterns; hdf5: file); default: split by document hash",
+    "test": "explicit test source, same form as `val`; tokenized as split `test`, on which each "
+            "run's final model is evaluated once (test_loss, test_ppl); default: none",
     "format": "txt | jsonl | parquet (default from the extension)",
     "separator": "txt: text between documents (default: a blank line)",
     "text_field": "jsonl/parquet: field holding the text (default: text)",
@@ -106,6 +113,7 @@ SPEC_KEYS = {
                  "until the next match are joined (default: one document per row)",
     "sha256": "url: expected SHA-256 of the downloaded file",
     "val_sha256": "url: expected SHA-256 of the downloaded validation file",
+    "test_sha256": "url: expected SHA-256 of the downloaded test file",
     "max_documents": "read at most this many training documents",
     "max_bytes": "read at most this many bytes of training text",
     "max_tokens": "write at most this many training tokens",
@@ -120,10 +128,10 @@ SPEC_KEYS = {
 TEXT_KEYS = {"format", "separator", "text_field", "doc_start", "max_documents", "max_bytes",
              "encoding_errors"}
 SOURCE_KEYS = {
-    "file": {"path", "val", *TEXT_KEYS},
-    "url": {"url", "val", "sha256", "val_sha256", *TEXT_KEYS},
-    "hf": {"repo", "revision", "files", "val", *TEXT_KEYS},
-    "hdf5": {"train", "val", "dataset", "mask", "vocab_size", "eot_id"},
+    "file": {"path", "val", "test", *TEXT_KEYS},
+    "url": {"url", "val", "test", "sha256", "val_sha256", "test_sha256", *TEXT_KEYS},
+    "hf": {"repo", "revision", "files", "val", "test", *TEXT_KEYS},
+    "hdf5": {"train", "val", "test", "dataset", "mask", "vocab_size", "eot_id"},
 }
 COMMON_KEYS = {"source", "preset", "max_tokens"}
 FORMATS = ("txt", "jsonl", "parquet")
@@ -199,27 +207,32 @@ def _check_spec(spec: dict[str, Any], key: str) -> None:
     if source == "file":
         text("path", required=True)
         text("val")
+        text("test")
     elif source == "url":
-        for k in ("url", "val"):
+        for k in ("url", "val", "test"):
             text(k, required=k == "url")
             if k in spec:
                 scheme = urlparse(spec[k]).scheme
                 if scheme not in ("http", "https") or not urlparse(spec[k]).netloc:
                     raise ConfigError(f"expected an http(s) URL, got {spec[k]!r}", key=f"{key}.{k}")
-        for k in ("sha256", "val_sha256"):
+        for k in ("sha256", "val_sha256", "test_sha256"):
             if k in spec and not (isinstance(spec[k], str) and SHA256_RE.match(spec[k].lower())):
                 raise ConfigError(f"expected 64 hex digits, got {spec[k]!r}", key=f"{key}.{k}")
-        if "val_sha256" in spec and "val" not in spec:
-            raise ConfigError("val_sha256 needs a `val` URL", key=f"{key}.val_sha256")
+        for side in ("val", "test"):
+            if f"{side}_sha256" in spec and side not in spec:
+                raise ConfigError(f"{side}_sha256 needs a `{side}` URL",
+                                  key=f"{key}.{side}_sha256")
     elif source == "hf":
         text("repo", required=True)
         text("revision")
         patterns("files", required=True)
         patterns("val")
+        patterns("test")
     else:
         for k in ("train", "val", "dataset"):
             text(k, required=True)
         text("mask")
+        text("test")
         count("vocab_size")
         count("eot_id", minimum=0)
     fmt = spec.get("format")
@@ -241,7 +254,7 @@ def _check_spec(spec: dict[str, Any], key: str) -> None:
         count(k)
 
 
-ABS = {"path": "_abs", "train": "_abs_train", "val": "_abs_val"}
+ABS = {"path": "_abs", "train": "_abs_train", "val": "_abs_val", "test": "_abs_test"}
 
 
 def local_path(path: str, base_dir: Path) -> str:
@@ -254,7 +267,8 @@ def local_path(path: str, base_dir: Path) -> str:
 
 def _locate(spec: dict[str, Any], base_dir: Path) -> None:
     """Absolute locations of local files, under ``_``-keys that stay out of the identity."""
-    keys = {"file": ("path", "val"), "hdf5": ("train", "val")}.get(spec["source"], ())
+    keys = {"file": ("path", "val", "test"), "hdf5": ("train", "val", "test")}.get(
+        spec["source"], ())
     for k in keys:
         if k in spec:
             spec[ABS[k]] = local_path(spec[k], base_dir)
@@ -322,7 +336,7 @@ def prepare_corpus(spec: Mapping[str, Any], out_dir: str | Path, *, net: Any = N
                         "with lmablate.tokens.import_hdf5, not prepared as text")
     if source == "file":
         files: list[tuple[Path, str]] = []
-        for split, key in (("train", "_abs"), ("val", "_abs_val")):
+        for split, key in (("train", "_abs"), ("val", "_abs_val"), ("test", "_abs_test")):
             if key not in spec:
                 continue
             for src in _glob(spec, key):
@@ -526,8 +540,9 @@ def _file_documents(path: Path, spec: Mapping[str, Any], stats: dict) -> Iterato
 def iter_documents(manifest: Mapping[str, Any], stats: dict | None = None, *,
                    split: str | None = None) -> Iterator[str]:
     """Documents of a prepared corpus, in file order; ``split`` picks the files of one side of
-    an explicit train/val split (None: all files). max_documents / max_bytes bound the training
-    files; an explicit validation source is read whole. ``stats`` accumulates documents, bytes
+    an explicit train/val/test split (None: the train and val files; test files only by name).
+    max_documents / max_bytes bound the training files; explicit val and test sources are read
+    whole. ``stats`` accumulates documents, bytes
     and replaced_chars."""
     spec = manifest["spec"]
     stats = stats if stats is not None else {}
@@ -540,7 +555,8 @@ def iter_documents(manifest: Mapping[str, Any], stats: dict | None = None, *,
 
     for f in manifest["files"]:
         side = f.get("split", "train")
-        if (split is not None and side != split) or (side == "train" and full()):
+        if side != (split or side) or (split is None and side == "test") or (
+                side == "train" and full()):
             continue
         path = Path(manifest["_dir"]) / f["path"]
         for doc in _file_documents(path, spec, stats):
@@ -557,6 +573,11 @@ def iter_documents(manifest: Mapping[str, Any], stats: dict | None = None, *,
 
 def has_explicit_val(manifest: Mapping[str, Any]) -> bool:
     return any(f.get("split") == "val" for f in manifest["files"])
+
+
+def has_test(manifest: Mapping[str, Any]) -> bool:
+    """Whether the corpus names a test source (its documents form the token store's ``test``)."""
+    return any(f.get("split") == "test" for f in manifest["files"])
 
 
 def split_documents(manifest: Mapping[str, Any], val_fraction: float, stats: dict | None = None,

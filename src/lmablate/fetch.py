@@ -76,14 +76,15 @@ def fetch(spec: Mapping[str, Any], out_dir: Path, *, net: Net | None = None
     """Download a ``url`` or ``hf`` corpus into ``out_dir``.
 
     Returns ``([(file, split), ...], origin)``: the files in reading order with ``train`` or
-    ``val``, and where they came from (for the manifest)."""
+    ``val`` or ``test``, and where they came from (for the manifest)."""
     net = net or Net.from_env()
     if spec["source"] == "url":
         files = [(download(spec["url"], out_dir / f"train-{_url_name(spec['url'])}",
                            sha256=spec.get("sha256"), net=net), "train")]
-        if spec.get("val"):
-            files.append((download(spec["val"], out_dir / f"val-{_url_name(spec['val'])}",
-                                   sha256=spec.get("val_sha256"), net=net), "val"))
+        for side in ("val", "test"):
+            if spec.get(side):
+                files.append((download(spec[side], out_dir / f"{side}-{_url_name(spec[side])}",
+                                       sha256=spec.get(f"{side}_sha256"), net=net), side))
         return files, {}
     if spec["source"] == "hf":
         return hf_files(spec, out_dir)
@@ -235,7 +236,8 @@ def hf_files(spec: Mapping[str, Any], out_dir: Path) -> tuple[list[tuple[Path, s
         commit = api.dataset_info(repo, revision=revision).sha or revision
         available = api.list_repo_files(repo, revision=commit, repo_type="dataset")
     wanted = [(f, "train") for f in _match(available, _patterns(spec["files"]), "files", spec)]
-    wanted += [(f, "val") for f in _match(available, _patterns(spec.get("val")), "val", spec)]
+    for side in ("val", "test"):
+        wanted += [(f, side) for f in _match(available, _patterns(spec.get(side)), side, spec)]
     local_dir = out_dir / "hf"
     files = []
     for name, split in wanted:

@@ -61,12 +61,14 @@ INCLUDED_STATUSES = ("completed", "in_progress")
 FINAL_METRICS = ("val_loss", "best_val_loss", "val_ppl", "val_acc", "val_top5", "val_ece",
                  "val_confidence", "val_entropy", "final_train_loss", "tokens_per_s", "wall_s",
                  "train_wall_s", "peak_mem_mb", "latency_ms_seq128", "latency_ms_seq512",
-                 "expert_gini", "expert_entropy")
+                 "expert_gini", "expert_entropy", "test_loss", "test_ppl")
+# epoch and epoch_train_loss: on the evaluation at each epoch boundary of an `epochs` budget
 CURVE_METRICS = ("loss", "ppl", "acc", "top5", "ece", "confidence", "entropy", "lr", "grad_norm",
-                 "tokens_per_s", "expert_gini", "expert_entropy")
+                 "tokens_per_s", "expert_gini", "expert_entropy", "epoch", "epoch_train_loss")
 GROUP_METRICS = ("val_loss", "best_val_loss", "val_ppl", "val_acc", "val_top5", "val_ece",
                  "tokens_per_s", "peak_mem_mb", "tokens", "loss_per_mtok", "loss_drop_per_mtok",
-                 "early_drop_per_mtok", "late_drop_per_mtok", "early_late_ratio", "early_share")
+                 "early_drop_per_mtok", "late_drop_per_mtok", "early_late_ratio", "early_share",
+                 "test_loss", "test_ppl")
 COMPARE_METRICS = ("val_loss", "val_ppl", "val_acc")
 # (split, metric) curves that get per-run statistics, and whether lower is better
 CURVE_STATS = {("val", "loss"): ("val_loss", True), ("val", "ppl"): ("val_ppl", True),
@@ -1372,12 +1374,89 @@ def _ranking_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+TEST_HEADER = ["group", "n", "test loss", "95% CI (mean)", "test ppl (mean)", "val loss"]
+EPOCH_COLUMNS = ["run_id", "group", "seed", "epoch", "step", "tokens", "train_loss", "val_loss",
+                 "val_ppl"]
+EPOCH_HEADER = ["run", "epoch", "train loss", "val loss", "val ppl"]
+EPOCH_ROWS_SHOWN = 200  # RESULTS.md lists at most this many; epochs.csv holds them all
+
+
+def _test_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Test loss and perplexity per group, in ranking order (none without a test split)."""
+    rows = []
+    for g in summary["ranking"]:
+        e = summary["groups"][g]
+        s = e.get("test_loss")
+        if s is None:
+            continue
+        ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s["n"] > 1 else "(one seed)"
+        ppl = (e.get("test_ppl") or {}).get("mean")
+        rows.append([g, str(s["n"]), _fmt(s["mean"]), ci, _fmt(ppl, 2),
+                     _fmt((e.get(PRIMARY) or {}).get("mean"))])
+    return rows
+
+
+TEST_NOTE = ("Test split (the corpus' `test` source; each run's final model evaluated on it "
+             "once; test ppl = mean over seeds of exp(test loss)):")
+
+
+def epoch_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, epoch) of the runs with an `epochs` budget: the mean training loss over
+    the epoch and the validation loss and perplexity at its end (empty without such runs)."""
+    import pandas as pd
+
+    if not len(curves) or "epoch" not in set(curves.metric.astype(str)):
+        return pd.DataFrame(columns=EPOCH_COLUMNS)
+    val = curves[curves.split.astype(str) == "val"]
+    wide = val[val.metric.isin(["epoch", "epoch_train_loss", "loss", "ppl"])].pivot_table(
+        index=["run_id", "group", "seed", "step", "tokens"], columns="metric", values="value",
+        aggfunc="first", observed=True).reset_index()
+    wide = wide[wide["epoch"].notna()]
+    out = pd.DataFrame({"run_id": wide.run_id.astype(str), "group": wide.group.astype(str),
+                        "seed": wide.seed, "epoch": wide["epoch"].astype(int),
+                        "step": wide.step.astype(int), "tokens": wide.tokens.astype(int),
+                        "train_loss": wide["epoch_train_loss"], "val_loss": wide["loss"],
+                        "val_ppl": wide["ppl"]})
+    return out.sort_values(["group", "run_id", "epoch"]).reset_index(drop=True)
+
+
+def _epoch_rows(epochs: pd.DataFrame) -> list[list[str]]:
+    return [[r.run_id, str(r.epoch), _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.val_ppl, 2)]
+            for r in epochs.head(EPOCH_ROWS_SHOWN).itertuples(index=False)]
+
+
+EPOCH_NOTE = ("Loss per epoch (`epochs` budgets; train loss = mean training loss over the epoch, "
+              "val loss and ppl = evaluation at its end; all rows in epochs.csv):")
+
+
+def _text_table(header: list[str], rows: list[list[str]], left: Sequence[int]) -> list[str]:
+    """An aligned plain-text table (analysis.txt)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for j, r in enumerate([header, *rows]):
+        out.append("  " + "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                                    for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if j == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[str]], left: Sequence[int]) -> list[str]:
+    """A Markdown table (RESULTS.md)."""
+    return (["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i in left else "---:" for i in range(len(header))) + "|"]
+            + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows])
+
+
 RANK_HEADER = ["#", "group", "n", "val loss", "95% CI (mean)", "ppl*", "delta vs reference",
                "95% CI (delta)", "p (test)", "p Holm"]
 
 
-def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str) -> str:
-    """Plain-text findings: ranking, deltas vs the reference, excluded runs, what the data says."""
+def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
+                  epochs: pd.DataFrame | None = None) -> str:
+    """Plain-text findings: ranking, deltas vs the reference, test split and per-epoch losses
+    (where the study has them: ``epochs`` is :func:`epoch_table`), excluded runs, what the data
+    says."""
     title = f"lmablate analysis: study {study}"
     lines = [title, "=" * len(title), ""]
     counts = summary["status_counts"]
@@ -1404,6 +1483,10 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str) ->
         if j == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     lines.append("")
+    if test := _test_rows(summary):
+        lines += [TEST_NOTE] + _text_table(TEST_HEADER, test, (0,)) + [""]
+    if epochs is not None and len(epochs):
+        lines += [EPOCH_NOTE] + _text_table(EPOCH_HEADER, _epoch_rows(epochs), (0,)) + [""]
     lines += _replaced_lines(runs)
     if summary["excluded_runs"]:
         lines.append("Runs excluded from the statistics:")
@@ -1441,9 +1524,10 @@ def _wrap(text: str, first: str, rest: str, width: int = 100) -> list[str]:
 
 def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
                      figures: Mapping[str, Mapping[str, Any]] | None = None,
-                     plots_dir: str = "plots") -> str:
-    """RESULTS.md: the findings of analysis.txt as Markdown, the ranking as a table, and every
-    figure linked (relative paths, so it renders beside the results on GitHub or in an editor)."""
+                     plots_dir: str = "plots", epochs: pd.DataFrame | None = None) -> str:
+    """RESULTS.md: the findings of analysis.txt as Markdown, the ranking as a table (and the test
+    split's and per-epoch losses where the study has them), and every figure linked (relative
+    paths, so it renders beside the results on GitHub or in an editor)."""
     lines = [f"# Results: study `{study}`", ""]
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     lines += [f"{summary['n_runs']} runs ({counts}) in {len(summary['groups'])} groups. "
@@ -1460,6 +1544,12 @@ def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     for r in _ranking_rows(summary):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     lines.append("")
+    if test := _test_rows(summary):
+        lines += ["## Test split", "", TEST_NOTE.removesuffix(":") + ".", ""]
+        lines += _md_table(TEST_HEADER, test, (0,)) + [""]
+    if epochs is not None and len(epochs):
+        lines += ["## Loss per epoch", "", EPOCH_NOTE.removesuffix(":") + ".", ""]
+        lines += _md_table(EPOCH_HEADER, _epoch_rows(epochs), (0,)) + [""]
     if summary["excluded_runs"]:
         lines += ["## Runs left out of the statistics", ""]
         for rid, e in summary["excluded_runs"].items():
@@ -1523,8 +1613,12 @@ def write_outputs(runs: pd.DataFrame, curves: pd.DataFrame, reliability: pd.Data
     _write_parquet(curves, out / "curves.parquet")
     _write_parquet(reliability, out / "reliability.parquet")
     atomic_write_text(out / "summary.json", summary_json(summary))
-    atomic_write_text(out / "analysis.txt", analysis_text(runs, summary, study))
-    atomic_write_text(out / "RESULTS.md", results_markdown(runs, summary, study, figures))
+    epochs = epoch_table(curves)
+    if len(epochs):  # runs with an `epochs` budget: the per-epoch losses as a long table
+        atomic_write_text(out / "epochs.csv", epochs.to_csv(index=False))
+    atomic_write_text(out / "analysis.txt", analysis_text(runs, summary, study, epochs))
+    atomic_write_text(out / "RESULTS.md", results_markdown(runs, summary, study, figures,
+                                                           epochs=epochs))
     return summary
 
 

@@ -6,6 +6,7 @@ File layout (``resources/tokens/<corpus>-<data_id>.h5``)::
     /val            uint16|uint32 (M,)
     /train_docs     int64 (D,)          start offset of each document in /train
     /val_docs       int64 (E,)
+    /test, /test_docs                   only when the corpus names a ``test`` source
     attrs           format, vocab_size, eot_id, dtype, tokenizer_sha256, corpus, corpus_files
                     (path, bytes, sha256, split of each source file), corpus_spec, split
                     ("hash" or "explicit"), val_fraction, token/document counts, replaced_chars
@@ -42,8 +43,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .corpora import (has_explicit_val, identity, is_val, iter_documents, load_manifest,
-                      replaced_message)
+from .corpora import (has_explicit_val, has_test, identity, is_val, iter_documents,
+                      load_manifest, replaced_message)
 from .errors import DataError
 from .io import fsync_dir, sha256_file
 from .tokenizer import load_tokenizer
@@ -153,6 +154,9 @@ def _provenance(**attrs: Any) -> dict[str, Any]:
 
 
 def _check_splits(corpus: str, splits: Mapping[str, _Appender], explicit: bool) -> None:
+    if "test" in splits and splits["test"].n == 0:
+        raise DataError(f"corpus {corpus!r}: the test split is empty; its `test` source has no "
+                        "documents")
     if splits["train"].n == 0:
         raise DataError(f"corpus {corpus!r} has no text: 0 training tokens")
     if splits["val"].n == 0:
@@ -198,8 +202,9 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
     """Tokenize a prepared corpus into an HDF5 token store; returns the attributes written.
 
     Validation documents come from the corpus' explicit ``val`` files when it has them, else by
-    document hash with ``val_fraction``. The corpus' ``max_tokens`` caps the training tokens (the
-    last document is cut); with a hash split, reading stops there too."""
+    document hash with ``val_fraction``; a corpus' ``test`` files become the split ``test``. The
+    corpus' ``max_tokens`` caps the training tokens (the last document is cut); with a hash split,
+    reading the hashed files stops there too."""
     manifest = load_manifest(manifest_path)
     tok = load_tokenizer(tokenizer_path)
     meta_path = Path(tokenizer_path).with_name("tokenizer_meta.json")
@@ -219,6 +224,10 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
         [("train", iter_documents(manifest, stats, split="train")),
          ("val", iter_documents(manifest, stats, split="val"))] if explicit
         else [(None, iter_documents(manifest, stats))])
+    sides = ["train", "val"]
+    if has_test(manifest):
+        sides.append("test")
+        streams.append(("test", iter_documents(manifest, stats, split="test")))
     bar, full = None, False
     if progress:
         from tqdm import tqdm
@@ -227,11 +236,11 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
                    desc="tokenize")
     try:
         with _store_file(out_path) as f:
-            splits = {"train": _Appender(f, "train", dtype), "val": _Appender(f, "val", dtype)}
+            splits = {side: _Appender(f, side, dtype) for side in sides}
             for fixed, docs in streams:
                 for batch, encodings in _encoded(docs, batch_docs, encode):
-                    pending: dict[str, tuple[list[int], list[int]]] = {"train": ([], []),
-                                                                       "val": ([], [])}
+                    pending: dict[str, tuple[list[int], list[int]]] = {s: ([], [])
+                                                                       for s in sides}
                     for doc, enc in zip(batch, encodings):
                         flat, starts = pending[fixed or ("val" if is_val(doc, val_fraction)
                                                          else "train")]
@@ -249,10 +258,8 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
                         splits[side].add(ids, starts)
                     if bar is not None:
                         bar.update(sum(len(d.encode()) for d in batch))
-                    if full:
+                    if full:  # the next stream, if any, is another split
                         break
-                if full and not explicit:
-                    break
             for app in splits.values():
                 app.finish(f)
             _check_splits(manifest["corpus"], splits, explicit)
@@ -266,7 +273,7 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
                 train_documents=len(splits["train"].docs), val_documents=len(splits["val"].docs),
                 replaced_chars=stats.get("replaced_chars", 0),
                 replaced_bytes=stats.get("replaced_bytes", 0),
-                replaced_first=stats.get("replaced_first", ""))
+                replaced_first=stats.get("replaced_first", ""), **_test_attrs(splits))
             f.attrs.update(attrs)
     finally:
         if bar is not None:
@@ -274,6 +281,13 @@ def encode_corpus(manifest_path: str | Path, tokenizer_path: str | Path, out_pat
     if replaced := replaced_message(stats):  # the schema's promise: count and report
         logging.getLogger("lmablate").warning("%s: %s", manifest["corpus"], replaced)
     return {**attrs, "seconds": time.perf_counter() - t0, "bytes": stats.get("bytes", 0)}
+
+
+def _test_attrs(splits: Mapping[str, _Appender]) -> dict[str, int]:
+    """Size of the test split, for the store's attributes (none without a test source)."""
+    if "test" not in splits:
+        return {}
+    return {"test_tokens": splits["test"].n, "test_documents": len(splits["test"].docs)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +376,8 @@ def _hdf5_blocks(path: Path, spec: Mapping[str, Any]) -> Iterator[tuple[np.ndarr
 def import_hdf5(spec: Mapping[str, Any], out_path: str | Path, *,
                 tokenizer_path: str | Path | None = None) -> dict:
     """Convert a pre-tokenized corpus (``source: hdf5``) into a token store; no tokenizer is
-    trained. The ``train`` file gives the train split, ``val`` the validation split.
+    trained. The ``train`` file gives the train split, ``val`` the validation split, an optional
+    ``test`` file the test split.
 
     The vocabulary size is, in order: the tokenizer's (``tokenizer: {kind: file, path: ...}``,
     passed here as ``tokenizer_path``), the spec's ``vocab_size``, else the largest id + 1. A first
@@ -370,6 +385,8 @@ def import_hdf5(spec: Mapping[str, Any], out_path: str | Path, *,
     """
     t0 = time.perf_counter()
     sources = {"train": Path(spec["_abs_train"]), "val": Path(spec["_abs_val"])}
+    if spec.get("_abs_test"):
+        sources["test"] = Path(spec["_abs_test"])
     name = spec["name"]
     tok_sha = ""
     if tokenizer_path is not None:
@@ -416,7 +433,7 @@ def import_hdf5(spec: Mapping[str, Any], out_path: str | Path, *,
             corpus_spec=json.dumps(identity(spec), sort_keys=True), split="explicit",
             val_fraction=0.0, train_tokens=splits["train"].n, val_tokens=splits["val"].n,
             train_documents=len(splits["train"].docs), val_documents=len(splits["val"].docs),
-            replaced_chars=0)
+            replaced_chars=0, **_test_attrs(splits))
         f.attrs.update(attrs)
     return {**attrs, "seconds": time.perf_counter() - t0}
 
@@ -450,6 +467,10 @@ class TokenStore:
         self._cache: dict[str, Any] = {}
         self.max_memory_bytes = max_memory_bytes
 
+    def has_split(self, name: str) -> bool:
+        """Whether the store holds split ``name`` (``test`` only where the corpus names one)."""
+        return isinstance(self.file.get(name), h5py.Dataset)
+
     def split(self, name: str) -> Any:
         """The split as a numpy array (in memory) or an h5py dataset (too large)."""
         if name not in self._cache:
@@ -467,6 +488,12 @@ class TokenStore:
 
     def close(self) -> None:
         self.file.close()
+
+    def __enter__(self) -> TokenStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_store(path: str | Path) -> TokenStore:
@@ -502,12 +529,15 @@ class Batches:
         return np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
 
 
-def val_windows(tokens: Any, seq_len: int, max_tokens: int) -> np.ndarray:
-    """Fixed, non-overlapping validation windows (n, seq_len + 1) covering up to max_tokens."""
+def val_windows(tokens: Any, seq_len: int, max_tokens: int, split: str = "val") -> np.ndarray:
+    """Fixed, non-overlapping evaluation windows (n, seq_len + 1) covering up to max_tokens of
+    the validation split (or of ``split``: the test split)."""
     n = min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len))
     if n < 1:
-        raise DataError(f"the validation split has {len(tokens)} tokens, fewer than one window of "
-                        f"seq_len + 1 = {seq_len + 1}; lower seq_len or raise data.val_fraction")
+        hint = "raise data.val_fraction" if split == "val" else "use a larger test source"
+        raise DataError(f"the {'validation' if split == 'val' else split} split has {len(tokens)} "
+                        f"tokens, fewer than one window of seq_len + 1 = {seq_len + 1}; lower "
+                        f"seq_len or {hint}")
     data = np.asarray(tokens[: n * seq_len + 1]).astype(np.int64)
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
     return data[idx]
