@@ -120,6 +120,35 @@ def test_diverging_run_is_recorded_not_raised(tmp_path, tokens):
     assert json.loads((tmp_path / "run" / "final.json").read_text())["status"] == "diverged"
 
 
+def test_the_token_store_is_closed_however_training_ends(tmp_path, tokens):
+    import shutil
+
+    import h5py
+
+    from lmablate.tokens import TokenStore
+
+    store = tmp_path / "tokens.h5"
+    shutil.copyfile(tokens, store)
+
+    def closed() -> bool:  # HDF5 refuses to open for writing a file this process still reads
+        with h5py.File(store, "a"):
+            return True
+
+    with TokenStore(store) as opened:
+        assert opened.split("train").size > 0
+    assert closed()
+    torch.set_num_threads(1)
+    too_small = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "vocab_size": 64},
+                 "train": TRAIN, "tokenizer": {"vocab_size": 320}}
+    with pytest.raises(ValueError, match="smaller than the tokenizer's 320") as raised:
+        train(too_small, store, tmp_path / "raised", progress=False)
+    assert closed() and raised.tb  # closed while the traceback (a notebook keeps it) lives on
+    stopped = train(run_config(), store, tmp_path / "stopped", stop_after_steps=2, progress=False)
+    assert stopped["status"] == "stopped" and closed()
+    done = train(run_config(tokens=512), store, tmp_path / "done", progress=False)
+    assert done["status"] == "completed" and closed()
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tokens):
     torch.set_num_threads(1)
     ref = train(run_config(), tokens, tmp_path / "ref", run_id="x", progress=False)

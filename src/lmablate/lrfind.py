@@ -54,13 +54,11 @@ def _setup(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, device: 
         torch.set_num_threads(threads)
     dev = select_device(device)
     autocast, use_scaler = _precision(cfg, dev)
-    store = TokenStore(tokens_path)
-    vocab = store.vocab_size
-    padded = cfg.model.padded_vocab(vocab)
-    train_tokens = store.split("train")
-    batches = Batches(np.asarray(train_tokens), cfg.train.seq_len, cfg.train.batch_size,
-                      cfg.train.seed)
-    store.close()
+    with TokenStore(tokens_path) as store:
+        vocab = store.vocab_size
+        padded = cfg.model.padded_vocab(vocab)
+        batches = Batches(np.asarray(store.split("train")), cfg.train.seq_len,
+                          cfg.train.batch_size, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model = LM(cfg.model, padded, max_seq_len=cfg.model.context_length or cfg.train.seq_len).to(dev)
     opt = _optimizer(model, cfg, dev)

@@ -441,6 +441,19 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     phase-1 run of the same config whose ``train.stop_tokens`` ended it early).
     ``tracking``: the study's ``logging:`` block (TensorBoard, MLflow, W&B; lmablate.tracking).
     """
+    with TokenStore(tokens_path) as store:  # closed however the run ends
+        return _train(run, store, out_dir, ckpt_dir=ckpt_dir, run_id=run_id, meta=meta,
+                      device=device, threads=threads, resume=resume, progress=progress,
+                      stop_after_steps=stop_after_steps, cohort=cohort, init_from=init_from,
+                      tracking=tracking)
+
+
+def _train(run: RunConfig | Mapping[str, Any], store: TokenStore, out_dir: str | Path, *,
+           ckpt_dir: str | Path | None, run_id: str | None, meta: Mapping[str, Any] | None,
+           device: str, threads: int | None, resume: bool | str, progress: bool | None,
+           stop_after_steps: int | None, cohort: str | Path | Sequence[str | Path] | None,
+           init_from: str | Path | None, tracking: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`train` on an open token store."""
     t_start = time.perf_counter()
     cfg = run if isinstance(run, RunConfig) else from_dict(RunConfig, dict(run))
     out = Path(out_dir)
@@ -458,7 +471,6 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     if dev.type == "cpu":
         keep_cpu_buffers()
     autocast, use_scaler = _precision(cfg, dev)
-    store = TokenStore(tokens_path)
     train_tokens = store.split("train")
     vocab = store.vocab_size
     padded = cfg.model.padded_vocab(vocab)
@@ -706,8 +718,6 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
         "peak_mem_mb": (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
                         else _peak_rss_mb()),
     })
-    if final.get("val_loss") is not None:
-        final["val_ppl"] = final.get("val_ppl")
     from safetensors.torch import save
 
     seen, unique = set(), {}
@@ -727,7 +737,6 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     final["files"] = file_manifest(out)
     atomic_write_json(out / "final.json", final)
     trackers.finish(final)
-    store.close()
     log.info("done %s: status %s, val loss %s, %.0f tok/s, %.1f s", run_id, status,
              final.get("val_loss"), final["tokens_per_s"], final["wall_s"])
     return final
