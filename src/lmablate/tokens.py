@@ -495,12 +495,6 @@ class TokenStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __enter__(self) -> TokenStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def open_store(path: str | Path) -> TokenStore:
     return TokenStore(path)
