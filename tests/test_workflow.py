@@ -89,3 +89,28 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_study):
     assert lines == [f"lmablate: {tmp_path / 'study.yaml'}: defaults.model.n_heads: n_heads (3) "
                      "must divide d_model (128)"]
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_execution_from_include_and_scale_reaches_training_and_reruns_nothing(tmp_path,
+                                                                               tiny_study):
+    from lmablate import read_study
+
+    # the study file itself has no `execution:`; its base and the base's scale do
+    tiny_study["sweep"] = {"variants": {"baseline": {}}, "seeds": [0, 1]}
+    tiny_study["execution"] = {"runs_per_gpu": 3}
+    tiny_study["scales"] = {"packed": {"execution.runs_per_gpu": 5}}
+    write_yaml(tmp_path / "base.yaml", tiny_study)
+    write_yaml(tmp_path / "study.yaml", {"include": "base.yaml"})
+    first, second = (r.run_id for r in read_study(tmp_path / "study.yaml").runs)
+
+    def trained(run_id: str, *args: str) -> str:
+        snakemake(tmp_path, "-c1", f"results/tiny/runs/{run_id}/final.json", *args)
+        return (tmp_path / "logs" / "tiny" / "train_model" / f"{run_id}.log").read_text()
+
+    assert "runs_per_gpu 5" in trained(first, "--config", "scale=packed")
+    assert "runs_per_gpu 3" in trained(second)
+    # execution settings are not part of a run: changing them plans no training
+    tiny_study["execution"] = {"runs_per_gpu": 1, "train_threads": 2}
+    write_yaml(tmp_path / "base.yaml", tiny_study)
+    rules, _ = planned(tmp_path, *(f"results/tiny/runs/{r}/final.json" for r in (first, second)))
+    assert not rules, rules

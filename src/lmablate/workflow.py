@@ -251,6 +251,7 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
         vocab = model.vocab_size or cfg["tokenizer"].get("vocab_size", 50_000)
         runs_per_gpu = default_runs_per_gpu(accounting.param_counts(model, vocab, 1024)["total"])
     with claim_device(device, slots=runs_per_gpu) as dev:
+        logging.getLogger("lmablate").info("device %s, runs_per_gpu %d", dev, runs_per_gpu)
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
                      device=dev, threads=threads, cohort=cohort, init_from=init_from)
 
