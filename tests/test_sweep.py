@@ -307,6 +307,20 @@ def test_golden_ids_and_hash_are_pinned():
     assert [r.run_id for r in expand(GOLDEN_DOC, CORPORA)] == GOLDEN_IDS
 
 
+def test_fields_added_after_the_first_release_name_a_version_up_to_this_one():
+    import dataclasses
+
+    from packaging.version import Version
+
+    import lmablate
+
+    this = Version(Version(lmablate.__version__).base_version)  # 0.2.0.dev0 ships in 0.2.0
+    since = {f"{name}.{f.name}": Version(f.metadata["since"]) for name, cls in C.SECTIONS.items()
+             for f in dataclasses.fields(cls) if f.metadata.get("since")}
+    assert since and set(since) == set(C.later_fields())
+    assert all(Version("0.1.0") < v <= this for v in since.values()), since
+
+
 def test_legacy_ids_are_the_new_ids_cut_to_8_digits():
     assert [legacy_run_id(r.run_id) for r in expand(GOLDEN_DOC, CORPORA)] == LEGACY_GOLDEN_IDS
 

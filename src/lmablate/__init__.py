@@ -15,7 +15,7 @@ from .importhf import import_hf
 from .study import Study, read_study, study_from_dict
 from .sweep import Run, expand
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 
 def load_results(results_dir):  # imported lazily: pandas is heavy for the Snakefile's parse
