@@ -102,7 +102,7 @@ def get_corpus_manifest(wildcards):
 def get_tokenize_inputs(wildcards):
     inputs = {"manifest": get_corpus_manifest(wildcards)}
     hdf5 = corpus_of(wildcards.dataset)["source"] == "hdf5"
-    if not hdf5 or DATASETS[wildcards.dataset].config.tokenizer.kind == "file":
+    if not hdf5 or DATASETS[wildcards.dataset].config.tokenizer.kind in ("file", "hub"):
         inputs["tokenizer"] = f"resources/tokenizers/{wildcards.dataset}/tokenizer.json"
     return inputs
 

@@ -296,9 +296,14 @@ HUB_FILES = {
 }
 
 
+MODEL_REPO = "lmablate-test/tiny-model"  # a model repo: its tokenizer.json (tests fill it in)
+MODEL_FILES: dict[str, bytes] = {"README.md": b"# tiny model\n"}
+NO_TOKENIZER_REPO = "lmablate-test/no-tokenizer"
+
+
 def fake_hub(h: _Handler) -> None:
     path = unquote(urlparse(h.path).path)
-    repos = {REPO: HUB_FILES}
+    repos = {REPO: HUB_FILES, MODEL_REPO: MODEL_FILES, NO_TOKENIZER_REPO: {"README.md": b"#\n"}}
 
     def error(code: str, msg: str) -> None:
         h.reply(404, json.dumps({"error": msg}).encode(),
@@ -306,7 +311,8 @@ def fake_hub(h: _Handler) -> None:
 
     repo = r"(?P<repo>[^/]+/[^/]+)"
     m = (re.match(rf"^/api/datasets/{repo}/(?P<kind>revision|tree)/(?P<rev>[^/]+)", path)
-         or re.match(rf"^/datasets/{repo}/(?P<kind>resolve)/(?P<rev>[^/]+)/(?P<file>.+)$", path))
+         or re.match(rf"^/datasets/{repo}/(?P<kind>resolve)/(?P<rev>[^/]+)/(?P<file>.+)$", path)
+         or re.match(rf"^/{repo}/(?P<kind>resolve)/(?P<rev>[^/]+)/(?P<file>.+)$", path))  # models
     if not m:
         h.reply(404, b"no such route")
         return
@@ -474,6 +480,19 @@ def test_hf_file_404_at_resolve(hub: Server, tmp_path: Path) -> None:
                               "'data/train-00002.txt' at revision 'main'")
 
 
+def test_hf_test_patterns_become_the_test_split(hub: Server, tmp_path: Path) -> None:
+    HUB_FILES["data/test.txt"] = b"A test story.\n\nAnother test story.\n"
+    try:
+        manifest = load_manifest(prepare_corpus(hf_spec(val="data/valid.txt",
+                                                        test=["data/test.txt"]), tmp_path, net=FAST))
+    finally:
+        del HUB_FILES["data/test.txt"]
+    assert [(f["path"], f["split"]) for f in manifest["files"]][-2:] == [
+        ("hf/data/valid.txt", "val"), ("hf/data/test.txt", "test")]
+    assert list(iter_documents(manifest, split="test")) == ["A test story.", "Another test story."]
+    assert len(list(iter_documents(manifest))) == 302  # train and val: the test files only by name
+
+
 def test_presets_resolve_and_validate() -> None:
     specs = resolve_corpora({"mine": {"preset": "fineweb-edu-sample", "max_bytes": 1000}},
                             Path("."))
@@ -484,3 +503,116 @@ def test_presets_resolve_and_validate() -> None:
     assert specs["tinyshakespeare"]["url"].startswith("https://raw.githubusercontent.com/karpathy/")
     assert specs["mine"]["repo"] == "HuggingFaceFW/fineweb-edu"
     assert specs["mine"]["max_bytes"] == 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer: {kind: hub} against the fake hub
+
+BUILD_TOKENIZER = """
+import json, sys
+from lmablate.errors import LmablateError
+from lmablate.workflow import train_tokenizer_step
+try:
+    meta = train_tokenizer_step(None, json.loads(sys.argv[1]), 0.1, sys.argv[2])
+except LmablateError as err:
+    print(json.dumps({"error": str(err)}))
+else:
+    print(json.dumps(meta))
+"""
+
+
+@pytest.fixture
+def model_hub(hub: Server, tmp_path: Path) -> Iterator[bytes]:
+    """The fake hub also serving MODEL_REPO's tokenizer.json (a byte-level one); its bytes."""
+    from lmablate.config import TokenizerConfig
+    from lmablate.tokenizer import build_tokenizer
+
+    build_tokenizer(TokenizerConfig(kind="byte"), [], tmp_path / "served" / "tokenizer.json")
+    MODEL_FILES["tokenizer.json"] = (tmp_path / "served" / "tokenizer.json").read_bytes()
+    try:
+        yield MODEL_FILES["tokenizer.json"]
+    finally:
+        del MODEL_FILES["tokenizer.json"]
+
+
+def build_hub_tokenizer(workdir: Path, out: str, **tokenizer: object) -> dict:
+    """The train_tokenizer job's step in a fresh interpreter in ``workdir`` (the hub client reads
+    HF_ENDPOINT and HF_HUB_OFFLINE when it is imported)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = {"kind": "hub", "repo": MODEL_REPO, **tokenizer}
+    proc = subprocess.run([sys.executable, "-c", BUILD_TOKENIZER, json.dumps(cfg), out],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ),
+                          cwd=workdir, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hub_tokenizer_is_downloaded_cached_and_used_offline(
+        hub: Server, model_hub: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    meta = build_hub_tokenizer(work, "resources/tokenizers/d/tokenizer.json")
+    sha = hashlib.sha256(model_hub).hexdigest()
+    assert meta == {"kind": "hub", "vocab_size": 257, "eot_id": 0, "sha256": sha,
+                    "hub": {"endpoint": hub.url, "repo": MODEL_REPO, "revision": "main",
+                            "commit": COMMIT}}
+    out = work / "resources/tokenizers/d/tokenizer.json"
+    assert out.read_bytes() == model_hub  # used as is, like kind: file
+    assert json.loads((out.parent / "tokenizer_meta.json").read_text()) == meta
+    cached = list((work / "resources/hub").rglob("tokenizer.json"))
+    assert [p.parent.name for p in cached] == [COMMIT]
+    fetched = [r for r in hub.log if r["path"] == f"/{MODEL_REPO}/resolve/main/tokenizer.json"]
+    assert fetched and {r["headers"].get("authorization") for r in fetched} == {f"Bearer {TOKEN}"}
+    # offline: the cached copy under resources/hub serves, and the hub is not asked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(hub.log)
+    again = build_hub_tokenizer(work, "resources/tokenizers/e/tokenizer.json")
+    assert again == meta and len(hub.log) == asked
+    # offline without a cached copy: one line that says so
+    err = build_hub_tokenizer(tmp_path / "fresh", "tok/tokenizer.json")["error"]
+    assert err == (f"tokenizer: hf model '{MODEL_REPO}' at {hub.url}: HF_HUB_OFFLINE is set and "
+                   "tokenizer.json at revision 'main' is not in the cache under resources/hub; "
+                   "download it once online")
+    assert len(hub.log) == asked
+
+
+@pytest.mark.parametrize(("tokenizer", "message"), [
+    pytest.param({"repo": "lmablate-test/nope"}, "hf model 'lmablate-test/nope' at {url} not "
+                 "found (HTTP 404/401); check the name, and set HF_TOKEN if it is private",
+                 id="404-repo"),
+    pytest.param({"repo": NO_TOKENIZER_REPO}, f"hf model '{NO_TOKENIZER_REPO}' at {{url}} has no "
+                 "file 'tokenizer.json' at revision 'main'", id="404-file"),
+    pytest.param({"revision": "v9"}, f"hf model '{MODEL_REPO}' at {{url}} has no revision 'v9'",
+                 id="404-revision"),
+    pytest.param({"sha256": "0" * 64}, f"hf model '{MODEL_REPO}' at {{url}}: tokenizer.json at "
+                 "revision 'main' (commit " + COMMIT + ") has sha256 {sha}, not the pinned "
+                 "tokenizer.sha256 " + "0" * 64, id="sha256-pin"),
+])
+def test_hub_tokenizer_errors_are_one_line(hub: Server, model_hub: bytes, tmp_path: Path,
+                                           tokenizer: dict, message: str) -> None:
+    err = build_hub_tokenizer(tmp_path / "work", "tok/tokenizer.json", **tokenizer)["error"]
+    sha = hashlib.sha256(model_hub).hexdigest()
+    assert err == "tokenizer: " + message.format(url=hub.url, sha=sha)
+    assert TOKEN not in err and "\n" not in err
+    assert not (tmp_path / "work" / "tok" / "tokenizer.json").exists()
+
+
+def test_hub_tokenizer_settings_enter_the_run_ids(tmp_path: Path) -> None:
+    from lmablate import read_study
+    from lmablate.config import RunConfig, from_dict
+
+    def run_ids(tokenizer: dict) -> set[str]:
+        doc = {"study": "t", "data": {"corpus": "tinystories-1k"}, "tokenizer": tokenizer,
+               "defaults": {"model": {"preset": "debug"}, "train": {"tokens": 8192}}}
+        path = tmp_path / "study.yaml"
+        path.write_text(json.dumps(doc))
+        return {r.run_id for r in read_study(path).runs}
+
+    hub_cfg = {"kind": "hub", "repo": MODEL_REPO, "vocab_size": 257}
+    base = run_ids(hub_cfg)
+    assert run_ids({**hub_cfg, "revision": "main"}) == base  # the default, written out
+    assert run_ids({**hub_cfg, "revision": COMMIT}).isdisjoint(base)
+    assert run_ids({**hub_cfg, "repo": "lmablate-test/other"}).isdisjoint(base)
+    assert run_ids({**hub_cfg, "sha256": "a" * 64}).isdisjoint(base)
+    with pytest.raises(Exception, match="tokenizer.repo: kind 'hub' needs a model repository id "
+                       "owner/name, got None"):
+        from_dict(RunConfig, {"tokenizer": {"kind": "hub"}})

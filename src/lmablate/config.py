@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -247,10 +248,10 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: Literal["bpe", "byte", "char", "file"] = F("bpe", "bpe: byte-level BPE trained on the "
-                                                     "corpus; byte: 256 byte ids; char: characters "
-                                                     "seen in the corpus; file: an existing "
-                                                     "tokenizer.json.")
+    kind: Literal["bpe", "byte", "char", "file", "hub"] = F(
+        "bpe", "bpe: byte-level BPE trained on the corpus; byte: 256 byte ids; char: characters "
+        "seen in the corpus; file: an existing tokenizer.json; hub: the tokenizer.json of a "
+        "Hugging Face hub model repo.")
     vocab_size: int = F(4096, "Target vocabulary for bpe (including special tokens).", ge=2,
                         le=MAX_VOCAB)
     min_frequency: int = F(2, "bpe: merges seen fewer times are not learned.", ge=1)
@@ -259,6 +260,27 @@ class TokenizerConfig:
     train_bytes: int = F(50_000_000, "bpe: train on at most this many bytes of the train split.",
                          ge=1, le=MAX_TOKENS)
     path: str | None = F(None, "kind=file: path of a tokenizer.json.")
+    repo: str | None = F(None, "kind=hub: model repository id (owner/name), e.g. "
+                         "HuggingFaceTB/SmolLM-135M.", since="0.2")
+    revision: str = F("main", "kind=hub: branch, tag or commit (a commit pins it exactly).",
+                      since="0.2")
+    sha256: str | None = F(None, "kind=hub: expected SHA-256 of the downloaded tokenizer.json "
+                           "(checked; pins the content in the run IDs).", since="0.2")
+
+
+HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _hub_issues(t: TokenizerConfig) -> list[ConfigError]:
+    """``kind: hub`` needs an owner/name repo; a pinned sha256 is 64 hex digits."""
+    issues = []
+    if t.kind == "hub" and not (isinstance(t.repo, str) and HUB_REPO_RE.match(t.repo)):
+        issues.append(ConfigError(f"kind 'hub' needs a model repository id owner/name, got "
+                                  f"{t.repo!r}", key="tokenizer.repo"))
+    if t.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(t.sha256)):
+        issues.append(ConfigError(f"expected 64 hex digits, got {t.sha256!r}",
+                                  key="tokenizer.sha256"))
+    return issues
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,6 +309,7 @@ class RunConfig:
         if self.tokenizer.kind == "file" and not self.tokenizer.path:
             issues.append(ConfigError("kind 'file' needs a path to a tokenizer.json",
                                       key="tokenizer.path"))
+        issues += _hub_issues(self.tokenizer)
         return issues
 
 

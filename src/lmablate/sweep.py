@@ -642,7 +642,7 @@ def _param_names(cfg: C.RunConfig, corpora: Mapping[str, Any]) -> dict[str, Any]
 
     m, t = cfg.model, cfg.tokenizer
     spec = corpora.get(cfg.data.corpus) or {}
-    if spec.get("source") == "hdf5" and spec.get("vocab_size") and t.kind != "file":
+    if spec.get("source") == "hdf5" and spec.get("vocab_size") and t.kind not in ("file", "hub"):
         vocab = m.padded_vocab(int(spec["vocab_size"]))
     else:
         vocab = model_vocab(m, t) or m.padded_vocab(t.vocab_size)
@@ -700,7 +700,10 @@ def _make_run(cfg: C.RunConfig, resolved: Mapping[str, Any], variant: str | None
               corpora: Mapping[str, Any]) -> Run:
     spec = corpora.get(cfg.data.corpus, {"name": cfg.data.corpus})
     corpus_id = {k: v for k, v in spec.items() if not k.startswith("_")}  # no absolute paths
-    tok_id = run_hash({"corpus": corpus_id, "tokenizer": resolved["tokenizer"]})
+    later = C.later_fields()  # added settings at their default leave the tokenizer's identity
+    tokenizer = {k: v for k, v in resolved["tokenizer"].items()
+                 if f"tokenizer.{k}" not in later or later[f"tokenizer.{k}"] != v}
+    tok_id = run_hash({"corpus": corpus_id, "tokenizer": tokenizer})
     data_id = run_hash({"tok": tok_id, "data": resolved["data"]})
     flat = flatten(resolved)
     diff = {k: v for k, v in flat.items() if base_flat.get(k) != v and k != "train.seed"}

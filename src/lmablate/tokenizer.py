@@ -7,17 +7,25 @@
 | byte | the 256 byte-level symbols, no merges                                              |
 | char | one id per character seen in the train split, plus ``<unk>``                       |
 | file | an existing tokenizer.json (e.g. a hub model's), copied                            |
+| hub  | the tokenizer.json of a Hugging Face hub model repo (``repo``, ``revision``), fetched |
 
 ``bpe`` and ``char`` read at most ``train_bytes`` of the train split (its first documents), so
 training time and memory stay bounded whatever the size of the corpus.
 
 The first special token (default ``<|endoftext|>``) separates documents in the token stream.
 A tokenizer's identity is the SHA-256 of its tokenizer.json (``tokenizer_sha256``).
+
+``hub`` downloads with ``huggingface_hub`` (``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` as
+the client reads them) into a cache under ``resources/hub`` (:data:`HUB_CACHE`), so a second
+build, or an offline one, reuses the file. Its repo, revision, resolved commit and SHA-256 are
+written to tokenizer_meta.json; repo and revision (and ``sha256`` when pinned, checked after the
+download) are settings of the ``tokenizer`` section, so they enter the run IDs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,7 +35,10 @@ from .config import TokenizerConfig
 from .errors import DataError
 from .io import atomic_write_text, sha256_file
 
-__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_sha256", "eot_id"]
+__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_sha256", "eot_id", "hub_tokenizer"]
+
+HUB_CACHE = "resources/hub"  # hub downloads, relative to the working directory (the workflow's)
+HUB_FILE = "tokenizer.json"
 
 
 class _Sample:
@@ -100,9 +111,45 @@ def _char(docs: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     return tok
 
 
-def build_tokenizer(cfg: TokenizerConfig, docs: Iterable[str], out_path: str | Path) -> dict:
-    """Build the tokenizer ``cfg`` describes, save it atomically; returns its metadata."""
+def hub_tokenizer(cfg: TokenizerConfig, cache_dir: str | Path = HUB_CACHE
+                  ) -> tuple[Path, dict[str, str]]:
+    """Download (or find in ``cache_dir``) the tokenizer.json of hub model ``cfg.repo`` at
+    ``cfg.revision``; returns its path and where it came from (endpoint, repo, revision, commit).
+    Every failure is one line: a missing repo, revision or file, offline without a cached copy."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from .fetch import hub_error
+
+    repo, revision = cfg.repo or "", cfg.revision
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    where = f"tokenizer: hf model {repo!r} at {endpoint}"
+    try:
+        path = Path(hf_hub_download(repo, HUB_FILE, revision=revision,
+                                    cache_dir=str(cache_dir), endpoint=endpoint))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if not constants.HF_HUB_OFFLINE:
+            raise DataError(f"{where}: {HUB_FILE} at revision {revision!r} could not be reached "
+                            "and is not in the cache under " f"{cache_dir}") from None
+        raise DataError(f"{where}: HF_HUB_OFFLINE is set and {HUB_FILE} at revision "
+                        f"{revision!r} is not in the cache under {cache_dir}; download it once "
+                        "online") from None
+    except Exception as err:  # noqa: BLE001 - whatever the hub client raises becomes one line
+        raise hub_error(where, err, revision, HUB_FILE) from None
+    commit = path.parent.name  # the cache's snapshots/<commit>/tokenizer.json
+    if cfg.sha256 and sha256_file(path) != cfg.sha256.lower():
+        raise DataError(f"{where}: {HUB_FILE} at revision {revision!r} (commit {commit}) has "
+                        f"sha256 {sha256_file(path)}, not the pinned tokenizer.sha256 "
+                        f"{cfg.sha256}")
+    return path, {"endpoint": endpoint, "repo": repo, "revision": revision, "commit": commit}
+
+
+def build_tokenizer(cfg: TokenizerConfig, docs: Iterable[str], out_path: str | Path, *,
+                    cache_dir: str | Path = HUB_CACHE) -> dict:
+    """Build the tokenizer ``cfg`` describes, save it atomically; returns its metadata
+    (``cache_dir``: where ``kind: hub`` keeps its downloads)."""
     out_path = Path(out_path)
+    origin: dict[str, str] = {}
     if cfg.kind == "bpe":
         tok = _bpe(docs, cfg)
         if tok.get_vocab_size() < cfg.vocab_size:
@@ -117,11 +164,14 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Iterable[str], out_path: str | P
         tok = _char(docs, cfg)
     elif cfg.kind == "file":
         tok = load_tokenizer(cfg.path or "")
+    elif cfg.kind == "hub":
+        path, origin = hub_tokenizer(cfg, cache_dir)
+        tok = load_tokenizer(path)
     else:  # pragma: no cover - rejected by config validation
         raise DataError(f"unknown tokenizer kind {cfg.kind!r}")
     atomic_write_text(out_path, tok.to_str(pretty=True))
     meta = {"kind": cfg.kind, "vocab_size": tok.get_vocab_size(), "eot_id": eot_id(tok, cfg),
-            "sha256": sha256_file(out_path)}
+            "sha256": sha256_file(out_path), **({"hub": origin} if origin else {})}
     atomic_write_text(out_path.with_name("tokenizer_meta.json"), json.dumps(meta, indent=2) + "\n")
     return meta
 
