@@ -118,6 +118,23 @@ def test_a_run_that_cannot_fit_the_device_is_refused_naming_it(study_file, tmp_p
         device_memory.cache_clear()
 
 
+def test_runs_too_big_for_this_machine_are_a_warning_in_plan(study_file, tmp_path, capsys,
+                                                             monkeypatch):
+    """Planned where it will not train (a laptop, a login node), a study whose runs do not fit
+    this machine still gets its table, with one warning line; only a run no single device holds
+    is refused without LMABLATE_DEVICE_MEMORY."""
+    import lmablate.plan as plan_mod
+
+    monkeypatch.delenv("LMABLATE_DEVICE_MEMORY", raising=False)
+    monkeypatch.setattr(plan_mod, "device_memory", lambda: (3 << 20, "this machine's RAM", False))
+    assert main(["plan", str(study_file), "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    wide = next(r for r in read_study(study_file).runs if r.variant == "wide")
+    assert wide.run_id in out
+    assert err.count("\n") == 1 and err.startswith(f"lmablate: warning: {study_file}: ")
+    assert f"(run {wide.run_id}): they cannot train here" in err
+
+
 def test_config_overrides_change_the_plan(study_file, tmp_path, capsys):
     doc = json.loads(plan(capsys, study_file, "--format", "json", "--results", tmp_path,
                           "--config", "defaults.train.tokens=20480", "-C", "sweep.seeds=[0]"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,8 +93,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                         "grows exponentially from --min-lr to --max-lr (Smith 2017); stop when "
                         "the smoothed loss exceeds 4x its minimum or rises 25% above its start. "
                         "Writes lr_find.json and "
-                        "lr_find.png to --out and prints the suggested LRs (valley = LR at the "
-                        "minimum / 10; steepest descent). The token store must exist (run "
+                        "lr_find.png to --out and prints the suggested LR (steepest descent: "
+                        "closest to the best LR of real runs), the valley (LR at the minimum / "
+                        "10) and the min-loss LR. The token store must exist (run "
                         "snakemake first, or point --tokens-file at one).")
     ov = sub.add_parser("overfit", help="sanity check: can one run's model memorise one batch?",
                         description="Train one run's model on the first --tokens train tokens "
@@ -207,15 +209,20 @@ def _overrides(items: Sequence[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan import check_memory, plan_table, render
-
+    from .plan import ANY_DEVICE, check_memory, memory_warning, plan_table, render
     from .study import read_study
 
     study = read_study(args.study, _overrides(args.config))
-    check_memory(study)
+    # a study is often planned where it will not train (a laptop, a login node): runs too big
+    # for this machine are a warning here; for the device named by LMABLATE_DEVICE_MEMORY, or
+    # for any single device, a refusal (snakemake refuses them on a machine that would train)
+    check_memory(study, None if os.environ.get("LMABLATE_DEVICE_MEMORY") else ANY_DEVICE)
+    warning = memory_warning(study)
     table = plan_table(study, tokens_per_second=args.tokens_per_second,
                        results_root=args.results)
     print(render(table, args.format, study))
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -284,12 +291,12 @@ def _lr_find(args: argparse.Namespace) -> int:
                         min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                         device=args.device, threads=args.threads, run_id=run.run_id,
                         progress=sys.stderr.isatty())
-    if res["lr_valley"] is None:
+    if res["lr_suggested"] is None:
         print(f"{run.run_id}: the loss never fell between {args.min_lr:g} and {args.max_lr:g} "
               f"({res['stopped']}); plot: {out / 'lr_find.png'}")
         return 1
-    print(f"{run.run_id}: suggested LR {res['lr_valley']:.3g} (valley), steepest descent at "
-          f"{res['lr_steepest']:.3g}, min loss at {res['lr_min_loss']:.3g}; configured "
+    print(f"{run.run_id}: suggested LR {res['lr_suggested']:.3g} (steepest descent); valley "
+          f"(min / 10) {res['lr_valley']:.3g}, min loss at {res['lr_min_loss']:.3g}; configured "
           f"{res['configured_lr']:.3g}. {res['steps']} steps ({res['stopped']}). "
           f"Plot: {out / 'lr_find.png'}")
     return 0
@@ -330,7 +337,8 @@ def _train(args: argparse.Namespace) -> int:
     tokens = args.tokens or Path(f"resources/tokens/{run.config.data.corpus}-{run.data_id}.h5")
     final = train_run_step(run.to_dict(), str(tokens), f"results/{study.name}/runs/{run.run_id}",
                            study=study.name, ckpt_dir=f"checkpoints/{study.name}/{run.run_id}",
-                           threads=args.threads, device=args.device)
+                           threads=args.threads, device=args.device,
+                           tracking=study.doc.get("logging"))
     print(json.dumps({k: final.get(k) for k in ("run_id", "status", "val_loss", "tokens",
                                                 "tokens_per_s")}))
     return 0

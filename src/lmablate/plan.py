@@ -33,7 +33,8 @@ from .errors import ConfigError
 from .solve import model_vocab
 from .study import Study
 
-__all__ = ["check_memory", "device_memory", "measured_rate", "plan_table", "plan_totals",
+__all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
+           "device_memory", "measured_rate", "plan_table", "plan_totals",
            "planned_tokens", "render", "select_top_k", "study_train_rate", "train_memory_bytes",
            "train_runtime_min"]
 
@@ -198,18 +199,48 @@ def _gpu_memory() -> list[int]:
     return sizes
 
 
+# No single device a run trains on holds more (an 8-GPU node's memory is not one run's: lmablate
+# trains a run on one device). A run above it is refused by `lmablate plan` on any machine.
+ANY_DEVICE_BYTES = 2 << 40
+ANY_DEVICE = (ANY_DEVICE_BYTES, "any single device", True)
+
+
+def runs_over_memory(study: Study, limit: tuple[int, str, bool] | None = None
+                     ) -> list[tuple[Any, int]]:
+    """``(run, bytes needed)`` of the study's runs that cannot fit ``limit`` (by default
+    :func:`device_memory`), largest first."""
+    size, _, cuda = limit or device_memory()
+    over = [(r, train_memory_bytes(r, cuda=cuda)) for r in study.runs]
+    return sorted(((r, need) for r, need in over if need > size), key=lambda x: -x[1])
+
+
 def check_memory(study: Study, limit: tuple[int, str, bool] | None = None) -> None:
     """Refuse a study one of whose runs cannot fit its device (:func:`train_memory_bytes`
     against ``limit``, by default :func:`device_memory`): one line naming the run."""
-    size, what, cuda = limit or device_memory()
-    for r in study.runs:
-        need = train_memory_bytes(r, cuda=cuda)
-        if need > size:
-            raise ConfigError(f"training needs about {_fmt_count(need)}B (weights, gradients, "
-                              "AdamW state, activations: lmablate.plan.train_memory_bytes), more "
-                              f"than {what} ({_fmt_count(size)}B); to plan for another device, "
-                              "set LMABLATE_DEVICE_MEMORY (e.g. 80G)", key=f"run {r.run_id}",
-                              file=study.source)
+    size, what, _ = limit = limit or device_memory()
+    over = runs_over_memory(study, limit)
+    if over:
+        run, need = over[0]
+        raise ConfigError(f"training needs about {_fmt_count(need)}B (weights, gradients, "
+                          "AdamW state, activations: lmablate.plan.train_memory_bytes), more "
+                          f"than {what} ({_fmt_count(size)}B); to plan for another device, "
+                          "set LMABLATE_DEVICE_MEMORY (e.g. 80G)", key=f"run {run.run_id}",
+                          file=study.source)
+
+
+def memory_warning(study: Study) -> str | None:
+    """For ``lmablate plan`` on a machine a study is not meant to train on (a laptop, a login
+    node): one line naming how many runs cannot fit this machine, or None. (``snakemake`` on
+    this machine refuses such a study: :func:`check_memory`.)"""
+    size, what, _ = limit = device_memory()
+    over = runs_over_memory(study, limit)
+    if not over:
+        return None
+    run, need = over[0]
+    return (f"lmablate: warning: {study.source}: {len(over)} of {len(study.runs)} runs need more "
+            f"memory than {what} ({_fmt_count(size)}B), up to {_fmt_count(need)}B (run "
+            f"{run.run_id}): they cannot train here; LMABLATE_DEVICE_MEMORY=80G lmablate plan "
+            "... checks them against another device")
 
 
 def _flops_per_token(run: Any) -> float:
