@@ -362,8 +362,9 @@ def test_efficiency_and_convergence_by_hand(tmp_path):
     assert s["runs"]["b-s1"]["early_drop_per_mtok"] == pytest.approx(20.0)
     md = (out / "RESULTS.md").read_text()
     assert ("Data efficiency (training-loss drop per million training tokens, first logged step "
-            "to the end of the run; mean over seeds): baseline 5.56 nats/M tokens over 1M "
-            "tokens, final val loss 3.2 per M tokens.") in md
+            "to the end of the run; loss/token efficiency = final val loss per million tokens, "
+            "as seed 002 reports it, lower is better; mean over seeds): baseline 5.56 nats/M "
+            "tokens over 1M tokens, loss/token efficiency 3.2.") in md
     assert ("Convergence (training loss; early phase = first 25% of tokens, late phase = last "
             "25%; mean over seeds): baseline fell 20 nats/M tokens early and 2 late (10.0x), "
             "60% of its drop in the early phase.") in md

@@ -40,6 +40,7 @@ from .errors import ConfigError, DataError
 from .integrity import verify_run
 from .io import atomic_write_bytes, atomic_write_text
 from .sweep import flatten, format_value
+from .units import fmt_count
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -833,13 +834,6 @@ def _buckets(params: float) -> tuple[float, float]:
     return edges[-2], edges[-1]
 
 
-def fmt_count(n: float) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.3g}"
-
-
 def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline",
                    metrics: Sequence[str] = GROUP_METRICS,
                    settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
@@ -1032,6 +1026,62 @@ def _params_findings(ok: pd.DataFrame, summary: Mapping[str, Any]) -> dict[str, 
             "best_per_bucket": best, "pareto_front": front}
 
 
+def _shape_finding(runs: pd.DataFrame, s: Mapping[str, Any]) -> str | None:
+    """Shape at equal size: in each parameter bucket whose configurations differ in a ratio of
+    :data:`DERIVED_AXES` (layers per head, FFN width per hidden unit, ...), whether the bucket's
+    best configuration has the highest or the lowest value of it (seed 000: "for a given
+    parameter count, more layers compared to attention heads performed the best")."""
+    pf, groups = s.get("params") or {}, s["groups"]
+    rows = group_rows(runs).drop_duplicates("group").set_index("group")
+    parts = []
+    for name, (num, den) in DERIVED_AXES.items():
+        if num not in rows or den not in rows:
+            continue
+        ratio = {g: v for g, row in rows[[num, den]].to_dict("index").items()
+                 if _finite(v := _ratio(row, num, den))}
+        high = low = n = 0
+        for b in pf.get("best_per_bucket", []):
+            members = [g for g, e in groups.items() if g in ratio and PRIMARY in e
+                       and _finite(e.get("params_total"))
+                       and _buckets(e["params_total"]) == (b["low"], b["high"])]
+            values = {round(ratio[g], 6) for g in members}
+            if len(values) < 2 or b["group"] not in members:
+                continue
+            best = round(ratio[b["group"]], 6)
+            n, high, low = n + 1, high + (best == max(values)), low + (best == min(values))
+        if n:
+            parts.append(f"the highest {name} of its bucket in {high} of {n} buckets "
+                         f"(the lowest in {low})")
+    if not parts:
+        return None
+    return ("Shape at equal size, over the parameter buckets whose configurations differ in "
+            "it: the best configuration of a bucket has " + "; ".join(parts) + ".")
+
+
+def selection_finding(runs: pd.DataFrame, chosen: Mapping[str, Any],
+                      maximize: bool = False) -> str | None:
+    """The phase-1 selection of a two-phase study as a sentence (seed 003's top-1 per axis,
+    phase1_top1.json): per selection group, the configurations that go on to phase 2 with their
+    phase-1 metric. ``chosen``: :func:`lmablate.phases.select`'s result for ``runs``."""
+    metric, per, k = chosen["metric"], chosen.get("per"), chosen["top_k"]
+    rows = group_rows(runs)
+    if metric not in rows or not chosen["phase1"]:
+        return None
+    rows = rows[rows.status.isin(INCLUDED_STATUSES) & rows[metric].notna()]
+    parts = []
+    for key, g in (rows.groupby(per, sort=False) if per else [(None, rows)]):
+        top = g.sort_values(metric, ascending=not maximize).head(k)
+        top = top[top.run_id.isin(chosen["phase1"])]
+        names = ", ".join(f"{r['group']} ({metric} {r[metric]:.4f})"
+                          for r in top.to_dict("records"))
+        if names:
+            parts.append(f"{key}: {names}" if per else names)
+    n = len(chosen["selected"])
+    return (f"Phase 2 trains {n} configuration{'s' if n != 1 else ''}, the top {k}"
+            + (f" per {per}" if per else "") + f" by phase-1 {metric}: " + "; ".join(parts)
+            + (" (one run stands for several groups)" if per and n < len(parts) else "") + ".")
+
+
 def _scaling(ok: pd.DataFrame) -> dict[str, Any] | None:
     """Scaling-law fit when the completed runs span at least three sizes (see scaling.py)."""
     from .scaling import fit_study
@@ -1039,38 +1089,6 @@ def _scaling(ok: pd.DataFrame) -> dict[str, Any] | None:
     return fit_study(ok)
 
 
-def _findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
-    """Plain sentences stated from the numbers (analysis.txt and RESULTS.md share them)."""
-    out = []
-    groups, ranking, ref = s["groups"], s["ranking"], s["reference"]
-    if ranking:
-        best, worst = ranking[0], ranking[-1]
-        out.append(f"Best group: {best} (mean val loss {groups[best][PRIMARY]['mean']:.4f}, "
-                   f"n={groups[best]['n']}); worst: {worst} "
-                   f"({groups[worst][PRIMARY]['mean']:.4f}, n={groups[worst]['n']}).")
-    cmps = {k: c[PRIMARY] for k, c in s["comparisons"].items() if PRIMARY in c}
-    if cmps:
-        raw = [k for k, c in cmps.items() if c["p_value"] is not None and c["p_value"] < 0.05]
-        adj = [k for k, c in cmps.items() if c.get("p_holm") is not None and c["p_holm"] < 0.05]
-        out.append(f"{len(raw)} of {len(cmps)} groups differ from {ref} in val loss at p < 0.05"
-                   + (f" ({', '.join(raw)})" if raw else "")
-                   + f"; {len(adj)} after Holm's correction for {len(cmps)} comparisons"
-                   + (f" ({', '.join(adj)})." if adj else "."))
-    ns = [e["n"] for e in groups.values() if e.get("n")]
-    if ns and min(ns) <= 3:
-        from scipy.stats import t
-
-        n = min(ns)
-        if n >= 2:
-            out.append(f"Some groups have only n={n} seeds: the 95% t-interval of a mean is then "
-                       f"±{t.ppf(0.975, n - 1) / math.sqrt(n):.2f} standard deviations wide "
-                       f"(t = {t.ppf(0.975, n - 1):.2f}, {n - 1} degree(s) of freedom); more seeds "
-                       "narrow it faster than anything else.")
-        else:
-            out.append("Some groups have a single seed: they have no interval and no test.")
-    spread = _seed_spread(groups)
-    if spread:
-        out.append(spread)
 # --------------------------------------------------------------------------------------------------
 # data efficiency, early- vs late-phase convergence, expert load (seeds 002 and 004)
 
@@ -1179,11 +1197,12 @@ def _efficiency_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
 
     tail = f"; {more} more in summary.json" if more > 0 else ""
     out = ["Data efficiency (training-loss drop per million training tokens, first logged step "
-           "to the end of the run; mean over seeds): " + "; ".join(
+           "to the end of the run; loss/token efficiency = final val loss per million tokens, "
+           "as seed 002 reports it, lower is better; mean over seeds): " + "; ".join(
                f"{g} {mean(g, 'loss_drop_per_mtok'):.3g} nats/M tokens"
                + (f" over {fmt_count(groups[g]['tokens']['mean'])} tokens"
                   if "tokens" in groups[g] else "")
-               + (f", final val loss {mean(g, 'loss_per_mtok'):.3g} per M tokens"
+               + (f", loss/token efficiency {mean(g, 'loss_per_mtok'):.3g}"
                   if _finite(mean(g, "loss_per_mtok")) else "")
                for g in shown) + tail + "."]
     parts = []
@@ -1223,6 +1242,38 @@ def _moe_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
     return out
 
 
+def _findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
+    """Plain sentences stated from the numbers (analysis.txt and RESULTS.md share them)."""
+    out = []
+    groups, ranking, ref = s["groups"], s["ranking"], s["reference"]
+    if ranking:
+        best, worst = ranking[0], ranking[-1]
+        out.append(f"Best group: {best} (mean val loss {groups[best][PRIMARY]['mean']:.4f}, "
+                   f"n={groups[best]['n']}); worst: {worst} "
+                   f"({groups[worst][PRIMARY]['mean']:.4f}, n={groups[worst]['n']}).")
+    cmps = {k: c[PRIMARY] for k, c in s["comparisons"].items() if PRIMARY in c}
+    if cmps:
+        raw = [k for k, c in cmps.items() if c["p_value"] is not None and c["p_value"] < 0.05]
+        adj = [k for k, c in cmps.items() if c.get("p_holm") is not None and c["p_holm"] < 0.05]
+        out.append(f"{len(raw)} of {len(cmps)} groups differ from {ref} in val loss at p < 0.05"
+                   + (f" ({', '.join(raw)})" if raw else "")
+                   + f"; {len(adj)} after Holm's correction for {len(cmps)} comparisons"
+                   + (f" ({', '.join(adj)})." if adj else "."))
+    ns = [e["n"] for e in groups.values() if e.get("n")]
+    if ns and min(ns) <= 3:
+        from scipy.stats import t
+
+        n = min(ns)
+        if n >= 2:
+            out.append(f"Some groups have only n={n} seeds: the 95% t-interval of a mean is then "
+                       f"±{t.ppf(0.975, n - 1) / math.sqrt(n):.2f} standard deviations wide "
+                       f"(t = {t.ppf(0.975, n - 1):.2f}, {n - 1} degree(s) of freedom); more seeds "
+                       "narrow it faster than anything else.")
+        else:
+            out.append("Some groups have a single seed: they have no interval and no test.")
+    spread = _seed_spread(groups)
+    if spread:
+        out.append(spread)
     for group, changed in s.get("confounds", {}).items():
         out.append(f"Confounded: {group} differs from {ref} in {len(changed)} settings at once ("
                    + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in changed.items())
@@ -1246,6 +1297,9 @@ def _moe_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
             f"{b['val_loss']:.4f}, best of {b['n_groups']})" for b in pf["best_per_bucket"]) + ".")
         out.append("Pareto frontier (no smaller group has lower loss): "
                    + " | ".join(pf["pareto_front"]) + ".")
+        shape = _shape_finding(runs, s)
+        if shape:
+            out.append(shape)
     prog = s.get("progress")
     if prog:
         top = prog["ranking"][:5]
@@ -1253,6 +1307,8 @@ def _moe_findings(s: Mapping[str, Any], limit: int = 6) -> list[str]:
                    f"{prog['min_end']:,.0f} to {prog['max_end']:,.0f}); at {prog['column']} "
                    f"{prog['at']:,.0f}, which every run reached, the best groups are: "
                    + "; ".join(f"{e['group']} ({e['mean']:.4f})" for e in top) + ".")
+    out += _efficiency_findings(s)
+    out += _moe_findings(s)
     lr = _lr_finding(runs)
     if lr:
         out.append(lr)
@@ -1288,8 +1344,6 @@ def lr_lines(runs: pd.DataFrame) -> pd.Series:
 
 def _seed_spread(groups: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Groups whose seeds disagree far more than seeds usually do in this study (a seed that
-    out += _efficiency_findings(s)
-    out += _moe_findings(s)
     stalled or spiked): their mean, and any test on it, rests on unlike runs."""
     ranges = {g: e[PRIMARY]["max"] - e[PRIMARY]["min"] for g, e in groups.items()
               if PRIMARY in e and e[PRIMARY]["n"] >= 2}
