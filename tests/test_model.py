@@ -11,9 +11,10 @@ import typing
 import pytest
 import torch
 
-from lmablate.accounting import count_module, flops_per_token, fmt_params, param_counts
+from lmablate.accounting import count_module, flops_per_token, param_counts
 from lmablate.config import ModelConfig
 from lmablate.model import LM, SPARSE_EXPERT_DENSITY, Experts, MoE, load_hf_llama
+from lmablate.units import fmt_params
 
 VOCAB = 64
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4}

@@ -22,7 +22,7 @@ from .config import ModelConfig
 if TYPE_CHECKING:  # torch is imported lazily: `lmablate plan` and the Snakefile need no torch
     from torch import nn
 
-__all__ = ["count_module", "flops_per_token", "fmt_params", "param_counts"]
+__all__ = ["count_module", "flops_per_token", "param_counts"]
 
 
 def _norm(cfg: ModelConfig, dim: int) -> int:
@@ -100,9 +100,3 @@ def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> float:
                  + 12 * cfg.n_layers * cfg.d_model * seq_len)
 
 
-def fmt_params(n: float) -> str:
-    """10_740_000 -> "10.74M"; 3_200 -> "3.20K"; 1.2e9 -> "1.20B"; 512 -> "512"."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}" if isinstance(n, float) else str(n)

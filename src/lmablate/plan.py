@@ -32,6 +32,7 @@ from .config import parse_size
 from .errors import ConfigError
 from .solve import model_vocab
 from .study import Study
+from .units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds
 
 __all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
            "device_memory", "measured_rate", "plan_table", "plan_totals",
@@ -221,9 +222,9 @@ def check_memory(study: Study, limit: tuple[int, str, bool] | None = None) -> No
     over = runs_over_memory(study, limit)
     if over:
         run, need = over[0]
-        raise ConfigError(f"training needs about {_fmt_count(need)}B (weights, gradients, "
+        raise ConfigError(f"training needs about {fmt_bytes(need)} (weights, gradients, "
                           "AdamW state, activations: lmablate.plan.train_memory_bytes), more "
-                          f"than {what} ({_fmt_count(size)}B); to plan for another device, "
+                          f"than {what} ({fmt_bytes(size)}); to plan for another device, "
                           "set LMABLATE_DEVICE_MEMORY (e.g. 80G)", key=f"run {run.run_id}",
                           file=study.source)
 
@@ -238,7 +239,7 @@ def memory_warning(study: Study) -> str | None:
         return None
     run, need = over[0]
     return (f"lmablate: warning: {study.source}: {len(over)} of {len(study.runs)} runs need more "
-            f"memory than {what} ({_fmt_count(size)}B), up to {_fmt_count(need)}B (run "
+            f"memory than {what} ({fmt_bytes(size)}), up to {fmt_bytes(need)} (run "
             f"{run.run_id}): they cannot train here; LMABLATE_DEVICE_MEMORY=80G lmablate plan "
             "... checks them against another device")
 
@@ -368,27 +369,6 @@ def plan_totals(rows: list[dict[str, Any]], phase2_at_most: int | None = None) -
             "est_seconds": sum(secs) if secs else None}
 
 
-def _fmt_count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def _fmt_time(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 120:
-        return f"{s:.0f}s"
-    if s < 7200:
-        return f"{s / 60:.1f}m"
-    if s < 3 * 86400:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 86400:.1f}d"
-
-
 def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
     """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals)."""
     from .phases import ranking_of
@@ -406,10 +386,9 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
         return buf.getvalue().rstrip("\n")
     cols = [("run_id", "run ID", str), *([("phase", "phase", str)] if ranking else []),
             ("differs", "differs from defaults", str),
-            ("params", "params", _fmt_count), ("non_embedding", "non-emb", _fmt_count),
-            ("memory", "memory", lambda b: _fmt_count(b) + "B"),
-            ("tokens", "tokens", _fmt_count), ("flops", "FLOPs", _fmt_count),
-            ("est_seconds", "est. time", _fmt_time),
+            ("params", "params", fmt_amount), ("non_embedding", "non-emb", fmt_amount),
+            ("memory", "memory", fmt_bytes), ("tokens", "tokens", fmt_amount),
+            ("flops", "FLOPs", fmt_flops), ("est_seconds", "est. time", fmt_seconds),
             ("done", "status", lambda d: "done" if d else "to run")]
     table = [[f(r[k]) for k, _, f in cols] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, (_, h, _) in enumerate(cols)]
@@ -425,7 +404,7 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
     if totals["done"] == totals["runs"]:
         time_note = "; nothing left to train"
     elif totals["est_seconds"] is not None:
-        time_note = (f", about {_fmt_time(totals['est_seconds'])} of training left at the "
+        time_note = (f", about {fmt_seconds(totals['est_seconds'])} of training left at the "
                      "measured rate")
     else:
         time_note = "; no throughput measured yet (pass --tokens-per-second)"
@@ -437,15 +416,15 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
         per = f" per {ranking.per}" if ranking.per else ""
         lines.append(f"total: {n1} phase-1 runs + at most {at_most} of the {n2} phase-2 runs "
                      f"(top {ranking.top_k}{per}){done} in study {study.name!r}: at most "
-                     f"{_fmt_count(totals['tokens'])} tokens, {_fmt_count(totals['flops'])} "
+                     f"{fmt_amount(totals['tokens'])} tokens, {fmt_flops(totals['flops'])} "
                      f"FLOPs{time_note}")
         return "\n".join(lines)
     unknown = sum(r["tokens"] is None for r in rows)
     epochs = (f" (+ {unknown} epoch-budget run(s) whose tokens are known once the token store "
               "is built)") if unknown else ""
     lines.append(f"total: {totals['runs']} runs ({variants}){done} in study "
-                 f"{study.name!r}: {_fmt_count(totals['tokens'])} tokens, "
-                 f"{_fmt_count(totals['flops'])} FLOPs{epochs}{time_note}")
+                 f"{study.name!r}: {fmt_amount(totals['tokens'])} tokens, "
+                 f"{fmt_flops(totals['flops'])} FLOPs{epochs}{time_note}")
     return "\n".join(lines)
 
 

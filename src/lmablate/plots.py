@@ -41,6 +41,7 @@ from .harvest import (  # noqa: E402
     spans_sizes,
 )
 from .stats import pareto_front, summarize  # noqa: E402
+from .units import fmt_count, fmt_tokens  # noqa: E402
 
 __all__ = ["style", "loss_curves", "final_metric", "params_vs_loss", "heatmap",
            "lr_sensitivity", "lr_finder", "efficiency", "calibration", "moe_load", "scaling_law",
@@ -177,10 +178,6 @@ def _palette_for(runs: pd.DataFrame, shown: Sequence[str], ref: str | None) -> d
     if runs.group.nunique() <= 10:
         return group_palette(runs.group, ref)
     return group_palette(list(shown), ref)
-
-
-def fmt_tokens(n: float) -> str:
-    return ticker.EngFormatter(sep="", places=0)(n)
 
 
 def _empty(title: str, message: str) -> plt.Figure:
@@ -1155,8 +1152,6 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
     per configuration: mean over seeds with its 95% t-interval, seeds faint, the Pareto frontier
     (the configurations no cheaper one beats) as a step line with its points named; runs that
     did not complete are crosses on the top edge at their cost."""
-    from .harvest import fmt_count
-
     style()
     if x is None:
         has = "flops_per_token" in runs and runs.flops_per_token.notna().any()
@@ -1258,7 +1253,7 @@ def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "bas
     buckets (1-2.5-5 series), each bucket one row; every configuration's validation loss after
     N training tokens (``at``; default: the furthest point every run of the bucket reached) as a
     grey dot, the lowest starred and named with its size, loss and N."""
-    from .harvest import _buckets, fmt_count, group_rows
+    from .harvest import _buckets, group_rows
 
     style()
     rows = group_rows(runs)
@@ -1478,7 +1473,6 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
     vmax = max(0.5, math.ceil(2 * max(float(np.abs(v).max()) for v in logs)) / 2)
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
     heat_axes = []
-    fmt = ticker.EngFormatter(sep="", places=0)
     for k, (g, rel) in enumerate(zip(groups, logs)):
         mat, seed = mats[g]
         ax = fig.add_subplot(top[k // ncol, k % ncol])
@@ -1486,7 +1480,7 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
         ax.imshow(rel[order], aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ticks = np.unique(np.linspace(0, mat.shape[1] - 1, min(5, mat.shape[1])).round()
                           .astype(int))
-        ax.set_xticks(ticks, [fmt(mat.columns[t]) for t in ticks])
+        ax.set_xticks(ticks, [fmt_tokens(mat.columns[t]) for t in ticks])
         if len(mat) <= 16:
             ax.set_yticks(range(len(mat)), [f"expert {mat.index[i]}" for i in order])
         ax.set_xlabel(_x_label(x))

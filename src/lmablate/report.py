@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .harvest import RANK_HEADER, _ranking_rows, fmt_count
+from .harvest import RANK_HEADER, _ranking_rows
 from .io import atomic_write_text
+from .units import fmt_count
 
 __all__ = ["RUN_COLUMNS", "caption_html", "results_html", "write_results_page"]
 

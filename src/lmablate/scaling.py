@@ -319,7 +319,7 @@ def _ci(fit: Mapping[str, Any], k: str, fmt: str = ".3g") -> str:
 
 
 def _paragraph(s: Mapping[str, Any]) -> str:
-    from .harvest import fmt_count
+    from .units import fmt_count
 
     one = s["law_n"]
     what = "non-embedding" if s["n_column"] == "params_non_embedding" else "total"

@@ -27,6 +27,7 @@ from typing import Any
 from . import accounting
 from .config import ModelConfig, RunConfig, TokenizerConfig
 from .errors import ConfigError
+from .units import fmt_params
 
 __all__ = [
     "EXPANSION_TOLERANCE",
@@ -78,7 +79,7 @@ class Solution:
         """What is out of tolerance (empty when the solution is accepted)."""
         out = []
         if self.error > tolerance:
-            out.append(f"total {accounting.fmt_params(self.total)} is {self.error:.2%} off")
+            out.append(f"total {fmt_params(self.total)} is {self.error:.2%} off")
         if self.embedding_share is not None and abs(self.share - self.embedding_share) > \
                 SHARE_TOLERANCE:
             out.append(f"embedding share {self.share:.3f} (asked {self.embedding_share:g})")
@@ -88,7 +89,7 @@ class Solution:
         return out
 
     def describe(self) -> str:
-        return (f"{accounting.fmt_params(self.total)} params with d_model={self.d_model}, "
+        return (f"{fmt_params(self.total)} params with d_model={self.d_model}, "
                 f"n_layers={self.n_layers}, d_ff={self.d_ff} (embedding share {self.share:.3f}, "
                 f"d_ff/d_model {self.expansion:.2f})")
 
@@ -170,7 +171,7 @@ def solve(model: ModelConfig, vocab_size: int, max_seq_len: int, target: int, *,
     if misses:
         asked = ", ".join(f"{k} {v:g}" for k, v in (("embedding_share", embedding_share),
                                                     ("glu_expansion", glu_expansion)) if v)
-        raise ConfigError(f"{accounting.fmt_params(target)} cannot be met within "
+        raise ConfigError(f"{fmt_params(target)} cannot be met within "
                           f"±{tolerance:.1%}{' with ' + asked if asked else ''} (vocab "
                           f"{vocab_size}): nearest achievable is {best.describe()}: "
                           + "; ".join(misses), key="params_target")

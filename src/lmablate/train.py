@@ -40,6 +40,7 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256
 from .metrics import EvalAccumulator, entropy, gini
 from .model import LM
 from .tokens import Batches, TokenStore, val_windows
+from .units import fmt_params
 
 __all__ = ["EXIT_PREEMPTED", "DeviceBatches", "Plan", "get_lr", "keep_cpu_buffers",
            "loss_function", "make_plan", "select_device", "train"]
@@ -536,7 +537,7 @@ def _train(run: RunConfig | Mapping[str, Any], store: TokenStore, out_dir: str |
                  plan.total_steps, tokens_seen)
     else:
         log.info("starting %s: %s params, %d steps x %d tokens, device %s, precision %s",
-                 run_id, accounting.fmt_params(counts["total"]), plan.total_steps,
+                 run_id, fmt_params(counts["total"]), plan.total_steps,
                  plan.tokens_per_step, dev, autocast or "fp32")
     metrics_path = out / "metrics.jsonl"
     _write_metrics(metrics_path, records)  # drop lines logged after the checkpoint we resumed
