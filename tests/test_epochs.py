@@ -103,3 +103,21 @@ def test_harvest_lists_losses_per_epoch_and_the_test_split(tmp_path: Path, token
     assert summary_runs["r0"]["test_loss"] == pytest.approx(runs[0][0]["test_loss"])
     assert yaml.safe_load((tmp_path / "runs" / "r0" / "config.yaml").read_text())["train"][
         "epochs"] == 3
+
+
+def test_a_resumed_run_keeps_the_epoch_mean(tmp_path: Path, tokens: Path) -> None:
+    """Stopped inside epoch 2 and resumed, the epoch's training-loss mean is the uninterrupted
+    run's (the running sum is part of the checkpoint)."""
+    torch.set_num_threads(1)
+    _, whole = run(tokens, tmp_path / "whole", 0)
+    cfg = from_dict(RunConfig, {**RUN, "train": {**RUN["train"], "seed": 0,
+                                                 "checkpoint_every": 1}})
+    mid = [r for r in whole if r.get("epoch") == 1][0]["step"] + 3
+    stopped = train(cfg, tokens, tmp_path / "cut", run_id="cut", progress=False,
+                    stop_after_steps=mid)
+    assert stopped == {"status": "stopped", "step": mid}
+    train(cfg, tokens, tmp_path / "cut", run_id="cut", progress=False)
+    resumed = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().split("\n")
+               if x]
+    assert [(r["epoch"], r["epoch_train_loss"]) for r in resumed if "epoch" in r] == [
+        (r["epoch"], r["epoch_train_loss"]) for r in whole if "epoch" in r]
