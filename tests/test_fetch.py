@@ -483,8 +483,8 @@ def test_hf_file_404_at_resolve(hub: Server, tmp_path: Path) -> None:
 def test_hf_test_patterns_become_the_test_split(hub: Server, tmp_path: Path) -> None:
     HUB_FILES["data/test.txt"] = b"A test story.\n\nAnother test story.\n"
     try:
-        manifest = load_manifest(prepare_corpus(hf_spec(val="data/valid.txt",
-                                                        test=["data/test.txt"]), tmp_path, net=FAST))
+        spec = hf_spec(val="data/valid.txt", test=["data/test.txt"])
+        manifest = load_manifest(prepare_corpus(spec, tmp_path, net=FAST))
     finally:
         del HUB_FILES["data/test.txt"]
     assert [(f["path"], f["split"]) for f in manifest["files"]][-2:] == [
