@@ -233,12 +233,14 @@ RUN_META_KEYS = ("run_id", "variant", "seed", "axes", "diff", "data_id", "tok_id
 def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, study: str,
                    ckpt_dir: str, threads: int | None = None, device: str = "auto",
                    runs_per_gpu: int | None = None, cohort: str | list[str] | None = None,
-                   init_from: str | None = None) -> dict:
+                   init_from: str | None = None,
+                   tracking: Mapping[str, Any] | None = None) -> dict:
     """Train one run of a study from its ``Run.to_dict()`` on a GPU slot (or the CPU).
 
     ``runs_per_gpu``: runs sharing one GPU; default from the model size
     (:func:`lmablate.gpu.default_runs_per_gpu`). ``cohort``, ``init_from``: see
-    :func:`lmablate.train.train` (two-phase studies)."""
+    :func:`lmablate.train.train` (two-phase studies); ``tracking``: the study's ``logging:``
+    block (:mod:`lmablate.tracking`)."""
     from . import accounting
     from .config import SECTIONS, ModelConfig, from_dict
     from .gpu import claim_device, default_runs_per_gpu
@@ -253,7 +255,8 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
     with claim_device(device, slots=runs_per_gpu) as dev:
         logging.getLogger("lmablate").info("device %s, runs_per_gpu %d", dev, runs_per_gpu)
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
-                     device=dev, threads=threads, cohort=cohort, init_from=init_from)
+                     device=dev, threads=threads, cohort=cohort, init_from=init_from,
+                     tracking=tracking)
 
 
 def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str, Any], *,
