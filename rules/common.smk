@@ -31,6 +31,8 @@ EXECUTION = STUDY.execution
 # the checked `execution:` block (include, scale and overrides applied) for the training jobs,
 # which read it from the config, not from params: changing it must not re-run finished runs
 config["execution"] = EXECUTION
+# the checked `logging:` block (experiment trackers), the same way: a change re-runs nothing
+config["logging"] = STUDY.doc.get("logging") or {}
 # Two-phase studies (`ranking:`): phase-1 runs train first; the checkpoint rule rank_phase1 picks
 # the study runs that phase 2 trains (rules/ranking.smk).
 try:

@@ -155,6 +155,8 @@ def wandb_records(path: Path) -> list:
 def test_wandb_offline_files_hold_curves_config_and_summary(tmp_path, tokens, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # and no network, whatever the settings say
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # nothing in ~
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     wdir = tmp_path / "wb"
     final, records = train_interrupted(tmp_path, tokens, {"wandb": {
         "project": "lmablate-test", "mode": "offline", "dir": str(wdir), "tags": ["t1"]}})
@@ -235,3 +237,28 @@ def test_a_missing_backend_names_the_extra_to_install(monkeypatch):
                                           r"pip install 'lmablate\[wandb\]'$"):
         check_logging({"wandb": {"mode": "offline"}})
     assert check_logging({"wandb": False, "tensorboard": None}) == {}
+
+
+@pytest.mark.workflow
+def test_the_workflow_logs_every_run_and_logging_never_reruns_a_run(tmp_path, tiny_study):
+    """Snakemake's training jobs get the study's resolved `logging:` block (here from an
+    included base study); editing it later plans no training job."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import planned, snakemake, write_yaml
+
+    tiny_study["sweep"]["seeds"] = [0]
+    write_yaml(tmp_path / "base.yaml", {"logging": {"tensorboard": True}})
+    write_yaml(tmp_path / "study.yaml", {"include": "base.yaml", **tiny_study})
+    runs = read_study(tmp_path / "study.yaml").by_id
+    finals = [f"results/tiny/runs/{rid}/final.json" for rid in runs]
+    snakemake(tmp_path, "-c2", *finals)
+    for rid in runs:
+        metrics = tmp_path / "results/tiny/runs" / rid / "metrics.jsonl"
+        records = [json.loads(x) for x in metrics.read_text().splitlines()]
+        events = EventAccumulator(str(tmp_path / "results/tiny/tensorboard" / rid))
+        events.Reload()
+        assert_curve([(e.step, e.value) for e in events.Scalars("val/loss")], records, "val")
+    write_yaml(tmp_path / "base.yaml", {"logging": {"wandb": {"mode": "offline"}}})
+    rules, run_ids = planned(tmp_path, *finals)
+    assert not run_ids and "train_model" not in rules

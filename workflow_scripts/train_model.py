@@ -13,10 +13,12 @@ from pathlib import Path
 
 from lmablate.workflow import run_step, train_run_step
 
-# execution settings are read here, not passed as params: changing them must not re-run runs
+# execution and logging settings are read here, not passed as params: changing them must not
+# re-run runs (rules/common.smk puts the study's checked `logging:` block in the config)
 execution = snakemake.config.get("execution") or {}
 run_step(lambda: train_run_step(snakemake.params.run, snakemake.input.tokens,
                                 Path(snakemake.output.final).parent, study=snakemake.params.study,
                                 ckpt_dir=snakemake.params.ckpt_dir, threads=snakemake.threads,
                                 runs_per_gpu=execution.get("runs_per_gpu"),
+                                tracking=snakemake.config.get("logging"),
                                 **snakemake.params.phase))
