@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import h5py
+import pandas as pd
 import pytest
 import torch
+from conftest import planned, snakemake, write_yaml
 
 from lmablate import from_dict
 from lmablate.config import RunConfig
@@ -99,3 +101,30 @@ def test_test_sources_are_checked_like_val_sources(tmp_path: Path) -> None:
 def test_wikitext_presets_name_their_test_split() -> None:
     assert PRESETS["wikitext-2-raw"]["test"] == ["wikitext-2-raw-v1/test-*.parquet"]
     assert PRESETS["wikitext-103-raw"]["test"] == ["wikitext-103-raw-v1/test-*.parquet"]
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_workflow_reports_test_perplexity_and_losses_per_epoch(tmp_path: Path, tiny_study) -> None:
+    """The study's corpus names a test source and the runs have an epochs budget: the workflow
+    plans the same jobs as without them and RESULTS.md shows both tables."""
+    corpus = tiny_study["corpora"]["tiny-stories"]
+    corpus["max_documents"] = 60
+    tiny_study["sweep"] = {"variants": {"baseline": {}}, "seeds": [0]}
+    write_yaml(tmp_path / "study.yaml", tiny_study)
+    rules_plain, _ = planned(tmp_path)
+    (tmp_path / "test.txt").write_bytes(TEST_TEXT.read_bytes())
+    corpus["test"] = "test.txt"
+    tiny_study["defaults"]["train"] |= {"epochs": 2, "eval_every": 1000}
+    write_yaml(tmp_path / "study.yaml", tiny_study)
+    rules, _ = planned(tmp_path)
+    assert rules == rules_plain  # no new job
+    snakemake(tmp_path, "-c2")
+    res = tmp_path / "results" / "tiny"
+    runs = pd.read_csv(res / "runs.csv")
+    assert runs.test_ppl.notna().all() and (runs.test_loss > 0).all()
+    md = (res / "RESULTS.md").read_text()
+    assert "## Test split" in md and "| baseline | 1 |" in md
+    epochs = pd.read_csv(res / "epochs.csv")
+    assert list(epochs.epoch) == [1, 2] and epochs.train_loss.notna().all()
+    assert "## Loss per epoch" in md
