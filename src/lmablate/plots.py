@@ -914,6 +914,10 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                        zorder=6)
         ax.scatter([], [], marker="x", color=DIVERGED_COLOR, label=f"did not complete "
                    f"({len(bad)} runs; top edge, colour of their line)")
+        lo, hi = ax.get_xlim()  # the markers do not autoscale: keep their LRs in view
+        lrs = bad["train.lr"][bad["train.lr"] > 0]
+        if len(lrs):
+            ax.set_xlim(min(lo, lrs.min() / 1.25), max(hi, lrs.max() * 1.25))
     for k, key in enumerate(single[:10]):  # one LR only: a point, not a line
         sel = ok_all[ok_all.line == key]
         if len(sel):

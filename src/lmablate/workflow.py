@@ -265,7 +265,7 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
     selection (:func:`lmablate.phases.select`) to it and draw the ranking to ``figure``: each
     configuration's phase-1 metric, best first, the selected runs starred."""
     from . import plots
-    from .harvest import harvest, load_results
+    from .harvest import harvest, load_results, selection_finding
     from .io import atomic_write_json
     from .phases import select
 
@@ -287,6 +287,12 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
             title=f"Phase 1 of {study}: {len(chosen['selected'])} of {len(runs)} runs go on "
                   f"(top {chosen['top_k']}{per} by {chosen['metric']})")
         plots.save(fig, figure)
+    said = selection_finding(runs, chosen, bool(ranking.get("maximize")))
+    if said:  # the selection, stated beside phase 1's findings
+        with open(out / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## Selected for phase 2\n\n- {said}\n")
+        with open(out / "analysis.txt", "a", encoding="utf-8") as f:
+            f.write(f"\nSelected for phase 2:\n  - {said}\n")
     atomic_write_json(selected_path, chosen)
     print(f"phase 2: {len(chosen['selected'])} of {len(finals)} configurations "
           f"({', '.join(chosen['selected'])})", file=sys.__stderr__)
