@@ -47,9 +47,21 @@ def write_yaml(path: Path, doc: dict) -> Path:
     return path
 
 
+# Whether the test being set up or run carries the `workflow` mark (set before its fixtures, so
+# a module-scoped fixture that runs snakemake is checked against the test that first needs it).
+_IN_WORKFLOW_TEST = [False]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _IN_WORKFLOW_TEST[0] = item.get_closest_marker("workflow") is not None
+
+
 def snakemake(workdir: Path, *args: str, configfile: str | None = "study.yaml",
               check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI on this repo's Snakefile in ``workdir``."""
+    """Run the real snakemake CLI on this repo's Snakefile in ``workdir`` (only from a test
+    marked ``workflow``, so that ``-m "not workflow"`` leaves out every such run)."""
+    assert _IN_WORKFLOW_TEST[0], "a test that runs snakemake needs @pytest.mark.workflow"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     if configfile:
         cmd += ["--configfile", str(workdir / configfile)]

@@ -97,6 +97,7 @@ def run_snakemake(root: Path, *args: str) -> tuple[int, str, str]:
 # non-UTF-8 corpus text is counted and reported
 
 
+@pytest.mark.workflow
 def test_non_utf8_bytes_are_reported_in_the_job_log_and_the_run_tables(finished: Finished):
     import pandas as pd
 
@@ -131,6 +132,7 @@ def test_non_utf8_bytes_are_counted_with_the_first_offset(tmp_path: Path, fmt: s
 # integrity of finished runs
 
 
+@pytest.mark.workflow
 def test_final_json_records_size_and_sha256_of_every_run_file(finished: Finished):
     for rid in finished.run_ids:
         d = finished.run(finished.path, rid)
@@ -142,6 +144,7 @@ def test_final_json_records_size_and_sha256_of_every_run_file(finished: Finished
             assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+@pytest.mark.workflow
 def test_a_deleted_weights_file_makes_snakemake_retrain_that_run(finished: Finished,
                                                                  tmp_path: Path):
     root = finished.copy(tmp_path / "study")
@@ -152,6 +155,7 @@ def test_a_deleted_weights_file_makes_snakemake_retrain_that_run(finished: Finis
     assert rules["train_model"] == 1 and rules["harvest_metrics"] == 1
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("lost", ["final.json", "run folder"])
 def test_a_lost_final_json_or_run_folder_makes_snakemake_retrain_that_run(
         finished: Finished, tmp_path: Path, lost: str):
@@ -167,6 +171,7 @@ def test_a_lost_final_json_or_run_folder_makes_snakemake_retrain_that_run(
     assert rules["train_model"] == 1 and rules["harvest_metrics"] == 1
 
 
+@pytest.mark.workflow
 def test_an_intact_study_declares_no_run_file_to_snakemake(finished: Finished):
     """Only runs that lost or changed a file are declared file by file (scan_runs): a finished
     study's DAG stays as small as its tables need, however many runs it has."""
@@ -178,6 +183,7 @@ def test_an_intact_study_declares_no_run_file_to_snakemake(finished: Finished):
     assert scan_runs(runs, finished.path / "never-harvested.csv") == ([], [])
 
 
+@pytest.mark.workflow
 def test_a_truncated_metrics_log_stops_the_parse_with_one_line(finished: Finished,
                                                                tmp_path: Path):
     root = finished.copy(tmp_path / "study")
@@ -200,6 +206,7 @@ def test_a_truncated_metrics_log_stops_the_parse_with_one_line(finished: Finishe
     assert run_ids == {rid}
 
 
+@pytest.mark.workflow
 def test_a_changed_metrics_log_fails_harvest_and_keeps_the_last_good_tables(
         finished: Finished, tmp_path: Path):
     root = finished.copy(tmp_path / "study")
@@ -241,6 +248,7 @@ def with_variant(root: Path) -> str:
     return next(r.run_id for r in read_study(root / "study.yaml").runs if r.variant == "eps")
 
 
+@pytest.mark.workflow
 def test_a_file_where_the_checkpoint_folder_belongs_is_one_line(finished: Finished,
                                                                 tmp_path: Path):
     root = finished.copy(tmp_path / "study")
@@ -274,6 +282,7 @@ def read_only(tmp_path: Path):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.workflow
 def test_a_read_only_checkpoint_folder_is_one_line(finished: Finished, tmp_path: Path,
                                                    read_only):
     """(Not results/: Snakemake itself removes a job's old outputs there before the job, and
@@ -290,6 +299,7 @@ def test_a_read_only_checkpoint_folder_is_one_line(finished: Finished, tmp_path:
     assert TRACEBACK not in err
 
 
+@pytest.mark.workflow
 def test_a_full_disk_for_the_log_and_the_checkpoints_is_one_line_on_the_terminal(
         finished: Finished, tmp_path: Path):
     """The training job's log and checkpoints on one full file system: the log stays empty, the
@@ -403,6 +413,7 @@ def lmablate_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.workflow
 def test_runs_under_legacy_ids_are_migrated_and_kept(finished: Finished, tmp_path: Path):
     root = finished.copy(tmp_path / "study")
     old_of = to_legacy(root, finished.run_ids)
@@ -435,6 +446,7 @@ def test_runs_under_legacy_ids_are_migrated_and_kept(finished: Finished, tmp_pat
     assert not run_ids and "train_model" not in rules, rules
 
 
+@pytest.mark.workflow
 def test_a_legacy_run_whose_config_differs_is_not_renamed(finished: Finished, tmp_path: Path):
     root = finished.copy(tmp_path / "study")
     old_of = to_legacy(root, finished.run_ids[:1])

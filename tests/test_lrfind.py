@@ -65,6 +65,7 @@ def test_commands_explain_a_missing_token_store_in_one_line(tmp_path, tiny_study
     assert "no run or variant 'postnorm'" in proc.stderr and "post_norm" in proc.stderr
 
 
+@pytest.mark.workflow
 def test_lr_find_as_a_study_option_through_snakemake(tmp_path, tiny_study):
     tiny_study["lr_find"] = {"runs": ["baseline", "post_norm"], "steps": 30}
     write_yaml(tmp_path / "study.yaml", tiny_study)

@@ -70,6 +70,7 @@ def test_bad_ranking_blocks_get_one_line_naming_the_key(tiny_study, ranking, mes
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.workflow
 def test_two_phase_study_through_snakemake(tmp_path, tiny_study):
     """Phase 1 trains all three LRs; the checkpoint picks the two best; phase 2 continues them."""
     doc = _study(tiny_study, resume="continue",
