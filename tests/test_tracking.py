@@ -240,6 +240,7 @@ def test_a_missing_backend_names_the_extra_to_install(monkeypatch):
 
 
 @pytest.mark.workflow
+@pytest.mark.slow
 def test_the_workflow_logs_every_run_and_logging_never_reruns_a_run(tmp_path, tiny_study):
     """Snakemake's training jobs get the study's resolved `logging:` block (here from an
     included base study); editing it later plans no training job."""
