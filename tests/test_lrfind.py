@@ -25,7 +25,8 @@ def test_suggestions_from_a_known_curve():
     assert s["lr_steepest"] == pytest.approx(1e-3, rel=0.3)
     assert s["lr_min_loss"] == pytest.approx(1e-1, rel=0.3)
     assert s["lr_valley"] == pytest.approx(s["lr_min_loss"] / 10)
-    assert suggest(lrs[:3], loss[:3])["lr_valley"] is None  # too short to say
+    assert s["lr_suggested"] == s["lr_steepest"]  # the headline (bench/lr_find_check.py)
+    assert suggest(lrs[:3], loss[:3])["lr_suggested"] is None  # too short to say
 
 
 def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):  # noqa: F811
@@ -37,6 +38,7 @@ def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):
     assert curve[0]["lr"] == pytest.approx(1e-6)
     assert min(c["smoothed"] for c in curve) < curve[0]["smoothed"] - 0.5  # it learned
     saved = json.loads((tmp_path / "lr_find.json").read_text())
+    assert saved["lr_suggested"] == res["lr_steepest"]
     assert saved["lr_valley"] == res["lr_valley"]
     assert (tmp_path / "lr_find.png").stat().st_size > 10_000
 
@@ -79,6 +81,8 @@ def test_lr_find_as_a_study_option_through_snakemake(tmp_path, tiny_study):
     run_id = found[0].parent.name
     proc = _cli(tmp_path, "lr-find", "study.yaml", run_id, "--steps", "30", "--threads", "1",
                 "--out", str(tmp_path / "cli"))
+    suggested = json.loads(found[0].read_text())["lr_suggested"]
+    assert f"suggested LR {suggested:.3g} (steepest descent); valley (min / 10) " in proc.stdout
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "cli" / "lr_find.json").read_text())["lr_valley"] == \
         json.loads(found[0].read_text())["lr_valley"]

@@ -1578,10 +1578,10 @@ def lr_finder(results: Sequence[Mapping[str, Any]], path: str | Path | None = No
     handles += [Line2D([], [], marker="v", color="gray", mec="black", ls="none"),
                 Line2D([], [], marker="o", color="gray", mec="black", ls="none"),
                 Line2D([], [], color="gray", ls=":")]
-    labels += ["steepest descent", "valley (min-loss LR / 10)", "configured LR"]
+    labels += ["steepest descent (suggested)", "valley (min-loss LR / 10)", "configured LR"]
     ax.legend(handles, labels, loc="upper left", fontsize=8)
-    picks = "; ".join(f"{n}: valley {_num(r['lr_valley'])}, steepest {_num(r['lr_steepest'])}"
-                      for n, r in zip(names, results) if r.get("lr_valley"))
+    picks = "; ".join(f"{n}: {_num(r['lr_steepest'])} (steepest), valley {_num(r['lr_valley'])}"
+                      for n, r in zip(names, results) if r.get("lr_steepest"))
     _finish(fig, title or "LR range test",
             "thick: smoothed loss (bias-corrected EMA); faint: per-step loss; the LR grows "
             "exponentially each step; the axes end above the starting loss, so the blow-up at "
