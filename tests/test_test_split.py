@@ -128,3 +128,21 @@ def test_workflow_reports_test_perplexity_and_losses_per_epoch(tmp_path: Path, t
     epochs = pd.read_csv(res / "epochs.csv")
     assert list(epochs.epoch) == [1, 2] and epochs.train_loss.notna().all()
     assert "## Loss per epoch" in md
+
+
+def test_a_pretokenized_corpus_takes_its_test_file_as_is(tmp_path: Path) -> None:
+    from lmablate.tokens import import_hdf5
+
+    for name, rows in (("train.h5", [[5, 6, 7, 8]] * 20), ("valid.h5", [[9, 8, 7, 6]] * 5),
+                       ("test.h5", [[4, 3, 2], [1, 2, 3]])):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["input_ids"] = rows
+    spec = resolve_corpora({"p": {"source": "hdf5", "train": "train.h5", "val": "valid.h5",
+                                  "test": "test.h5", "dataset": "input_ids", "eot_id": 0}},
+                           tmp_path)["p"]
+    attrs = import_hdf5(spec, tmp_path / "tokens.h5")
+    assert (attrs["test_tokens"], attrs["test_documents"]) == (8, 2)
+    s = TokenStore(tmp_path / "tokens.h5")
+    assert list(s.split("test")) == [4, 3, 2, 0, 1, 2, 3, 0]
+    assert list(s.file["test_docs"][:]) == [0, 4]
+    s.close()
