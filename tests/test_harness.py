@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("lm_eval")
 
-from test_tasks import FIXTURES, workspace  # noqa: F401 (workspace: the trained runs fixture)
+from conftest import TASK_DATA
 
 from lmablate.__main__ import main
 from lmablate.evaluation import load_prepared, load_run_model, parse_eval_tasks, prepare_task
@@ -42,7 +42,7 @@ def local_task(tmp_path_factory) -> SimpleNamespace:
     """
     d = tmp_path_factory.mktemp("local_task")
     for split in ("train", "validation"):
-        rows = [json.loads(line) for line in (FIXTURES / "sst2" / f"{split}.jsonl").read_text()
+        rows = [json.loads(line) for line in (TASK_DATA / "sst2" / f"{split}.jsonl").read_text()
                 .splitlines()]
         extra = [{"sentence": f"{r['sentence']} and then {s['sentence']}", "label": 1,
                   "idx": 100 + i} for i, (r, s) in enumerate(zip(rows, rows[1:] + rows[:1]))]
@@ -67,7 +67,7 @@ def local_task(tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("shots", [0, 2])
-def test_harness_and_lmablate_give_identical_acc_and_acc_norm(workspace, local_task,  # noqa: F811
+def test_harness_and_lmablate_give_identical_acc_and_acc_norm(workspace, local_task,
                                                               tmp_path: Path, shots: int) -> None:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -106,7 +106,7 @@ def test_harness_and_lmablate_give_identical_acc_and_acc_norm(workspace, local_t
 
 
 @pytest.fixture(scope="module")
-def lm(workspace) -> LmablateLM:  # noqa: F811
+def lm(workspace) -> LmablateLM:
     return LmablateLM(run=load_run_model(workspace.runs / "trained-s0", "cpu"), batch_size=4)
 
 
@@ -150,7 +150,7 @@ def test_generate_until_is_greedy_and_stops(lm: LmablateLM) -> None:
     assert cut == free.split(stop)[0]
 
 
-def test_eval_harness_command(workspace, local_task, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_eval_harness_command(workspace, local_task, tmp_path: Path, capsys) -> None:
     out = tmp_path / "harness.json"
     code = main(["eval-harness", str(workspace.runs / "trained-s0"), "--tasks",
                  "lmablate_sentiment", "--include-path", str(local_task.include),

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import write_run
 from lmablate import study_from_dict
 from lmablate.errors import ConfigError, DataError
 from lmablate.harvest import (
@@ -29,53 +30,6 @@ from lmablate.harvest import (
 
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
 REPO_REPORT = Path(__file__).resolve().parents[1] / "report"
-
-
-def write_run(root: Path, run_id: str, *, variant: str = "baseline", seed: int = 0,
-              status: str = "completed", val_loss: float | None = 1.0,
-              model: dict | None = None, lr: float = 3e-3, axes: dict | None = None,
-              diff: dict | None = None, params: int = 1000, evals: int = 4,
-              reliability: bool = True, experts: int = 0, tokens: int = 4096) -> Path:
-    """One run directory as train.py writes it; the val curve ends at ``val_loss``."""
-    d = root / run_id
-    d.mkdir(parents=True)
-    cfg = {"run_id": run_id, "study": "hand", "variant": variant, "seed": seed,
-           "axes": axes or {}, "diff": diff or {},
-           "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "ffn": "swiglu",
-                     "num_experts": experts, **(model or {})},
-           "train": {"tokens": tokens, "lr": lr, "seed": seed}, "data": {"corpus": "c"},
-           "tokenizer": {"kind": "bpe", "vocab_size": 256}}
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    records = []
-    step_tokens = tokens // evals
-    last = val_loss if val_loss is not None else float("nan")
-    for i in range(1, evals + 1):
-        records.append({"step": 2 * i, "tokens": step_tokens * i, "split": "train",
-                        "loss": last + 1.0 + (evals - i) * 0.5, "lr": lr})
-        rec = {"step": 2 * i, "tokens": step_tokens * i, "split": "val",
-               "loss": last + (evals - i) * 0.5, "ppl": math.exp(last + (evals - i) * 0.5)}
-        if experts:
-            share = [(k + 1) / sum(range(1, experts + 1)) for k in range(experts)]
-            rec.update({"expert_load": share, "expert_gini": 0.2 + 0.01 * i,
-                        "expert_entropy": 1.8 - 0.01 * i})
-        records.append(rec)
-    if status == "diverged":
-        records = records[:3]
-        records[-1]["loss"] = float("nan")
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    final = {"run_id": run_id, "status": status, "steps": 2 * evals, "tokens": tokens,
-             "diverged_at_step": 4 if status == "diverged" else None,
-             "params": {"total": params, "non_embedding": params // 2},
-             "tokens_per_s": 1000.0, "peak_mem_mb": 100.0, "device": "cpu"}
-    if status == "completed":
-        final.update({"val_loss": val_loss, "val_ppl": math.exp(val_loss),
-                      "best_val_loss": val_loss})
-        if reliability:
-            final["reliability"] = {"bin_confidence": [0.1, 0.5, 0.9],
-                                    "bin_accuracy": [0.12, 0.45, 0.95],
-                                    "bin_count": [50, 30, 20]}
-    (d / "final.json").write_text(json.dumps(final))
-    return d
 
 
 @pytest.fixture

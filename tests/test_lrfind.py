@@ -10,8 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import snakemake, write_yaml
-from test_train import run_config, tokens  # noqa: F401 (session fixture)
+from conftest import run_config, snakemake, write_yaml
 
 from lmablate.lrfind import lr_range_test, overfit_check, suggest
 
@@ -29,7 +28,7 @@ def test_suggestions_from_a_known_curve():
     assert suggest(lrs[:3], loss[:3])["lr_suggested"] is None  # too short to say
 
 
-def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):  # noqa: F811
+def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):
     torch.set_num_threads(1)
     res = lr_range_test(run_config(), tokens, tmp_path, steps=60, run_id="r")
     assert res["stopped"] == "the loss blew up" and res["steps"] < 60
@@ -43,7 +42,7 @@ def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):
     assert (tmp_path / "lr_find.png").stat().st_size > 10_000
 
 
-def test_overfit_check_passes_for_a_sound_model_and_fails_for_a_starved_one(tokens):  # noqa: F811
+def test_overfit_check_passes_for_a_sound_model_and_fails_for_a_starved_one(tokens):
     torch.set_num_threads(1)
     ok = overfit_check(run_config(lr=3e-3), tokens, tokens=256, target=0.5, max_steps=400)
     assert ok["passed"] and ok["final_loss"] <= 0.5 < ok["initial_loss"] and ok["tokens"] == 256

@@ -1,4 +1,5 @@
-"""Training side of two-phase studies: stop_tokens + continuing a phase-1 checkpoint, early stopping."""
+"""Training side of two-phase studies: stop_tokens + continuing a phase-1 checkpoint, early
+stopping."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import json
 
 import pytest
 import torch
-from test_train import assert_same_run, run_config, tokens  # noqa: F401 (session fixture)
 
+from conftest import assert_same_run, run_config
 from lmablate.config import to_dict
 from lmablate.sweep import identity
 from lmablate.train import same_training, train
 
 
-def test_phase1_then_continue_equals_one_uninterrupted_long_run(tmp_path, tokens):  # noqa: F811
+def test_phase1_then_continue_equals_one_uninterrupted_long_run(tmp_path, tokens):
     torch.set_num_threads(1)
     long = train(run_config(), tokens, tmp_path / "long", run_id="x", progress=False)
     short = train(run_config(stop_tokens=4096), tokens, tmp_path / "p1", run_id="x-p1",
@@ -24,11 +25,12 @@ def test_phase1_then_continue_equals_one_uninterrupted_long_run(tmp_path, tokens
                  init_from=tmp_path / "p1" / "ckpt")
     assert_same_run(cont, long)
     # phase 1's evaluations carry over: the phase-2 curve starts at step 0
-    steps = [json.loads(x)["step"] for x in (tmp_path / "p2" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "p2" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines]
     assert steps[0] == 1
 
 
-def test_continue_refuses_a_checkpoint_of_another_config(tmp_path, tokens):  # noqa: F811
+def test_continue_refuses_a_checkpoint_of_another_config(tmp_path, tokens):
     torch.set_num_threads(1)
     train(run_config(stop_tokens=1024), tokens, tmp_path / "p1", run_id="a", progress=False)
     with pytest.raises(ValueError, match="different config"):
@@ -52,7 +54,7 @@ def test_added_fields_at_their_default_keep_run_ids():
     assert identity(changed, "d")["train"]["early_stop_delta"] == 0.5
 
 
-def test_early_stop_against_a_cohort_best(tmp_path, tokens):  # noqa: F811
+def test_early_stop_against_a_cohort_best(tmp_path, tokens):
     torch.set_num_threads(1)
     cohort = tmp_path / "cohort.jsonl"
     es = {"early_stop_delta": 0.3, "early_stop_tokens": 512, "eval_every": 2}
@@ -71,7 +73,7 @@ def test_early_stop_against_a_cohort_best(tmp_path, tokens):  # noqa: F811
     assert saved["status"] == "stopped_early"
 
 
-def test_early_stop_without_cohort_uses_the_runs_own_best(tmp_path, tokens):  # noqa: F811
+def test_early_stop_without_cohort_uses_the_runs_own_best(tmp_path, tokens):
     torch.set_num_threads(1)
     final = train(run_config(early_stop_delta=0.3, early_stop_tokens=512, eval_every=2),
                   tokens, tmp_path / "r", run_id="r", progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_harvest import write_run
+from conftest import write_run
 
 from lmablate import plots
 from lmablate.harvest import FIGURE_KINDS, collect, harvest, load_results, plan_figures

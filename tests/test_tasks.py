@@ -13,17 +13,15 @@ import re
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pytest
 import torch
-from conftest import LocalServer, serving
+from conftest import EVAL_STUDY, EVAL_VAL_FRACTION, TASK_DATA, LocalServer, serving
 
 import lmablate.corpora
 from lmablate import ConfigError, DataError, from_dict
-from lmablate.config import RunConfig
 from lmablate.evaluation import (
     BUILTIN_TASKS,
     TaskSpec,
@@ -40,78 +38,7 @@ from lmablate.evaluation import (
 from lmablate.evaluation.prompts import build_examples
 from lmablate.evaluation.scoring import Scorer, score_multiple_choice
 
-FIXTURES = Path(__file__).parent / "data" / "tasks"
 HUB_TASKS = ("sst2", "rte", "mrpc", "boolq")
-STUDY = "evaltest"
-TRAIN = {"tokens": 100_000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "eval_every": 1000,
-         "eval_tokens": 2048, "log_every": 100}
-MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}
-VAL_FRACTION = 0.2
-
-
-# --------------------------------------------------------------------------------------------------
-# a workflow-shaped workspace with trained and untrained runs (shared by test_harness.py)
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> SimpleNamespace:
-    """resources/{corpora,tokenizers,tokens} as the workflow lays them out, from the 1,000
-    shipped stories (a 320-token BPE), and results/<study>/runs/ with four runs: trained and
-    untrained (initial weights), seeds 0 and 1."""
-    from lmablate.corpora import (
-        is_val,
-        iter_documents,
-        load_manifest,
-        prepare_corpus,
-        resolve_corpora,
-    )
-    from lmablate.tokenizer import build_tokenizer
-    from lmablate.tokens import encode_corpus
-    from lmablate.train import train
-
-    root = tmp_path_factory.mktemp("eval")
-    corpus = resolve_corpora({"stories": {"source": "file", "separator": "\n\n",
-                                          "path": "package:tinystories_valid_1k.txt"}},
-                             root)["stories"]
-    manifest = prepare_corpus(corpus, root / "resources/corpora/stories")
-    tok_cfg = from_dict(RunConfig, {"tokenizer": {"vocab_size": 320}}).tokenizer
-    tokenizer = root / "resources/tokenizers/stories-d1/tokenizer.json"
-    docs = (t for t in iter_documents(load_manifest(manifest)) if not is_val(t, VAL_FRACTION))
-    build_tokenizer(tok_cfg, docs, tokenizer)
-    tokens = root / "resources/tokens/stories-d1.h5"
-    encode_corpus(manifest, tokenizer, tokens, val_fraction=VAL_FRACTION)
-    runs = root / "results" / STUDY / "runs"
-    torch.set_num_threads(1)
-    for seed in (0, 1):
-        cfg = {"model": MODEL, "train": {**TRAIN, "seed": seed},
-               "data": {"corpus": "stories", "val_fraction": VAL_FRACTION},
-               "tokenizer": {"vocab_size": 320}}
-        meta = {"study": STUDY, "variant": "trained", "seed": seed, "data_id": "d1"}
-        train(cfg, tokens, runs / f"trained-s{seed}", run_id=f"trained-s{seed}", meta=meta,
-              progress=False, device="cpu")
-        untrained_run(runs / f"trained-s{seed}", runs / f"untrained-s{seed}", seed)
-    return SimpleNamespace(root=root, manifest=manifest, tokenizer=tokenizer, runs=runs)
-
-
-def untrained_run(src: Path, dst: Path, seed: int) -> None:
-    """A run directory like ``src`` whose weights are the initial ones (variant "untrained")."""
-    import yaml
-    from safetensors.torch import load_file, save_file
-
-    from lmablate.model import LM
-
-    dst.mkdir(parents=True)
-    doc = yaml.safe_load((src / "config.yaml").read_text())
-    doc.update(run_id=dst.name, variant="untrained")
-    (dst / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    final = json.loads((src / "final.json").read_text())
-    (dst / "final.json").write_text(json.dumps({**final, "run_id": dst.name}))
-    cfg = from_dict(RunConfig, {k: doc[k] for k in ("model", "train", "data", "tokenizer")})
-    vocab = load_file(str(src / "model.safetensors"))["embed.weight"].shape[0]
-    torch.manual_seed(seed)
-    state = LM(cfg.model, vocab, max_seq_len=cfg.train.seq_len).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items() if k != "head.weight"},
-              str(dst / "model.safetensors"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +49,7 @@ REPOS = {"nyu-mll/glue": ("sst2", "rte", "mrpc"), "aps/super_glue": ("boolq",)}
 
 
 def fixture_rows(task: str, split: str) -> list[dict]:
-    text = (FIXTURES / task / f"{split}.jsonl").read_text()
+    text = (TASK_DATA / task / f"{split}.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -297,7 +224,9 @@ def test_continuation_rows_reorder_the_same_words() -> None:
 
 def direct_loglikelihood(run, context: str, continuation: str) -> float:
     """log p(continuation | context), one unpadded forward pass: the definition, written out."""
-    enc = lambda s: run.tokenizer.encode(s, add_special_tokens=False).ids
+    def enc(s):
+        return run.tokenizer.encode(s, add_special_tokens=False).ids
+
     ctx = enc(context) if context else [run.eot_id]
     whole = enc(context + continuation) if context else ctx + enc(continuation)
     cont = whole[len(ctx):]
@@ -345,7 +274,7 @@ def continuation_task(workspace, tmp_path_factory) -> Path:
     spec = from_dict(TaskSpec, {"name": "continuation", **BUILTIN_TASKS["continuation"],
                                 "context_words": 16, "continuation_words": 6})
     out = tmp_path_factory.mktemp("tasks") / "continuation"
-    prepare_task(spec, out, manifest=workspace.manifest, val_fraction=VAL_FRACTION,
+    prepare_task(spec, out, manifest=workspace.manifest, val_fraction=EVAL_VAL_FRACTION,
                  corpus="stories")
     return out
 
@@ -471,7 +400,7 @@ def test_columns_and_task_figure(workspace, scored, tmp_path: Path) -> None:
     runs = pd.DataFrame([{"run_id": r, "variant": r.split("-")[0], "group": r.split("-")[0],
                           "seed": int(r[-1]), "status": "completed", "differs": ""}
                          for r in sorted(scored)])
-    joined = join_tasks(runs, workspace.root / "results" / STUDY)
+    joined = join_tasks(runs, workspace.root / "results" / EVAL_STUDY)
     assert joined.loc[joined.run_id == "untrained-s1", "task.rte_ft"].item() == \
         scored["untrained-s1"]["tasks"]["rte_ft"]["value"]
     fig = plot_tasks(joined, baseline="trained")
@@ -495,7 +424,7 @@ def test_columns_and_task_figure(workspace, scored, tmp_path: Path) -> None:
 
 def test_load_run_model_finds_the_workflow_tokenizer(workspace, monkeypatch) -> None:
     monkeypatch.chdir(workspace.root)
-    model, tokenizer, cfg = load_run_model(Path("results") / STUDY / "runs" / "trained-s0")
+    model, tokenizer, cfg = load_run_model(Path("results") / EVAL_STUDY / "runs" / "trained-s0")
     assert cfg.model.d_model == 32 and tokenizer.get_vocab_size() == 320
     assert model.head.weight is model.embed.weight  # tied weights restored
     monkeypatch.chdir(workspace.root.parent)  # found beside results/ too
@@ -551,18 +480,8 @@ def test_study_eval_plans_one_prepared_folder_per_task(tiny_study: dict, tmp_pat
         study_eval(study)
 
 
-
-
-def _wired() -> bool:
-    from lmablate.study import TOP_KEYS
-
-    snakefile = (Path(__file__).parents[1] / "Snakefile").read_text()
-    return "eval_tasks" in TOP_KEYS and "rules/evaluate.smk" in snakefile
-
-
 @pytest.mark.workflow
 @pytest.mark.slow
-@pytest.mark.skipif(not _wired(), reason="rules/evaluate.smk is not included in the Snakefile yet")
 def test_smoke_study_scores_smallbench_and_continuation(hub: Hub, tmp_path: Path,
                                                          tiny_study: dict) -> None:
     from conftest import snakemake, write_yaml

@@ -14,50 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_STUDY, write_yaml
-from lmablate import from_dict, read_study
+from conftest import COMPARED, TINY_STUDY, TRAIN, assert_same_run, run_config, write_yaml
+from lmablate import read_study
 from lmablate.checkpoint import list_checkpoints
-from lmablate.config import RunConfig
-from lmablate.corpora import iter_documents, is_val, load_manifest, prepare_corpus, resolve_corpora
-from lmablate.tokenizer import build_tokenizer
-from lmablate.tokens import encode_corpus
 from lmablate.train import EXIT_PREEMPTED, get_lr, make_plan, train
-
-TRAIN = {"tokens": 10240, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "eval_every": 10,
-         "eval_tokens": 2048, "log_every": 5, "checkpoint_every": 2}
-COMPARED = ("val_loss", "best_val_loss", "val_acc", "val_top5", "val_ece", "final_train_loss",
-            "steps", "tokens")
-
-
-def assert_same_run(final: dict, ref: dict) -> None:
-    """A resumed run ends where the uninterrupted one did: bitwise on the CPU; on CUDA, where
-    atomic adds in the embedding backward are not bitwise reproducible, losses within 1e-4
-    relative and the token-counting metrics (accuracy, top-5, ECE) within 0.005."""
-    for key in COMPARED:
-        if final["device"].startswith("cuda") and isinstance(ref[key], float):
-            tol = {"rel": 1e-4} if "loss" in key else {"abs": 5e-3}
-            assert final[key] == pytest.approx(ref[key], **tol), key
-        else:
-            assert final[key] == ref[key], key
-
-
-@pytest.fixture(scope="session")
-def tokens(tmp_path_factory) -> Path:
-    """A real token store: 400 shipped stories, a 320-token BPE, HDF5."""
-    d = tmp_path_factory.mktemp("data")
-    spec = resolve_corpora(TINY_STUDY["corpora"], d)["tiny-stories"]
-    manifest = prepare_corpus(spec, d / "corpus")
-    docs = (t for t in iter_documents(load_manifest(manifest)) if not is_val(t, 0.1))
-    cfg = from_dict(RunConfig, {"tokenizer": {"vocab_size": 320}}).tokenizer
-    build_tokenizer(cfg, docs, d / "tok" / "tokenizer.json")
-    encode_corpus(manifest, d / "tok" / "tokenizer.json", d / "tokens.h5", val_fraction=0.1)
-    return d / "tokens.h5"
-
-
-def run_config(**train) -> RunConfig:
-    return from_dict(RunConfig, {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},
-                                 "train": {**TRAIN, **train}, "tokenizer": {"vocab_size": 320}})
-
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = run_config(lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
