@@ -417,3 +417,16 @@ def test_metric_vs_axis_joins_an_axis_zipped_with_another(tmp_path):
     line = next(ln for ln in ax.lines if ln.get_marker() == "o")
     assert list(line.get_xdata()) == [8, 16, 32]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "16", "32"]
+
+
+def test_efficiency_adds_the_data_efficiency_of_each_run(sweep):
+    """The training-loss drop per million tokens (harvest.add_efficiency) is a panel beside
+    throughput and memory, one dot per completed run at its value."""
+    runs, _ = load_results(sweep)
+    fig = plots.efficiency(runs)
+    panels = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_visible()}
+    ax = panels[plots.METRIC_LABELS["loss_drop_per_mtok"]]
+    done = runs[runs.status == "completed"]
+    assert sorted(ax.collections[0].get_offsets()[:, 1]) == pytest.approx(
+        sorted(done.loss_drop_per_mtok))
+    assert "Data efficiency" in _texts(fig)

@@ -400,7 +400,8 @@ FIGURE_KINDS = {  # kind -> what it shows (RESULTS.md; report captions say more)
     "heatmap": "Mean final validation loss over two sweep axes, facetted by a third.",
     "lr_sensitivity": "Final validation loss against the learning rate (log x), one line per "
                       "configuration; diverged runs marked.",
-    "efficiency": "Training throughput and peak memory against model size.",
+    "efficiency": "Training throughput, peak memory and data efficiency (training-loss drop "
+                  "per million tokens; early- over late-phase drop rate) against model size.",
     "calibration": "Reliability diagram of the final evaluation: accuracy against confidence "
                    "per bin, with the expected calibration error.",
     "moe_load": "Mixture-of-experts routing: each expert's share of tokens over training, and "

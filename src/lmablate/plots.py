@@ -60,6 +60,8 @@ METRIC_LABELS = {
     "val_top5": "next-token accuracy, top-5 (fraction)",
     "val_ece": "expected calibration error (fraction)",
     "tokens_per_s": "training throughput (tokens/s)", "peak_mem_mb": "peak memory (MiB)",
+    "loss_drop_per_mtok": "training-loss drop per million tokens (nats)",
+    "early_late_ratio": "loss drop rate, first 25% of tokens / last 25%",
 }
 HIGHER_IS_BETTER = {"val_acc", "val_top5", "tokens_per_s"}
 BAND_NOTE = ("thick line: mean over seeds; thin lines: individual seeds; band: 95% Student-t "
@@ -1325,18 +1327,26 @@ def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "bas
 
 def efficiency(runs: pd.DataFrame, baseline: str = "baseline", *, title: str | None = None
                ) -> plt.Figure:
-    """Training throughput and peak memory against model size (per group when the study spans
-    fewer than three sizes). Every run counts here, those that did not complete included
-    (crosses): their speed was measured all the same."""
+    """Training throughput, peak memory and data efficiency (training-loss drop per million
+    tokens; early- over late-phase drop rate, :data:`lmablate.harvest.EFFICIENCY_COLUMNS`)
+    against model size (per group when the study spans fewer than three sizes), two panels a
+    row. Every run counts here, those that did not complete included (crosses): their speed was
+    measured all the same."""
     style()
-    cols = [c for c in ("tokens_per_s", "peak_mem_mb") if c in runs and runs[c].notna().any()]
+    cols = [c for c in ("tokens_per_s", "peak_mem_mb", "loss_drop_per_mtok", "early_late_ratio")
+            if c in runs and runs[c].notna().any()]
     if not cols:
         return _empty(title or "Throughput and memory", "No run recorded throughput or memory.")
     ref, _ = reference_group(runs, baseline)
     order = _order(runs)
     by_size = "params_total" in runs and spans_sizes(runs.params_total.dropna().tolist())
-    fig, axs = _subplots(1, len(cols), figsize=(6.2 * len(cols), 4.8 if by_size else
-                                                0.4 * len(order) + 2.4), squeeze=False)
+    ncol = min(2, len(cols))
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axs = _subplots(nrow, ncol, figsize=(6.2 * ncol, nrow * (4.8 if by_size else
+                                                                 0.4 * len(order) + 2.4)),
+                         squeeze=False)
+    for ax in axs.flat[len(cols):]:
+        ax.set_visible(False)
     done = runs.status.isin(INCLUDED_STATUSES)
     color_by = _color_axis(runs) if by_size and runs.group.nunique() > 10 else None
     if color_by and runs[color_by].notna().all():
@@ -1346,7 +1356,7 @@ def efficiency(runs: pd.DataFrame, baseline: str = "baseline", *, title: str | N
         color_by = None
         pal = group_palette(runs.group, ref)
         colors = runs.group.map(pal)
-    for ax, col in zip(axs[0], cols):
+    for k, (ax, col) in enumerate(zip(axs.flat, cols)):
         if by_size:
             ax.scatter(runs.params_total[done], runs[col][done], c=list(colors[done]), s=28,
                        edgecolor="black", lw=0.4, zorder=3)
@@ -1369,7 +1379,7 @@ def efficiency(runs: pd.DataFrame, baseline: str = "baseline", *, title: str | N
                 if np.isfinite(m):
                     ax.plot([m, m], [i - 0.3, i + 0.3], color=colors[sel.index[0]], lw=2.5,
                             zorder=2)
-            ax.set_yticks(range(len(order)), order if ax is axs[0, 0] else [""] * len(order))
+            ax.set_yticks(range(len(order)), order if k % ncol == 0 else [""] * len(order))
             ax.set_ylim(len(order) - 0.5, -0.5)
             ax.set_xlabel(METRIC_LABELS[col])
             _eng(ax.xaxis)
@@ -1388,8 +1398,13 @@ def efficiency(runs: pd.DataFrame, baseline: str = "baseline", *, title: str | N
                      "Peak memory: CUDA memory allocated by the training process.")
     if (~done).any():
         notes.append("Red crosses: runs that did not complete (their throughput still counts).")
-    return _finish(fig, title or ("Throughput and peak memory vs model size" if by_size else
-                                  "Throughput and peak memory per group"),
+    if "loss_drop_per_mtok" in cols:
+        notes.append("Data efficiency from each run's training-loss curve: the drop from the "
+                     "first logged step to the end per million training tokens; early/late: the "
+                     "drop rate in the first 25% of tokens over that in the last 25%.")
+    what = "Throughput, peak memory and data efficiency" if "loss_drop_per_mtok" in cols \
+        else "Throughput and peak memory"
+    return _finish(fig, title or (f"{what} vs model size" if by_size else f"{what} per group"),
                    ("short line: group mean; dots: runs" if not by_size else "one dot per run")
                    + (f"; colour: {_axis_name(color_by)}" if color_by else "")
                    + (f"; device: {', '.join(map(str, dev))}" if dev else ""), notes)
