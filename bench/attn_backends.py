@@ -1,9 +1,10 @@
 """Causal attention forward + backward per SDPA backend and q/k/v layout, on the benchmark shapes.
 
 ``bshd``: q/k/v made as (B, T, nh, hs) and transposed to (B, nh, T, hs) (lmablate's layout);
-``bhsd``: contiguous (B, nh, T, hs) (transformers' layout after RoPE). Backends: cuDNN, FlashAttention
-2, memory-efficient, and ``flex`` (``flex_attention`` compiled, causal block mask). Times are the
-median of ``triton.testing.do_bench`` (ms), forward + backward of one layer's attention.
+``bhsd``: contiguous (B, nh, T, hs) (transformers' layout after RoPE). Backends: cuDNN,
+FlashAttention 2, memory-efficient, and ``flex`` (``flex_attention`` compiled, causal block
+mask). Times are the median of ``triton.testing.do_bench`` (ms), forward + backward of one
+layer's attention.
 
     PYTHONPATH=src python3 bench/attn_backends.py [--out FILE]
 """
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"shape": name, "layout": layout, "backend": bname,
                                  "error": str(e)[:200]})
                 r = rows[-1]
-                print(f"{name:10s} {layout} {bname:9s} " + (f"{r['ms']:.3f} ms  err {r['rel_err_vs_first']:.1e}"
-                                                            if "ms" in r else r["error"]), flush=True)
+                what = (f"{r['ms']:.3f} ms  err {r['rel_err_vs_first']:.1e}" if "ms" in r
+                        else r["error"])
+                print(f"{name:10s} {layout} {bname:9s} " + what, flush=True)
     if args.out:
         args.out.write_text(json.dumps({"benchmark": "attn_backends", "torch": torch.__version__,
                                         "device_name": torch.cuda.get_device_name(),

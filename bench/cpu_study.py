@@ -115,7 +115,8 @@ def job_breakdown(work: Path) -> dict[str, Any]:
     for tsv in sorted(work.glob("benchmarks/*/**/*.tsv")):
         rows = tsv.read_text().splitlines()
         job_s = float(rows[1].split("\t")[0])
-        # benchmarks/<rule>/<x>.tsv, benchmarks/<study>/<rule>/<x>.tsv, benchmarks/<study>/<rule>.tsv
+        # benchmarks/<rule>/<x>.tsv, benchmarks/<study>/<rule>/<x>.tsv,
+        # benchmarks/<study>/<rule>.tsv
         study_level = (work / "results" / tsv.parent.name).is_dir()
         rule = tsv.stem if study_level else tsv.parent.name
         r = rules.setdefault(rule, {"jobs": 0, "wall_s": 0.0})
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {rule:<20} {r['jobs']:3d} jobs {r['wall_s']:8.1f} s summed")
         if s["jobs"]["train_totals"]:
             t = s["jobs"]["train_totals"]
-            print(f"    training jobs: start-up {t['startup_s']:.1f} s, steps {t['train_s']:.1f} s, "
+            print(f"    training jobs: start-up {t['startup_s']:.1f} s, "
+                  f"steps {t['train_s']:.1f} s, "
                   f"evaluation + saving {t['eval_and_save_s']:.1f} s "
                   f"(summed over jobs; {t['startup_s'] / t['job_s']:.0%} start-up)")
     result["load_avg_at_end"] = os.getloadavg()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -109,7 +108,8 @@ def part_sweep(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
         wall = time.perf_counter() - t0
         if proc.returncode:
-            sys.exit(f"snakemake failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+            sys.exit(f"snakemake failed ({proc.returncode}):\n"
+                     f"{(proc.stdout + proc.stderr)[-4000:]}")
         paths = sorted(work.glob("results/sweep_wall/runs/*/final.json"))
         finals = [json.loads(p.read_text()) for p in paths]
         ends = [p.stat().st_mtime - t0_epoch for p in paths]
@@ -150,7 +150,8 @@ def part_solo(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
                "train_model"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
         if proc.returncode:
-            sys.exit(f"snakemake failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+            sys.exit(f"snakemake failed ({proc.returncode}):\n"
+                     f"{(proc.stdout + proc.stderr)[-4000:]}")
         path = next(work.glob("results/sweep_wall/runs/*/final.json"))
         final = json.loads(path.read_text())
         rate = steady_rate(path.parent)
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                "started": t0, "shape": list(shape), "tokens_per_run": tokens, "lrs": list(LRS),
                "seeds": list(SEEDS), "targets": TARGETS, **info, "result": result}
         name = info.get("device_name", args.device).replace(" ", "-")
-        out = args.out / f"{doc['date']}-{name}-sweep_wall-{part}{'-quick' if args.quick else ''}.json"
+        quick = "-quick" if args.quick else ""
+        out = args.out / f"{doc['date']}-{name}-sweep_wall-{part}{quick}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}))

@@ -17,7 +17,8 @@ embeddings, weight decay on matrices only):
                     :class:`lmablate.train.DeviceBatches`) in default mode: loss inside the
                     compiled graph, windows gathered on the GPU
 ``lm``              the same in train()'s compile mode (``lmablate.train.CUDA_COMPILE_MODE``,
-                    ``"reduce-overhead"``: CUDA graphs) and model (``lmablate.model.FUSE_PROJECTIONS``)
+                    ``"reduce-overhead"``: CUDA graphs) and model
+                    (``lmablate.model.FUSE_PROJECTIONS``)
 ``lm-ro``           ``lm`` with ``mode="reduce-overhead"``
 ``lm-max``          ``lm`` with ``mode="max-autotune"`` (Triton GEMM templates autotuned against
                     cuBLAS, coordinate-descent tuning, CUDA graphs); its compilation (autotuning
@@ -25,15 +26,16 @@ embeddings, weight decay on matrices only):
 ``lm-maxng``        ``lm`` with ``mode="max-autotune-no-cudagraphs"`` (same lock)
 ``lm-cdt``          ``lm`` with ``lmablate.train.CUDA_COMPILE_OPTIONS`` (train's inductor options on
                     top of the mode's) replaced by ``coordinate_descent_tuning`` (Triton kernels'
-                    block sizes tuned on the GPU; its compilation holds the GPU lock, as max-autotune)
+                    block sizes tuned on the GPU; its compilation holds the GPU lock, as
+                    max-autotune)
 ``lm-agemm``        the same with ``max_autotune_gemm`` (GEMMs only: Triton templates autotuned
                     against cuBLAS, epilogues fused into them; same lock)
 ``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default);
                     ``lm-online``: no extra options (inductor's online softmax)
 ``lm*-ce``          with ``lmablate.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the loss, for
                     128-byte-aligned vocab rows; the default); ``lm*-noce`` with it off
-``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and gate/up
-                    as one matmul each); ``lm*-nofuse`` with it off
+``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and
+                    gate/up as one matmul each); ``lm*-nofuse`` with it off
 ``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
 ``lm*-s1``          both off (the default)
 ``lm*-s2``          both on
@@ -318,7 +320,8 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
     flops = accounting.flops_per_token(cfg.model, shape[0], shape[1])
     out = {
         "shape": shape_name, "impl": impl, "tokens_per_step": tokens_per_step, "steps": steps,
-        "tokens_per_s": tokens_s, "tokens_per_s_repeats": [steps * tokens_per_step / t for t in times],
+        "tokens_per_s": tokens_s,
+        "tokens_per_s_repeats": [steps * tokens_per_step / t for t in times],
         "step_ms": best / steps * 1e3, "flops_per_token": flops,
         "mfu": tokens_s * flops / PEAK_BF16_FLOPS if cuda else None,
         "params": sum(p.numel() for p in model.parameters()),

@@ -276,7 +276,7 @@ def results_page_figures():
         figures[f"phase1/{name}"] = {
             "path": f"results/{NAME}/phase1/plots/{name}.png",
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": "Phase 1, every configuration: " + lmablate.harvest.figure_summary(spec),
+            "what": f"Phase 1, every configuration: {lmablate.harvest.figure_summary(spec)}",
         }
     if LR_FIND:
         figures["lr_finder"] = {
@@ -335,3 +335,27 @@ def train_runtime(wildcards):
     import lmablate.plan
 
     return lmablate.plan.train_runtime_min(RUNS[wildcards.run_id], train_rate())
+
+
+def train_group(wildcards):
+    """`train` where `--group-components train=K` packs K runs into one cluster job, else no
+    group: an ungrouped job's Slurm comment names its rule and run ID
+    (`rule_train_model_wildcards_<run_id>`), a group job's only the group. A function, so that
+    it runs per job: the group settings are not known yet while the Snakefile is read."""
+    settings = workflow.group_settings
+    return "train" if settings and "train" in settings.group_components else None
+
+
+# _RECHECK: the runs rules/harvest.smk's parse-time scan found missing a file or changed
+def get_run_files(wildcards):
+    """final.json and every file it vouches for, of the harvested runs the parse found missing
+    a file or changed since the last harvest: targets of `rule all` (Snakemake re-makes a missing
+    one, which it would not do for a mere input of an up-to-date harvest) and inputs of harvest
+    (a changed one is newer than the tables: harvest checks it). Only those runs: every declared
+    file costs Snakemake's DAG time, and a study may hold thousands of runs."""
+    return [
+        f"{d}/{name}"
+        for d in (final.rsplit("/", 1)[0] for final in get_run_finals(wildcards))
+        if d in _RECHECK
+        for name in ("final.json", *lmablate.integrity.MANIFEST_FILES)
+    ]

@@ -6,7 +6,7 @@ import lmablate.migrate
 # Finished runs are checked at every parse (one stat per file, lmablate.integrity.scan_runs): a
 # file that changed size stops here with one line; a run with a file missing, or changed since
 # the last harvest, has its files made targets of `rule all` and inputs of harvest
-# (get_run_files), so Snakemake re-trains or re-harvests it.
+# (get_run_files in common.smk), so Snakemake re-trains or re-harvests it.
 _DAMAGED, _RECHECK = lmablate.integrity.scan_runs(
     (run_dir(r) for r in RUNS), f"results/{NAME}/runs.csv"
 )
@@ -23,20 +23,6 @@ if _LEGACY:
         f"lmablate migrate-ids {STUDY.source} --apply",
         file=sys.stderr,
     )
-
-
-def get_run_files(wildcards):
-    """final.json and every file it vouches for, of the harvested runs the parse found missing
-    a file or changed since the last harvest: targets of `rule all` (Snakemake re-makes a missing
-    one, which it would not do for a mere input of an up-to-date harvest) and inputs of harvest
-    (a changed one is newer than the tables: harvest checks it). Only those runs: every declared
-    file costs Snakemake's DAG time, and a study may hold thousands of runs."""
-    return [
-        f"{d}/{name}"
-        for d in (final.rsplit("/", 1)[0] for final in get_run_finals(wildcards))
-        if d in _RECHECK
-        for name in ("final.json", *lmablate.integrity.MANIFEST_FILES)
-    ]
 
 
 rule harvest_metrics:

@@ -2,15 +2,6 @@
 # a Snakemake output: a failed or killed job leaves it in place and the retry resumes from it.
 
 
-def train_group(wildcards):
-    """`train` where `--group-components train=K` packs K runs into one cluster job, else no
-    group: an ungrouped job's Slurm comment names its rule and run ID
-    (`rule_train_model_wildcards_<run_id>`), a group job's only the group. A function, so that
-    it runs per job: the group settings are not known yet while the Snakefile is read."""
-    settings = workflow.group_settings
-    return "train" if settings and "train" in settings.group_components else None
-
-
 rule train_model:
     input:
         # ancient: the store's identity is in the run ID (data_id), so its mtime (a rebuilt or

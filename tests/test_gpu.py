@@ -89,7 +89,8 @@ def _fake_nvidia_smi(tmp_path, monkeypatch, n: int) -> None:
     """An ``nvidia-smi`` on PATH that lists ``n`` GPUs (what ``-L`` prints)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    lines = "".join(f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:04d})'\n" for i in range(n))
+    lines = "".join(f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:04d})'\n"
+                    for i in range(n))
     tool = bin_dir / "nvidia-smi"
     tool.write_text(f"#!/bin/sh\n{lines}")
     tool.chmod(0o755)

@@ -31,7 +31,7 @@ def test_phase1_runs_are_the_study_runs_with_the_short_budget(tiny_study):
         assert p1.config.train.tokens == 2048 and p2.config.train.tokens == 8192
         assert p1.config.train.lr == p2.config.train.lr and p1.axes == p2.axes
     cont = ranking_of(study_from_dict(_study(tiny_study, resume="continue")))
-    for p1_id, p2_id in cont.phase2_of.items():  # same schedule, stopped early
+    for p1_id in cont.phase2_of:  # same schedule, stopped early
         assert cont.phase1[p1_id].config.train.tokens == 8192
         assert cont.phase1[p1_id].config.train.stop_tokens == 2048
 

@@ -1,4 +1,5 @@
-"""Score one trained run on the study's downstream tasks (results/<study>/runs/<run_id>/tasks.json)."""
+"""Score one trained run on the study's downstream tasks
+(results/<study>/runs/<run_id>/tasks.json)."""
 
 import sys
 

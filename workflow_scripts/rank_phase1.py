@@ -1,4 +1,5 @@
-"""Harvest the phase-1 runs of a two-phase study and write selected.json (the runs phase 2 trains)."""
+"""Harvest the phase-1 runs of a two-phase study and write selected.json (the runs phase 2
+trains)."""
 
 import sys
 

@@ -76,23 +76,24 @@ class ModelConfig:
     n_heads: int = F(4, "Attention (query) heads; must divide d_model.", ge=1, le=MAX_COUNT)
     n_kv_heads: int | None = F(None, "Key/value heads for grouped-query attention; None = n_heads "
                                "(multi-head). Must divide n_heads.", ge=1, le=MAX_COUNT)
-    d_ff: int | None = F(None, "Hidden width of the feed-forward block; None = round(8/3 * d_model) "
-                         "for gated FFNs (SwiGLU, GeGLU), 4 * d_model otherwise.", ge=1,
-                         le=MAX_FFN)
+    d_ff: int | None = F(None, "Hidden width of the feed-forward block; None = "
+                         "round(8/3 * d_model) for gated FFNs (SwiGLU, GeGLU), 4 * d_model "
+                         "otherwise.", ge=1, le=MAX_FFN)
     context_length: int | None = F(None, "Longest sequence the model accepts (learned position "
                                    "table size); None = train.seq_len.", ge=1, le=MAX_SEQ)
     vocab_size: int | None = F(None, "Embedding rows; None = the tokenizer's vocabulary, padded up "
                                "to vocab_multiple.", ge=2, le=MAX_VOCAB)
-    vocab_multiple: int = F(64, "Pad the vocabulary to a multiple of this (GPU-friendly shapes; the "
-                            "padding rows are never targets).", ge=1, le=MAX_WIDTH)
+    vocab_multiple: int = F(64, "Pad the vocabulary to a multiple of this (GPU-friendly shapes; "
+                            "the padding rows are never targets).", ge=1, le=MAX_WIDTH)
     # block
     ffn: Literal["swiglu", "geglu", "silu", "gelu", "relu", "relu2"] = F(
         "swiglu", "Feed-forward: gated (swiglu, geglu) or plain with that activation.")
     norm: Literal["rms", "layer", "none"] = F("rms", "Normalisation layer type (none = identity).")
     norm_position: Literal["pre", "post"] = F("pre", "pre: x + f(norm(x)); post: norm(x + f(x)).")
     norm_eps: float = F(1e-5, "Epsilon of RMSNorm/LayerNorm.", gt=0)
-    pos_emb: Literal["rope", "learned", "none"] = F("rope", "Position information: rotary, a learned "
-                                                    "absolute table, or none (NoPE; causal mask only).")
+    pos_emb: Literal["rope", "learned", "none"] = F(
+        "rope", "Position information: rotary, a learned absolute table, or none (NoPE; causal "
+        "mask only).")
     rope_theta: float = F(10000.0, "RoPE base frequency.", gt=0)
     tie_embeddings: bool = F(True, "Share the input embedding and the output projection.")
     qk_norm: bool = F(False, "Normalise queries and keys per head before attention (RMSNorm).")
@@ -134,7 +135,8 @@ class ModelConfig:
         if self.d_ff is None:
             gated = self.ffn in ("swiglu", "geglu")
             # 8/3 * d_model rounded up to a multiple of 8 keeps gated FFNs at the parameter count
-            # of a plain 4 * d_model FFN (Shazeer 2020), so `ffn: silu` vs `swiglu` is a fair ablation.
+            # of a plain 4 * d_model FFN (Shazeer 2020), so `ffn: silu` vs `swiglu` is a fair
+            # ablation.
             self.d_ff = (8 * self.d_model // 3 + 7) // 8 * 8 if gated else 4 * self.d_model
 
     @property
@@ -213,8 +215,8 @@ class TrainConfig:
     final_eval_tokens: int | None = F(None, "Validation tokens for the final evaluation; None = "
                                       "the whole split (capped at 2M).", ge=1, le=MAX_TOKENS)
     log_every: int = F(10, "Optimiser steps between train-loss log lines.", ge=1, le=MAX_TOKENS)
-    checkpoint_every: int | None = F(None, "Optimiser steps between checkpoints; None = 10 per run.",
-                                     ge=1, le=MAX_TOKENS)
+    checkpoint_every: int | None = F(None, "Optimiser steps between checkpoints; None = 10 per "
+                                     "run.", ge=1, le=MAX_TOKENS)
     keep_checkpoints: int = F(2, "Checkpoints kept on disk (older ones are deleted).", ge=1,
                               le=MAX_COUNT)
     diverge_loss: float | None = F(None, "Train loss above which a run counts as diverged; None = "
@@ -380,7 +382,8 @@ def unknown_key(name: str, fields: Iterable[str], key: str) -> ConfigError:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (YAML-friendly: ints are floats, 1e-3 strings)."""
+    """Check ``value`` against the annotation ``tp`` (YAML-friendly: ints are floats, 1e-3
+    strings)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

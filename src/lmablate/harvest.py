@@ -48,8 +48,10 @@ if TYPE_CHECKING:
     from .study import Study
 
 __all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results", "group_rows",
-           "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes", "lr_lines", "short_names", "analysis_text", "results_markdown",
-           "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes", "FIGURE_KINDS",
+           "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes",
+           "lr_lines", "short_names", "analysis_text", "results_markdown",
+           "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes",
+           "FIGURE_KINDS",
            "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
            "approx_flops_per_token", "figure_summary", "add_efficiency", "moe_load_summary",
            "EFFICIENCY_COLUMNS"]
@@ -190,7 +192,8 @@ def load_run(run_dir: str | Path) -> RunData:
                            "status": final.get("status", "unknown"), "source": "lmablate",
                            "differs": ", ".join(f"{k}={format_value(v)}"
                                                 for k, v in (cfg.get("diff") or {}).items())}
-    for k, v in flatten({s: cfg.get(s, {}) for s in ("model", "train", "data", "tokenizer")}).items():
+    sections = {s: cfg.get(s, {}) for s in ("model", "train", "data", "tokenizer")}
+    for k, v in flatten(sections).items():
         row[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
     for k, v in (cfg.get("axes") or {}).items():
         row[f"axis.{k}"] = v

@@ -11,8 +11,8 @@ config columns and sweep axes, ``config.json`` gives the model shape and ``model
 header the exact parameter count. The result is the same runs/curves tables, summary, analysis and
 figures as a native study:
 
-    lmablate import-hf ablations/*_from_scratch_* --out results/ablations \\
-        --name-pattern '(?P<heads>\\d+)_(?P<layers>\\d+)_\\d+_single_gpu_(?P<hidden>\\d+)_(?P<inter>\\d+)_from_scratch_.*'
+    PATTERN='(?P<heads>\\d+)_(?P<layers>\\d+)_\\d+_single_gpu_(?P<hidden>\\d+)_(?P<inter>\\d+)_.*'
+    lmablate import-hf ablations/*_from_scratch_* --out results/ablations --name-pattern "$PATTERN"
 """
 
 from __future__ import annotations

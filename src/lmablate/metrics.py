@@ -34,7 +34,8 @@ class EvalAccumulator:
     bin_acc: np.ndarray = field(default_factory=lambda: np.zeros(ECE_BINS))
 
     @torch.no_grad()
-    def add(self, logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> None:
+    def add(self, logits: torch.Tensor, targets: torch.Tensor,
+            vocab_size: int | None = None) -> None:
         """logits (B, T, V) any float dtype; targets (B, T). Padding columns beyond ``vocab_size``
         are dropped so padded vocabularies do not change the metrics."""
         logits = logits.float()
@@ -57,7 +58,8 @@ class EvalAccumulator:
         self.entropy += ent.double().sum().item()
         bins = torch.clamp((conf * ECE_BINS).long(), max=ECE_BINS - 1)
         self.bin_count += torch.bincount(bins, minlength=ECE_BINS).double().cpu().numpy()
-        self.bin_conf += torch.bincount(bins, weights=conf.double(), minlength=ECE_BINS).cpu().numpy()
+        self.bin_conf += torch.bincount(bins, weights=conf.double(),
+                                        minlength=ECE_BINS).cpu().numpy()
         self.bin_acc += torch.bincount(bins, weights=hit, minlength=ECE_BINS).cpu().numpy()
 
     def result(self) -> dict[str, float]:

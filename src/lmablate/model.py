@@ -99,8 +99,8 @@ def _sparsify_(w: torch.Tensor, density: float) -> None:
 
 
 # Two CUDA-only layout knobs (performance only: same parameters, names and math), both off: on
-# one H100 (bench/README.md, "Tried and not kept") each made the compiled training step slower, although
-# the second one wins in isolation (bench/attn_backends.py).
+# one H100 (bench/README.md, "Tried and not kept") each made the compiled training step slower,
+# although the second one wins in isolation (bench/attn_backends.py).
 # FUSE_PROJECTIONS: q/k/v (and gate/up) as one matmul against the weights concatenated in the
 # forward. tiny5m -8%, cs336 -4%, gpt2s -7% (with SDPA_CONTIGUOUS).
 FUSE_PROJECTIONS = False
@@ -495,10 +495,10 @@ class LM(nn.Module):
 # cross-entropy as one Triton kernel that reads each row of bf16 logits once and takes one exp per
 # element (blockwise online logsumexp), instead of inductor's online-softmax reduction, which takes
 # two per element and ran at ~1.4 TB/s on an H100 (ours ~3 TB/s: gpt2s step +1.7%, measured with
-# bench/train_throughput.py --profile). The backward is plain torch (softmax - one-hot), one pointwise kernel
-# under torch.compile. Only for rows of a multiple of 128 bytes (vocab 50304, 8192): otherwise
-# inductor pads the logits' row stride and copies them back for the op (cs336, vocab 10000: the
-# kernel's gain eaten, +600 MB), and F.cross_entropy is used.
+# bench/train_throughput.py --profile). The backward is plain torch (softmax - one-hot), one
+# pointwise kernel under torch.compile. Only for rows of a multiple of 128 bytes (vocab 50304,
+# 8192): otherwise inductor pads the logits' row stride and copies them back for the op (cs336,
+# vocab 10000: the kernel's gain eaten, +600 MB), and F.cross_entropy is used.
 FUSED_CROSS_ENTROPY = True
 
 

@@ -449,7 +449,7 @@ def _curves_overview(runs: pd.DataFrame, c: pd.DataFrame, ref: str | None, x: st
             band = _curve_band(good[good.group == ref], x)
             ax.plot(band[x], band["mean"], color="black", lw=2.4, label=f"{ref} (reference)",
                     zorder=5)
-        for i, (rid, s) in enumerate(bad[bad.group.isin(in_panel)].groupby("run_id",
+        for i, (_rid, s) in enumerate(bad[bad.group.isin(in_panel)].groupby("run_id",
                                                                              observed=True)):
             if not len(s):
                 continue
@@ -1571,7 +1571,7 @@ def lr_finder(results: Sequence[Mapping[str, Any]], path: str | Path | None = No
         color = colors[name]
         ax.plot(c["lr"], c["loss"], color=color, alpha=0.25, lw=0.8)
         ax.plot(c["lr"], c["smoothed"], color=color, lw=2, label=name)
-        for key, marker, what in (("lr_steepest", "v", "steepest"), ("lr_valley", "o", "valley")):
+        for key, marker in (("lr_steepest", "v"), ("lr_valley", "o")):
             lr = r.get(key)
             if lr:
                 y = float(np.interp(np.log(lr), np.log(c["lr"]), c["smoothed"]))

@@ -291,8 +291,8 @@ def fit_study(runs: pd.DataFrame, metric: str = "val_loss", *, n_boot: int = 200
     levels = size_levels(ok[col].tolist())
     level_of = {p: max(i for i, lv in enumerate(levels) if p >= lv) for p in set(ok[col])}
     has_d = "tokens" in ok and ok.tokens.notna().all()
-    means = ok.groupby("group", observed=True).agg(loss=(metric, "mean"), n=(col, "first"),
-                                                   d=("tokens", "first") if has_d else (col, "size"))
+    means = ok.groupby("group", observed=True).agg(
+        loss=(metric, "mean"), n=(col, "first"), d=("tokens", "first") if has_d else (col, "size"))
     means["level"] = means.n.map(level_of)
     keys = ["level", "d"] if has_d else ["level"]
     best = means.sort_values("loss").groupby(keys).head(1).index
@@ -340,6 +340,7 @@ def _paragraph(s: Mapping[str, Any]) -> str:
                 f"E = {_ci(nd, 'E', '.3f')}.")
     lo, hi = one["ci"]["alpha"]
     if lo is not None and hi - lo > max(0.5, abs(one["params"]["alpha"])):
-        txt += " The exponent is poorly determined by these runs: widen the size range or add seeds."
+        txt += (" The exponent is poorly determined by these runs: widen the size range or add "
+                "seeds.")
     txt += " Outside the fitted range the law is an extrapolation these runs do not test."
     return txt

@@ -138,7 +138,7 @@ def pareto_front(cost: Sequence[float], loss: Sequence[float]) -> list[int]:
     pts = sorted((c, l_, i) for i, (c, l_) in enumerate(zip(cost, loss))
                  if math.isfinite(c) and math.isfinite(l_))
     front, best = [], math.inf
-    for c, l_, i in pts:
+    for _c, l_, i in pts:
         if l_ < best:
             front.append(i)
             best = l_

@@ -588,8 +588,8 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         kept = 0
         for point in points:
             flat = {**vbase, **point}
-            pkey = f"{vkey} ({', '.join(f'{k}={format_value(v)}' for k, v in sorted(point.items()))})" \
-                if point else vkey
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(point.items()))
+            pkey = f"{vkey} ({shown})" if point else vkey
             cfg, resolved = resolver.resolve_with_dict({**flat, "train.seed": seeds[0]}, pkey,
                                                        base_flat)
             if wheres:  # constraints see derived and solved values (d_ff, params_target dims)

@@ -397,7 +397,7 @@ def import_hdf5(spec: Mapping[str, Any], out_path: str | Path, *,
     else:
         vocab, origin = None, ""
     hi = -1
-    for split, path in sources.items():
+    for path in sources.values():
         for ids, _ in _hdf5_blocks(path, spec):
             if not len(ids):
                 continue
