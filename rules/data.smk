@@ -33,7 +33,12 @@ rule train_tokenizer:
     conda:
         "../envs/train.yaml"
     params:
-        tokenizer=lambda w: canonical(lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)),
+        # settings added in a later version leave it at their default: no retrained tokenizer
+        tokenizer=lambda w: canonical(
+            lmablate.sweep.without_later_defaults(
+                "tokenizer", lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)
+            )
+        ),
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/train_tokenizer.py"
@@ -56,4 +61,3 @@ rule tokenize_corpus:
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/tokenize_corpus.py"
-

@@ -475,3 +475,18 @@ def test_editing_one_variant_changes_only_its_ids(doc, data):
     after = {r.run_id: r.variant for r in expand(edited, CORPORA)}
     assert {i for i, v in before.items() if v != name} == {i for i, v in after.items() if v != name}
     assert not {i for i, v in after.items() if v == name} & set(before)
+
+
+def test_settings_added_later_leave_identities_and_params_at_their_default():
+    """A field added in a later version (F(since=...)) at its default is left out of what run IDs,
+    the tokenizer's identity and the tokenizer rule's params see: upgrading lmablate re-runs and
+    renames nothing; set to something else, it counts."""
+    from lmablate.config import later_fields
+    from lmablate.sweep import without_later_defaults
+
+    later = {k.split(".", 1)[1]: v for k, v in later_fields().items() if k.startswith("tokenizer.")}
+    assert later, "no tokenizer field added after the first release to check with"
+    name, default = next(iter(later.items()))
+    base = {"kind": "bpe", "vocab_size": 4096}
+    assert without_later_defaults("tokenizer", {**base, name: default}) == base
+    assert without_later_defaults("tokenizer", {**base, name: "x"}) == {**base, name: "x"}

@@ -51,6 +51,7 @@ __all__ = [
     "set_dotted",
     "set_override",
     "unflatten",
+    "without_later_defaults",
     "written_settings",
 ]
 
@@ -684,14 +685,21 @@ def _keyed_as_written(err: ConfigError, top_sections: set[str], written: set[str
     return err
 
 
+def without_later_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` of a config section without the fields added in a later version
+    (``F(since=...)``) that hold their default: what run IDs, the tokenizer's identity and the
+    params Snakemake compares see, so adding a field never re-runs or renames existing work."""
+    later = C.later_fields()
+    return {k: v for k, v in values.items()
+            if f"{section}.{k}" not in later or later[f"{section}.{k}"] != v}
+
+
 def identity(sections: Mapping[str, Any], data_id: str) -> dict[str, Any]:
     """What a run ID hashes: the resolved model and train sections and the data identity (the
     data and tokenizer sections enter through ``data_id``). Fields added in a later version
     (``F(since=...)``) enter only when set to something other than their default, so adding a
     field never changes the ID of an existing run."""
-    later = C.later_fields()
-    return {name: {k: v for k, v in sections[name].items()
-                   if f"{name}.{k}" not in later or later[f"{name}.{k}"] != v}
+    return {name: without_later_defaults(name, sections[name])
             for name in ("model", "train")} | {"data_id": data_id}
 
 
@@ -700,9 +708,7 @@ def _make_run(cfg: C.RunConfig, resolved: Mapping[str, Any], variant: str | None
               corpora: Mapping[str, Any]) -> Run:
     spec = corpora.get(cfg.data.corpus, {"name": cfg.data.corpus})
     corpus_id = {k: v for k, v in spec.items() if not k.startswith("_")}  # no absolute paths
-    later = C.later_fields()  # added settings at their default leave the tokenizer's identity
-    tokenizer = {k: v for k, v in resolved["tokenizer"].items()
-                 if f"tokenizer.{k}" not in later or later[f"tokenizer.{k}"] != v}
+    tokenizer = without_later_defaults("tokenizer", resolved["tokenizer"])
     tok_id = run_hash({"corpus": corpus_id, "tokenizer": tokenizer})
     data_id = run_hash({"tok": tok_id, "data": resolved["data"]})
     flat = flatten(resolved)
