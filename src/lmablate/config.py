@@ -116,10 +116,10 @@ class ModelConfig:
                                 le=MAX_FFN)
     router_aux_loss: float = F(0.01, "Weight of the Switch-style load-balancing loss.", ge=0)
     moe_init: Literal["dense", "sparse"] = F("dense", "Expert init: dense = normal(init_std) like "
-                                             "the dense FFN; sparse = mostly-zero weights (90% "
-                                             "zeros) as in seed 004's SoME.")
-    freeze_experts: bool = F(False, "Train only the routers and the rest of the model, not the "
-                             "expert weights (seed 004).")
+                                             "the dense FFN; sparse = a sparse MoE init, 90% of "
+                                             "each expert weight matrix zero.")
+    freeze_experts: bool = F(False, "Train only the routers and the rest of the model; the expert "
+                             "weights keep their init.")
     # parameter targets (seed 003): solved at expansion time into n_layers, d_ff (and d_model)
     params_target: int | None = F(None, "Total parameters to hit (e.g. 10M): the sweep solves "
                                   "n_layers and d_ff, and d_model when embedding_share is set, to "

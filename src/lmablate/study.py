@@ -54,7 +54,7 @@ TOP_KEYS = {
     "baseline": "Variant that deltas, plots and tests compare against (default: baseline).",
     "eval_tasks": "Downstream tasks scored on every run (lmablate.evaluation): tasks (names, "
                   "presets such as smallbench, or mappings), mode, limit, finetune, harness.",
-    "ranking": "Two-phase study (seed 003): every run trains a short budget first and the top_k "
+    "ranking": "Two-phase ranking: every run trains a short budget first and the top_k "
                "go on to the full budget (lmablate.phases): tokens, top_k, metric, per, "
                "early_stop, resume.",
     "lr_find": "LR range test (lmablate lr-find) of some runs as part of the workflow: true, or "
