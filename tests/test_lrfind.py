@@ -37,8 +37,8 @@ def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):
     assert curve[0]["lr"] == pytest.approx(1e-6)
     assert min(c["smoothed"] for c in curve) < curve[0]["smoothed"] - 0.5  # it learned
     saved = json.loads((tmp_path / "lr_find.json").read_text())
-    assert saved["lr_suggested"] == res["lr_steepest"]
     assert saved["lr_valley"] == res["lr_valley"]
+    assert saved["lr_suggested"] == res["lr_steepest"]
     assert (tmp_path / "lr_find.png").stat().st_size > 10_000
 
 
@@ -80,8 +80,8 @@ def test_lr_find_as_a_study_option_through_snakemake(tmp_path, tiny_study):
     run_id = found[0].parent.name
     proc = _cli(tmp_path, "lr-find", "study.yaml", run_id, "--steps", "30", "--threads", "1",
                 "--out", str(tmp_path / "cli"))
+    assert proc.returncode == 0, proc.stderr
     suggested = json.loads(found[0].read_text())["lr_suggested"]
     assert f"suggested LR {suggested:.3g} (steepest descent); valley (min / 10) " in proc.stdout
-    assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "cli" / "lr_find.json").read_text())["lr_valley"] == \
         json.loads(found[0].read_text())["lr_valley"]
