@@ -296,8 +296,13 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
     if "baseline" in doc and baseline not in variants:
         raise ConfigError(f"baseline {baseline!r} is not a variant"
                           f"{did_you_mean(baseline, variants)}", key="baseline")
+    study = Study(name=name, doc=doc, runs=runs, corpora=corpora, source=source)
+    if doc.get("ranking") is not None:  # its own checks name the key better than the schema's
+        from .phases import ranking_of
+
+        ranking_of(study)
     _check_schema(doc)
-    return Study(name=name, doc=doc, runs=runs, corpora=corpora, source=source)
+    return study
 
 
 @functools.lru_cache(maxsize=1)
