@@ -464,7 +464,10 @@ def _train(run: RunConfig | Mapping[str, Any], store: TokenStore, out_dir: str |
     resolved = {"run_id": run_id, **dict(meta or {}), **to_dict(cfg)}
     import yaml
 
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    path = out / "config.yaml"
+    if not path.is_file() or path.read_text() != text:  # the same config leaves a finished run's
+        atomic_write_text(path, text)                  # file (and its time) as it is
 
     if threads:
         torch.set_num_threads(threads)
