@@ -307,3 +307,14 @@ def write_run(root: Path, run_id: str, *, variant: str = "baseline", seed: int =
                                     "bin_count": [50, 30, 20]}
     (d / "final.json").write_text(json.dumps(final))
     return d
+
+
+def fill(mount: Path) -> None:
+    """Write zeros until the file system is full (unbuffered: every byte that fits is written)."""
+    with open(mount / "filler", "wb", buffering=0) as fh:
+        for size in (1 << 16, 512, 1):
+            try:
+                while True:
+                    fh.write(bytes(size))
+            except OSError:
+                pass

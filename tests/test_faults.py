@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_STUDY, write_yaml
+from conftest import REPO, TINY_STUDY, fill, write_yaml
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -462,17 +462,6 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(path)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(mount: Path) -> None:
-    """Write zeros until the file system is full (unbuffered: every byte that fits is written)."""
-    with open(mount / "filler", "wb", buffering=0) as fh:
-        for size in (1 << 16, 512, 1):
-            try:
-                while True:
-                    fh.write(bytes(size))
-            except OSError:
-                pass
 
 
 @dataclass

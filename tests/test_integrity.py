@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_STUDY, planned, snakemake, write_yaml
+from conftest import TINY_STUDY, fill, planned, snakemake, write_yaml
 
 TRACEBACK = "Traceback (most recent call last)"
 # bytes that are not UTF-8, put into the corpus: a Latin-1 e-acute, a lone continuation byte and
@@ -318,13 +318,7 @@ def test_a_full_disk_for_the_log_and_the_checkpoints_is_one_line_on_the_terminal
             (disk / name).mkdir()
             shutil.rmtree(link)
             link.symlink_to(disk / name)
-        with open(disk / "filler", "wb", buffering=0) as fh:  # fill it, byte by byte at the end
-            for size in (1 << 16, 512, 1):
-                try:
-                    while True:
-                        fh.write(bytes(size))
-                except OSError:
-                    pass
+        fill(disk)
         status, out, err = run_snakemake(root, "-c1")
         log = (disk / "logs" / f"{rid}.log").read_text()
     finally:

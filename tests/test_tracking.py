@@ -17,11 +17,8 @@ import yaml
 from conftest import TINY_STUDY
 from lmablate import from_dict, read_study
 from lmablate.config import RunConfig
-from lmablate.corpora import iter_documents, is_val, load_manifest, prepare_corpus, resolve_corpora
 from lmablate.errors import ConfigError
 from lmablate.study import study_from_dict
-from lmablate.tokenizer import build_tokenizer
-from lmablate.tokens import encode_corpus
 from lmablate.tracking import STATE_FILE, check_logging
 from lmablate.train import train
 
@@ -29,19 +26,6 @@ from lmablate.train import train
 TRAIN = {"tokens": 10240, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "eval_every": 10,
          "eval_tokens": 2048, "log_every": 5, "checkpoint_every": 4}
 RUN_ID = "tiny-d_model=32-s0-0123abcd"
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    """A real token store: the shipped stories, a 320-token BPE, HDF5."""
-    d = tmp_path_factory.mktemp("data")
-    spec = resolve_corpora(TINY_STUDY["corpora"], d)["tiny-stories"]
-    manifest = prepare_corpus(spec, d / "corpus")
-    docs = (t for t in iter_documents(load_manifest(manifest)) if not is_val(t, 0.1))
-    cfg = from_dict(RunConfig, {"tokenizer": {"vocab_size": 320}}).tokenizer
-    build_tokenizer(cfg, docs, d / "tok" / "tokenizer.json")
-    encode_corpus(manifest, d / "tok" / "tokenizer.json", d / "tokens.h5", val_fraction=0.1)
-    return d / "tokens.h5"
 
 
 def run_config() -> RunConfig:
