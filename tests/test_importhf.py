@@ -96,10 +96,10 @@ def test_curves_equal_the_trainer_log_history(hf_runs, tmp_path):
         assert row.steps == 10 and row.status == "completed" and row.checkpoint == "checkpoint-10"
         assert row.val_loss == history[-1]["eval_loss"]
     assert summary["n_runs"] == 2 and len(summary["ranking"]) == 2
-    # heads and inter vary together (two runs: no grid, no heatmap); no calibration or
-    # throughput data in a Trainer state
+    # heads and inter vary together (two runs: no grid, no heatmap, but loss against each
+    # numeric axis of the name pattern); no calibration or throughput data in a Trainer state
     assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {
-        "loss_curves.png", "final_val_loss.png", "final_val_ppl.png"}
+        "loss_curves.png", "final_val_loss.png", "final_val_ppl.png", "loss_vs_axis.png"}
     assert "Ranking by final validation loss" in (tmp_path / "out" / "analysis.txt").read_text()
 
 
