@@ -34,11 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lmablate.config import TokenizerConfig
-from lmablate.corpora import (iter_documents, load_manifest, prepare_corpus, resolve_corpora,
-                              split_documents)
-from lmablate.tokenizer import build_tokenizer, load_tokenizer
-from lmablate.tokens import Batches, TokenStore, encode_corpus
+from lmablate.data.corpora import (
+    iter_documents,
+    load_manifest,
+    prepare_corpus,
+    resolve_corpora,
+    split_documents,
+)
+from lmablate.data.tokenizer import build_tokenizer, load_tokenizer
+from lmablate.data.tokens import Batches, TokenStore, encode_corpus
+from lmablate.study.config import TokenizerConfig
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 4096
@@ -50,8 +55,8 @@ TARGETS = {"encode_ratio": 0.70, "loader_tokens_per_s": 20e6, "peak_rss_bytes": 
 # run in a fresh interpreter so that the peak RSS is that step's alone
 CHILD = """
 import json, resource, sys, time
-from lmablate.workflow import train_tokenizer_step
-from lmablate.tokens import encode_corpus
+from lmablate.workflow.steps import train_tokenizer_step
+from lmablate.data.tokens import encode_corpus
 step, manifest, tokenizer, out, vocab, val_fraction = sys.argv[1:7]
 t0 = time.perf_counter()
 if step == "train":

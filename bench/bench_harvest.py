@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lmablate import study_from_dict  # noqa: E402
-from lmablate.harvest import harvest  # noqa: E402
+from lmablate.results.harvest import harvest  # noqa: E402
 
 STUDY = {
     "study": "bench", "data": {"corpus": "tinystories-1k"},

@@ -7,7 +7,7 @@
 2. ``lmablate plan studies/shape_sweep.yaml``: the run table. Target: <= 2 s.
 3. The parts, so a miss can be placed: ``read_study`` in-process (YAML -> 1,152 checked runs),
    and the peers that every fresh process pays before any lmablate code runs: the interpreter
-   (``python -c pass``), ``import torch`` (pulled in by ``lmablate.accounting`` and by the
+   (``python -c pass``), ``import torch`` (pulled in by ``lmablate.study.accounting`` and by the
    Snakefile's GPU check), ``import snakemake.cli`` and ``snakemake --version``.
 
 Wall times are medians of ``--repeats`` runs; CPU is user + sys of the child. The machine is
@@ -62,7 +62,7 @@ def measure(cmd: list[str], repeats: int, cwd: Path = REPO) -> dict[str, float]:
 
 
 def expand_in_process(repeats: int) -> dict[str, float]:
-    from lmablate.study import read_study
+    from lmablate.study.load import read_study
 
     read_study(STUDY)  # warm imports
     walls, n = [], 0

@@ -1,4 +1,5 @@
-"""lmablate.model.cross_entropy's Triton forward (FUSED_CROSS_ENTROPY) against F.cross_entropy on
+"""lmablate.engine.model.cross_entropy's Triton forward (FUSED_CROSS_ENTROPY) against
+F.cross_entropy on
 fp32-upcast bf16 logits: loss and logits gradient, eager and under torch.compile (CUDA only).
 
     PYTHONPATH=src python3 bench/ce_check.py
@@ -11,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from lmablate import model as lm_model
+from lmablate.engine import model as lm_model
 
 
 def check(n: int, v: int, compiled: bool) -> bool:

@@ -1,6 +1,6 @@
 """Which LR range-test suggestion predicts the best learning rate of real runs?
 
-For one run of a study: the range test (``lmablate.lrfind.lr_range_test``, 100 steps, as
+For one run of a study: the range test (``lmablate.engine.lrfind.lr_range_test``, 100 steps, as
 ``lmablate lr-find`` runs it) at each seed, then short real trainings (the study's schedule,
 warmup and weight decay; ``--train-tokens`` tokens) at every suggestion, at the configured LR
 and on a log grid around them. Prints and writes a JSON with, per seed and LR, the final
@@ -45,8 +45,8 @@ def _machine() -> str:
 
 def _train(run: dict, tokens: Path, lr: float, n_tokens: int, threads: int) -> dict:
     """Train ``run`` at ``lr`` for ``n_tokens`` tokens in a scratch dir; its final.json."""
-    from lmablate.config import SECTIONS
-    from lmablate.train import train
+    from lmablate.engine.train import train
+    from lmablate.study.config import SECTIONS
 
     cfg = {k: copy.deepcopy(v) for k, v in run.items() if k in SECTIONS}
     cfg["train"]["lr"] = lr
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lmablate.__main__ import _overrides, _pick_run, _tokens_file
-    from lmablate.lrfind import lr_range_test
-    from lmablate.study import read_study
+    from lmablate.engine.lrfind import lr_range_test
+    from lmablate.study.load import read_study
 
     torch.set_num_threads(args.threads)
     study = read_study(args.study, _overrides(args.config))

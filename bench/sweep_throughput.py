@@ -6,9 +6,10 @@
                     AdamW per run
 ``processes-N``     N such processes at once, 16 / N runs each (what ``LMABLATE_RUNS_PER_GPU=N``
                     slots of :func:`lmablate.gpu.claim_device` give a Snakemake sweep)
-``fused-K``         one process, :class:`lmablate.fused.FusedTrainer`: K members as one batched
+``fused-K``         one process, :class:`lmablate.engine.fused.FusedTrainer`: K members as one
+batched
                     model (stacked parameters, per-member LR / seed / schedule), 16 / K groups,
-                    compiled once (:meth:`~lmablate.fused.FusedTrainer.reset` between groups)
+                    compiled once (:meth:`~lmablate.engine.fused.FusedTrainer.reset` between groups)
 ``fused-KxP``       P processes of ``fused-K`` at once
 ==================  ===============================================================================
 
@@ -61,9 +62,9 @@ def worker_single(runs, shape, device, steps) -> dict[str, Any]:
     """Runs one after another, lmablate's step compiled once."""
     import torch
 
-    from lmablate import train as lt
-    from lmablate.model import LM
-    from lmablate.tokens import Batches
+    from lmablate.data.tokens import Batches
+    from lmablate.engine import train as lt
+    from lmablate.engine.model import LM
 
     dev = torch.device(device)
     cfgs = member_cfgs(runs, shape, device, steps)
@@ -101,7 +102,7 @@ def worker_fused(runs, shape, device, steps, k) -> dict[str, Any]:
     """Groups of k members, one FusedTrainer compiled once."""
     import torch
 
-    from lmablate.fused import FusedBatches, FusedTrainer
+    from lmablate.engine.fused import FusedBatches, FusedTrainer
 
     dev = torch.device(device)
     cfgs = member_cfgs(runs, shape, device, steps)
@@ -219,16 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--date", default=None, help="date in the file name (default today)")
     ap.add_argument("--tag", default="", help="tag after the date in the file name")
     ap.add_argument("--model-flags", choices=("default", "s1", "s2"), default="default",
-                    help="lmablate.model's FUSE_PROJECTIONS and SDPA_CONTIGUOUS in every executor: "
-                         "the library's defaults, both off (s1) or both on (s2)")
+                    help="lmablate.engine.model's FUSE_PROJECTIONS and SDPA_CONTIGUOUS in every "
+                         "executor: the library's defaults, both off (s1) or both on (s2)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         runs = [tuple(r) for r in spec["runs"]]
         if spec.get("model_flags", "default") != "default":
-            from lmablate import model as lm_model
-
+            from lmablate.engine import model as lm_model
             lm_model.FUSE_PROJECTIONS = lm_model.SDPA_CONTIGUOUS = spec["model_flags"] == "s2"
         if spec["kind"] == "single":
             res = worker_single(runs, tuple(spec["shape"]), spec["device"], spec["steps"])

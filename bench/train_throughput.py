@@ -13,18 +13,19 @@ embeddings, weight decay on matrices only):
 ``hf-compiled``     the same under ``torch.compile`` (default mode)
 ``lm-before``       lmablate's step as it was: compiled model (default mode), host windows copied
                     from pageable memory, the cross-entropy eager on an fp32 copy of the logits
-``lm-nograph``      lmablate's step now (:func:`lmablate.train.loss_function`,
-                    :class:`lmablate.train.DeviceBatches`) in default mode: loss inside the
+``lm-nograph``      lmablate's step now (:func:`lmablate.engine.train.loss_function`,
+                    :class:`lmablate.engine.train.DeviceBatches`) in default mode: loss inside the
                     compiled graph, windows gathered on the GPU
-``lm``              the same in train()'s compile mode (``lmablate.train.CUDA_COMPILE_MODE``,
+``lm``              the same in train()'s compile mode (``lmablate.engine.train.CUDA_COMPILE_MODE``,
                     ``"reduce-overhead"``: CUDA graphs) and model
-                    (``lmablate.model.FUSE_PROJECTIONS``)
+                    (``lmablate.engine.model.FUSE_PROJECTIONS``)
 ``lm-ro``           ``lm`` with ``mode="reduce-overhead"``
 ``lm-max``          ``lm`` with ``mode="max-autotune"`` (Triton GEMM templates autotuned against
                     cuBLAS, coordinate-descent tuning, CUDA graphs); its compilation (autotuning
                     benchmarks kernels on the GPU) holds the GPU lock
 ``lm-maxng``        ``lm`` with ``mode="max-autotune-no-cudagraphs"`` (same lock)
-``lm-cdt``          ``lm`` with ``lmablate.train.CUDA_COMPILE_OPTIONS`` (train's inductor options on
+``lm-cdt``          ``lm`` with ``lmablate.engine.train.CUDA_COMPILE_OPTIONS`` (train's inductor
+options on
                     top of the mode's) replaced by ``coordinate_descent_tuning`` (Triton kernels'
                     block sizes tuned on the GPU; its compilation holds the GPU lock, as
                     max-autotune)
@@ -32,20 +33,23 @@ embeddings, weight decay on matrices only):
                     against cuBLAS, epilogues fused into them; same lock)
 ``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default);
                     ``lm-online``: no extra options (inductor's online softmax)
-``lm*-ce``          with ``lmablate.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the loss, for
+``lm*-ce``          with ``lmablate.engine.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the
+loss, for
                     128-byte-aligned vocab rows; the default); ``lm*-noce`` with it off
-``lm*-fuse``        any ``lm`` variant with ``lmablate.model.FUSE_PROJECTIONS`` on (q/k/v and
+``lm*-fuse``        any ``lm`` variant with ``lmablate.engine.model.FUSE_PROJECTIONS`` on (q/k/v and
                     gate/up as one matmul each); ``lm*-nofuse`` with it off
-``lm*-contig``      with ``lmablate.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
+``lm*-contig``      with ``lmablate.engine.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
 ``lm*-s1``          both off (the default)
 ``lm*-s2``          both on
 ``lm*-nopad``       the model with the tokenizer's vocabulary exactly (HF's rows); without it, as
                     train() builds it: padded to a multiple of 64 (only cs336 changes: 10048 rows)
-``lm-train``        ``lmablate.train.train`` end to end on a synthetic token store (tokens/s of its
+``lm-train``        ``lmablate.engine.train.train`` end to end on a synthetic token store (tokens/s
+of its
                     log windows after the first; wall includes compile, eval and checkpoints)
 ==================  ===============================================================================
 
-MFU = tokens/s x FLOPs/token / peak, FLOPs/token from :func:`lmablate.accounting.flops_per_token`
+MFU = tokens/s x FLOPs/token / peak, FLOPs/token from
+:func:`lmablate.study.accounting.flops_per_token`
 (6 N + 6 d V + 12 L d T: attention counted over the full T x T matrix), peak the H100 SXM's dense
 bf16 989 TFLOP/s (the same for an H200). HF and lmablate models have the same parameters.
 
@@ -91,7 +95,7 @@ def run_config(shape: tuple, device: str, **train: Any):
     """The lmablate RunConfig of a benchmark shape: a tokenizer of ``vocab`` ids, so the model
     has ``padded_vocab(vocab)`` embedding rows as in train() (vocab_multiple 64: cs336's 10000
     becomes 10048; tiny5m's 8192 and gpt2s's 50304 are multiples already)."""
-    from lmablate.config import RunConfig, from_dict
+    from lmablate.study.config import RunConfig, from_dict
 
     _, ctx, d, layers, heads, ff, batch = shape
     return from_dict(RunConfig, {
@@ -124,7 +128,7 @@ def write_token_store(path: Path, vocab: int, n_train: int, n_val: int) -> Path:
     """A synthetic lmablate token store (random ids) for train() end to end."""
     import h5py
 
-    from lmablate.tokens import FORMAT
+    from lmablate.data.tokens import FORMAT
 
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": FORMAT, "vocab_size": vocab})
@@ -165,7 +169,7 @@ LM_MODES = {"lm-nograph": None, "lm-ro": "reduce-overhead", "lm-max": "max-autot
             "lm-maxng": "max-autotune-no-cudagraphs"}
 
 
-# lmablate.train.CUDA_COMPILE_OPTIONS per variant (inductor options on top of the mode's)
+# lmablate.engine.train.CUDA_COMPILE_OPTIONS per variant (inductor options on top of the mode's)
 LM_OPTIONS = {"lm-cdt": {"coordinate_descent_tuning": True},
               "lm-agemm": {"max_autotune_gemm": True},
               "lm-cdt-agemm": {"coordinate_descent_tuning": True, "max_autotune_gemm": True},
@@ -174,7 +178,8 @@ TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotun
 
 
 def lm_variant(impl: str) -> tuple[str, dict[str, bool]]:
-    """(base impl, lmablate.model flags to set: the library's defaults for those not named)."""
+    """(base impl, lmablate.engine.model flags to set: the library's defaults for those not
+    named)."""
     for suffix, flags in (("-noce", {"FUSED_CROSS_ENTROPY": False}),
                           ("-ce", {"FUSED_CROSS_ENTROPY": True}),
                           ("-nofuse", {"FUSE_PROJECTIONS": False}),
@@ -197,10 +202,10 @@ def make_step(impl: str, shape: tuple, device: str):
     import torch
     import torch.nn.functional as F
 
-    from lmablate import model as lm_model
-    from lmablate import train as lt
-    from lmablate.model import LM
-    from lmablate.tokens import Batches
+    from lmablate.data.tokens import Batches
+    from lmablate.engine import model as lm_model
+    from lmablate.engine import train as lt
+    from lmablate.engine.model import LM
 
     pad = not impl.endswith("-nopad")  # -nopad: the tokenizer's vocab rows exactly, as HF
     impl = impl.removesuffix("-nopad")
@@ -314,8 +319,7 @@ def measure(impl: str, shape_name: str, shape: tuple, device: str, steps: int, w
             prof_text = profile_steps(step, base + repeats * steps, cuda)
     best = min(times)
     tokens_s = steps * tokens_per_step / best
-    from lmablate import accounting
-
+    from lmablate.study import accounting
     cfg = run_config(shape, device)
     flops = accounting.flops_per_token(cfg.model, shape[0], shape[1])
     out = {
@@ -418,8 +422,8 @@ def kernel_breakdown(events, n: int, wall: float) -> str:
 
 def measure_train(shape_name: str, shape: tuple, device: str, steps: int,
                   lock: str | None) -> dict[str, Any]:
-    """lmablate.train.train end to end on a synthetic store; tokens/s of the log windows."""
-    from lmablate.train import train
+    """lmablate.engine.train.train end to end on a synthetic store; tokens/s of the log windows."""
+    from lmablate.engine.train import train
 
     vocab, ctx, *_, batch = shape
     log_every = 10

@@ -5,11 +5,11 @@ import sys
 from pathlib import Path
 
 import lmablate
-import lmablate.corpora
+import lmablate.data.corpora
 import lmablate.evaluation
-import lmablate.lrfind
-import lmablate.phases
-from lmablate.harvest import plan_figures, planned_rows, shared_points
+import lmablate.engine.lrfind
+import lmablate.study.phases
+from lmablate.results.harvest import plan_figures, planned_rows, shared_points
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -17,10 +17,10 @@ min_version("9.0")
 # The study is read from its files by lmablate, as `lmablate plan` reads it (the same checks,
 # schema included, and the same one-line messages), not taken from Snakemake's `config`: study
 # files are data, and lmablate's loader never evaluates them. profiles/default/config.yaml makes
-# Snakemake itself read --configfile with that loader too (lmablate.snakemake_guard); without that
+# Snakemake itself read --configfile with that loader too (lmablate.workflow.snakemake_guard); without that
 # profile (`--workflow-profile none`), Snakemake has read them with its YAML templating already.
 try:
-    STUDY = lmablate.study.read_workflow_study(
+    STUDY = lmablate.study.load.read_workflow_study(
         workflow.configfiles or ["config.yaml"], workflow.config_settings.config
     )
 except lmablate.ConfigError as err:
@@ -36,22 +36,22 @@ config["logging"] = STUDY.doc.get("logging") or {}
 # Two-phase studies (`ranking:`): phase-1 runs train first; the checkpoint rule rank_phase1 picks
 # the study runs that phase 2 trains (rules/ranking.smk).
 try:
-    RANKING = lmablate.phases.ranking_of(STUDY)
+    RANKING = lmablate.study.phases.ranking_of(STUDY)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 RUNS = {**STUDY.by_id, **(RANKING.phase1 if RANKING else {})}
 # `lr_find:` LR range tests of some runs (rules/train.smk: lr_find, rules/report.smk)
 try:
-    LR_FIND = lmablate.lrfind.study_lr_find(STUDY)
+    LR_FIND = lmablate.engine.lrfind.study_lr_find(STUDY)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 # A run that cannot fit the device it would train on stops here, before any job, where jobs run
-# on this machine (not under Slurm, whose nodes are elsewhere): lmablate.plan.check_memory.
+# on this machine (not under Slurm, whose nodes are elsewhere): lmablate.study.plan.check_memory.
 if workflow.is_main_process and workflow.local_exec:
-    import lmablate.plan
+    import lmablate.study.plan
 
     try:
-        lmablate.plan.check_memory(STUDY)
+        lmablate.study.plan.check_memory(STUDY)
     except lmablate.ConfigError as err:
         sys.exit(f"lmablate: {err}")
 
@@ -65,7 +65,7 @@ wildcard_constraints:
 def canonical(obj):
     """``obj`` with every mapping's keys sorted: params compare equal whatever the YAML order,
     so Snakemake's params trigger never re-runs a job because keys were reordered."""
-    return json.loads(lmablate.sweep.canonical_json(obj))
+    return json.loads(lmablate.study.sweep.canonical_json(obj))
 
 
 _RUN_PARAMS = {}
@@ -98,7 +98,7 @@ def corpus_of(dataset):
 def get_corpus_manifest(wildcards):
     """Text corpora are prepared into a manifest; pre-tokenized (hdf5) corpora have none."""
     spec = corpus_of(wildcards.dataset)
-    return [] if spec["source"] == "hdf5" else lmablate.corpora.manifest_path(spec)
+    return [] if spec["source"] == "hdf5" else lmablate.data.corpora.manifest_path(spec)
 
 
 def get_tokenize_inputs(wildcards):
@@ -181,7 +181,7 @@ def get_run_tokenizer(wildcards):
     return f"resources/tokenizers/{dataset_of(RUNS[wildcards.run_id])}/tokenizer.json"
 
 
-# The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
+# The figure list is fixed at parse time from the study's runs (lmablate.results.harvest.plan_figures):
 # every figure the sweep axes support, or the study's own `figures:` pick.
 FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
 PHASE1_ONLY_FIGURES = (
@@ -267,7 +267,7 @@ def results_page_figures():
         name: {
             "path": figure_path(name),
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": lmablate.harvest.figure_summary(spec)
+            "what": lmablate.results.harvest.figure_summary(spec)
             + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
         }
         for name, spec in FIGURES.items()
@@ -276,7 +276,7 @@ def results_page_figures():
         figures[f"phase1/{name}"] = {
             "path": f"results/{NAME}/phase1/plots/{name}.png",
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": f"Phase 1, every configuration: {lmablate.harvest.figure_summary(spec)}",
+            "what": f"Phase 1, every configuration: {lmablate.results.harvest.figure_summary(spec)}",
         }
     if LR_FIND:
         figures["lr_finder"] = {
@@ -318,23 +318,23 @@ def gpus_per_run():
 
 
 def train_rate():
-    """Throughput the training time limits assume (lmablate.plan.study_train_rate): the study's
+    """Throughput the training time limits assume (lmablate.study.plan.study_train_rate): the study's
     execution.tokens_per_s, else the measured rate of its finished runs; read once per parse."""
     if not hasattr(train_rate, "value"):
-        import lmablate.plan
+        import lmablate.study.plan
 
-        train_rate.value = lmablate.plan.study_train_rate(STUDY, "results")
+        train_rate.value = lmablate.study.plan.study_train_rate(STUDY, "results")
     return train_rate.value
 
 
 def train_runtime(wildcards):
     """Slurm runtime (minutes) of a training job: execution.train_runtime_min, else the run's
-    planned tokens at train_rate() with a margin (lmablate.plan.train_runtime_min)."""
+    planned tokens at train_rate() with a margin (lmablate.study.plan.train_runtime_min)."""
     if "train_runtime_min" in EXECUTION:
         return int(EXECUTION["train_runtime_min"])
-    import lmablate.plan
+    import lmablate.study.plan
 
-    return lmablate.plan.train_runtime_min(RUNS[wildcards.run_id], train_rate())
+    return lmablate.study.plan.train_runtime_min(RUNS[wildcards.run_id], train_rate())
 
 
 def train_group(wildcards):
@@ -357,5 +357,5 @@ def get_run_files(wildcards):
         f"{d}/{name}"
         for d in (final.rsplit("/", 1)[0] for final in get_run_finals(wildcards))
         if d in _RECHECK
-        for name in ("final.json", *lmablate.integrity.MANIFEST_FILES)
+        for name in ("final.json", *lmablate.engine.integrity.MANIFEST_FILES)
     ]

@@ -1,7 +1,7 @@
 # corpus -> tokenizer -> tokens.h5
 
 
-# A corpus is prepared into a folder named by its spec's identity (lmablate.corpora.manifest_path),
+# A corpus is prepared into a folder named by its spec's identity (lmablate.data.corpora.manifest_path),
 # so a study that redefines a corpus name never deletes, or reuses, another spec's corpus.
 rule prepare_corpus:
     output:
@@ -15,7 +15,7 @@ rule prepare_corpus:
     conda:
         "../envs/train.yaml"
     params:
-        spec=lambda w: canonical(lmablate.corpora.portable(STUDY.corpora[w.corpus])),
+        spec=lambda w: canonical(lmablate.data.corpora.portable(STUDY.corpora[w.corpus])),
     script:
         "../workflow_scripts/prepare_corpus.py"
 
@@ -35,7 +35,7 @@ rule train_tokenizer:
     params:
         # settings added in a later version leave it at their default: no retrained tokenizer
         tokenizer=lambda w: canonical(
-            lmablate.sweep.without_later_defaults(
+            lmablate.study.sweep.without_later_defaults(
                 "tokenizer", lmablate.to_dict(DATASETS[w.dataset].config.tokenizer)
             )
         ),
@@ -57,7 +57,7 @@ rule tokenize_corpus:
         "../envs/train.yaml"
     threads: 2
     params:
-        spec=lambda w: canonical(lmablate.corpora.portable(corpus_of(w.dataset))),
+        spec=lambda w: canonical(lmablate.data.corpora.portable(corpus_of(w.dataset))),
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/tokenize_corpus.py"

@@ -1,5 +1,5 @@
 # On request only, not part of `rule all`: a finished run as a Hugging Face model directory that
-# transformers' Auto classes load (lmablate.exporthf, as `lmablate export-hf`), e.g.
+# transformers' Auto classes load (lmablate.interop.exporthf, as `lmablate export-hf`), e.g.
 #   snakemake -c1 results/<study>/hf/<run_id>
 
 

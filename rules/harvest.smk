@@ -1,21 +1,21 @@
 # All finished runs -> tables, summary statistics, the written analysis and RESULTS.md.
 # A copy of the last successful harvest's tables stays in results/<study>/last_good/.
-import lmablate.integrity
-import lmablate.migrate
+import lmablate.engine.integrity
+import lmablate.workflow.migrate
 
-# Finished runs are checked at every parse (one stat per file, lmablate.integrity.scan_runs): a
+# Finished runs are checked at every parse (one stat per file, lmablate.engine.integrity.scan_runs): a
 # file that changed size stops here with one line; a run with a file missing, or changed since
 # the last harvest, has its files made targets of `rule all` and inputs of harvest
 # (get_run_files in common.smk), so Snakemake re-trains or re-harvests it.
-_DAMAGED, _RECHECK = lmablate.integrity.scan_runs(
+_DAMAGED, _RECHECK = lmablate.engine.integrity.scan_runs(
     (run_dir(r) for r in RUNS), f"results/{NAME}/runs.csv"
 )
 _RECHECK = {str(d) for d in _RECHECK}
 if _DAMAGED:
     _more = f" ({len(_DAMAGED) - 1} more damaged files)" if len(_DAMAGED) > 1 else ""
-    sys.exit(f"lmablate: {lmablate.integrity.damage_message(*_DAMAGED[0])}{_more}")
+    sys.exit(f"lmablate: {lmablate.engine.integrity.damage_message(*_DAMAGED[0])}{_more}")
 # Finished runs under the 8-digit IDs of an older lmablate would be retrained: say how to keep them.
-_LEGACY = lmablate.migrate.legacy_runs(f"results/{NAME}/runs", RUNS)
+_LEGACY = lmablate.workflow.migrate.legacy_runs(f"results/{NAME}/runs", RUNS)
 if _LEGACY:
     print(
         f"lmablate: note: {len(_LEGACY)} finished runs of study {NAME} have IDs with the older "
@@ -67,6 +67,6 @@ rule harvest_metrics:
         # runs several sweep points share (one-axis sweeps meeting at their centre)
         shared=canonical(shared_points(STUDY.runs)),
         # the settings each variant writes (the findings name variants that change two at once)
-        settings=canonical(lmablate.sweep.written_settings(STUDY.doc)),
+        settings=canonical(lmablate.study.sweep.written_settings(STUDY.doc)),
     script:
         "../workflow_scripts/harvest_metrics.py"

@@ -1,6 +1,6 @@
 # Figures for the report (snakemake --report results/<study>/report.html collects them).
 #
-# The figure list is fixed at parse time from the study's runs (lmablate.harvest.plan_figures):
+# The figure list is fixed at parse time from the study's runs (lmablate.results.harvest.plan_figures):
 # every figure the sweep axes support (no heatmap without two numeric axes, no MoE figure for a
 # dense study, no LR figure unless the LR varies, no scaling fit below three sizes), or the
 # study's own `figures:` pick. The harvested tables give plot_study the same list.

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from lmablate.config import RunConfig
+    from lmablate.study.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ COMPARED = ("val_loss", "best_val_loss", "val_acc", "val_top5", "val_ece", "fina
 
 def run_config(**train) -> RunConfig:
     """A 2-layer, 32-wide model over the ``tokens`` store, ``train`` settings over :data:`TRAIN`."""
-    from lmablate.config import RunConfig, from_dict
+    from lmablate.study.config import RunConfig, from_dict
 
     return from_dict(RunConfig, {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},
                                  "train": {**TRAIN, **train}, "tokenizer": {"vocab_size": 320}})
@@ -161,16 +161,16 @@ def assert_same_run(final: dict, ref: dict) -> None:
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory) -> Path:
     """A real token store: 400 shipped stories, a 320-token BPE, HDF5."""
-    from lmablate.config import RunConfig, from_dict
-    from lmablate.corpora import (
+    from lmablate.data.corpora import (
         is_val,
         iter_documents,
         load_manifest,
         prepare_corpus,
         resolve_corpora,
     )
-    from lmablate.tokenizer import build_tokenizer
-    from lmablate.tokens import encode_corpus
+    from lmablate.data.tokenizer import build_tokenizer
+    from lmablate.data.tokens import encode_corpus
+    from lmablate.study.config import RunConfig, from_dict
 
     d = tmp_path_factory.mktemp("data")
     spec = resolve_corpora(TINY_STUDY["corpora"], d)["tiny-stories"]
@@ -197,17 +197,17 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
     untrained (initial weights), seeds 0 and 1."""
     import torch
 
-    from lmablate.config import RunConfig, from_dict
-    from lmablate.corpora import (
+    from lmablate.data.corpora import (
         is_val,
         iter_documents,
         load_manifest,
         prepare_corpus,
         resolve_corpora,
     )
-    from lmablate.tokenizer import build_tokenizer
-    from lmablate.tokens import encode_corpus
-    from lmablate.train import train
+    from lmablate.data.tokenizer import build_tokenizer
+    from lmablate.data.tokens import encode_corpus
+    from lmablate.engine.train import train
+    from lmablate.study.config import RunConfig, from_dict
 
     root = tmp_path_factory.mktemp("eval")
     corpus = resolve_corpora({"stories": {"source": "file", "separator": "\n\n",
@@ -241,8 +241,8 @@ def untrained_run(src: Path, dst: Path, seed: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from lmablate.config import RunConfig, from_dict
-    from lmablate.model import LM
+    from lmablate.engine.model import LM
+    from lmablate.study.config import RunConfig, from_dict
 
     dst.mkdir(parents=True)
     doc = yaml.safe_load((src / "config.yaml").read_text())

@@ -10,12 +10,18 @@ import h5py
 import numpy as np
 import pytest
 
-from lmablate.config import TokenizerConfig
-from lmablate.corpora import (PRESETS, iter_documents, load_manifest, prepare_corpus,
-                              resolve_corpora, split_documents)
+from lmablate.data.corpora import (
+    PRESETS,
+    iter_documents,
+    load_manifest,
+    prepare_corpus,
+    resolve_corpora,
+    split_documents,
+)
+from lmablate.data.tokenizer import build_tokenizer, load_tokenizer
+from lmablate.data.tokens import Batches, TokenStore, encode_corpus, import_hdf5, val_windows
 from lmablate.errors import ConfigError, DataError
-from lmablate.tokenizer import build_tokenizer, load_tokenizer
-from lmablate.tokens import Batches, TokenStore, encode_corpus, import_hdf5, val_windows
+from lmablate.study.config import TokenizerConfig
 
 DATA = Path(__file__).parent / "data"
 FIRST_STORY = "Once upon a time there was a little boy named Ben."
@@ -334,8 +340,7 @@ def test_max_tokens_stops_reading_with_a_hash_split(tmp_path: Path) -> None:
 def test_encoding_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Documents are encoded batch by batch and written in whole chunks; the result does not
     depend on the batch size."""
-    from lmablate import tokens
-
+    from lmablate.data import tokens
     monkeypatch.setattr(tokens, "CHUNK", 4096)
     monkeypatch.setattr(tokens, "FLUSH", 10_000)  # writes of 8192 tokens, the rest carried over
     write(tmp_path / "t.txt", STORIES * 3)

@@ -16,11 +16,11 @@ import yaml
 from conftest import planned, snakemake, write_yaml
 
 from lmablate.__main__ import main
-from lmablate.config import RunConfig, from_dict, to_dict
+from lmablate.data.tokenizer import build_tokenizer
+from lmablate.engine.model import LM
 from lmablate.errors import ConfigError, DataError
-from lmablate.exporthf import export_hf, hf_family
-from lmablate.model import LM
-from lmablate.tokenizer import build_tokenizer
+from lmablate.interop.exporthf import export_hf, hf_family
+from lmablate.study.config import RunConfig, from_dict, to_dict
 
 pytest.importorskip("transformers")
 
@@ -161,7 +161,7 @@ def test_lm_eval_hf_model_runs_on_the_export(tmp_path: Path) -> None:
     those of lmablate's own lm-eval adapter on the run itself."""
     from lm_eval.utils import make_table  # noqa: F401 (lm-eval installed)
 
-    from lmablate.harness import run_harness
+    from lmablate.evaluation.harness import run_harness
 
     run = make_run(tmp_path, DEBUG)
     tok = tmp_path / "resources/tokenizers/c-d1/tokenizer.json"

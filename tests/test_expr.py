@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmablate.errors import ConfigError
-from lmablate.expr import evaluate, is_expression, names_in
+from lmablate.study.expr import evaluate, is_expression, names_in
 
 NAMES = {"model.n_heads": 6, "n_heads": 6, "model.d_model": 48, "d_model": 48, "lr": 3e-4}
 

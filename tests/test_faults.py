@@ -481,7 +481,7 @@ def checkpoint_disk_full(tmp_path_factory: pytest.TempPathFactory,
                          reference: Reference) -> DiskFull:
     """``lmablate train`` with checkpoints/ on a 4 MiB tmpfs that fills after the first
     checkpoint; then space is freed and the same command resumes."""
-    from lmablate.checkpoint import list_checkpoints, load_latest
+    from lmablate.engine.checkpoint import list_checkpoints, load_latest
 
     root = tmp_path_factory.mktemp("disk-full-checkpoint")
     write_yaml(root / "study.yaml", TINY_STUDY)
@@ -582,7 +582,7 @@ def test_disk_full_while_writing_the_token_store_is_one_clear_line(
 
 def test_corrupt_checkpoint_is_skipped_and_the_run_resumes_from_the_previous_one(
         tmp_path: Path, reference: Reference) -> None:
-    from lmablate.checkpoint import list_checkpoints
+    from lmablate.engine.checkpoint import list_checkpoints
 
     write_yaml(tmp_path / "study.yaml", TINY_STUDY)
     run_id = reference.run_ids[1]
@@ -610,7 +610,7 @@ def test_corrupt_checkpoint_is_skipped_and_the_run_resumes_from_the_previous_one
 
 ENCODE = """
 import sys
-from lmablate.tokens import encode_corpus
+from lmablate.data.tokens import encode_corpus
 encode_corpus(sys.argv[1], sys.argv[2], sys.argv[3], val_fraction=0.1)
 """
 
@@ -740,8 +740,8 @@ def test_truncated_metrics_log_of_a_finished_run_is_detected(tmp_path: Path,
 def test_flipped_bit_in_the_token_store_is_detected(tmp_path: Path, reference: Reference) -> None:
     import h5py
 
+    from lmablate.data.tokens import TokenStore
     from lmablate.errors import DataError
-    from lmablate.tokens import TokenStore
 
     store = tmp_path / "tokens.h5"
     shutil.copy(reference.tokens, store)

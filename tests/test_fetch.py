@@ -32,9 +32,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 from conftest import LocalServer, serving
 
-from lmablate.corpora import iter_documents, load_manifest, prepare_corpus, resolve_corpora
+from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus, resolve_corpora
+from lmablate.data.fetch import Net, download
 from lmablate.errors import ConfigError, DataError
-from lmablate.fetch import Net, download
 
 FAST = Net(timeout=0.5, retries=3, backoff=0.01)
 STORIES = "".join(f"Story {i}: the cat sat on mat number {i}.\n\n" for i in range(300)).encode()
@@ -358,8 +358,8 @@ PREPARE = """
 import json, logging, sys
 from pathlib import Path
 from huggingface_hub.utils import logging as hf_logging
-from lmablate.corpora import prepare_corpus, resolve_corpora, iter_documents, load_manifest
-from lmablate.workflow import setup_logging
+from lmablate.data.corpora import prepare_corpus, resolve_corpora, iter_documents, load_manifest
+from lmablate.workflow.steps import setup_logging
 setup_logging(logging.DEBUG)
 hf_logging.set_verbosity_debug()
 spec = resolve_corpora({"hub": json.loads(sys.argv[1])}, Path("."))["hub"]
@@ -403,7 +403,7 @@ def test_hf_download_with_token_from_environment(hub: Server, tmp_path: Path) ->
     resolved = [r["path"] for r in hub.log if "/resolve/" in r["path"]]
     assert resolved and all(f"/resolve/{COMMIT}/" in p for p in resolved)
     # ...yet it appears in no output: manifest, logs (at DEBUG), nor any file written
-    assert "lmablate.fetch" in log and TOKEN not in log
+    assert "lmablate.data.fetch" in log and TOKEN not in log
     for f in out.rglob("*"):
         if f.is_file():
             assert TOKEN.encode() not in f.read_bytes(), f
@@ -511,7 +511,7 @@ def test_presets_resolve_and_validate() -> None:
 BUILD_TOKENIZER = """
 import json, sys
 from lmablate.errors import LmablateError
-from lmablate.workflow import train_tokenizer_step
+from lmablate.workflow.steps import train_tokenizer_step
 try:
     meta = train_tokenizer_step(None, json.loads(sys.argv[1]), 0.1, sys.argv[2])
 except LmablateError as err:
@@ -524,8 +524,8 @@ else:
 @pytest.fixture
 def model_hub(hub: Server, tmp_path: Path) -> Iterator[bytes]:
     """The fake hub also serving MODEL_REPO's tokenizer.json (a byte-level one); its bytes."""
-    from lmablate.config import TokenizerConfig
-    from lmablate.tokenizer import build_tokenizer
+    from lmablate.data.tokenizer import build_tokenizer
+    from lmablate.study.config import TokenizerConfig
 
     build_tokenizer(TokenizerConfig(kind="byte"), [], tmp_path / "served" / "tokenizer.json")
     MODEL_FILES["tokenizer.json"] = (tmp_path / "served" / "tokenizer.json").read_bytes()
@@ -598,7 +598,7 @@ def test_hub_tokenizer_errors_are_one_line(hub: Server, model_hub: bytes, tmp_pa
 
 def test_hub_tokenizer_settings_enter_the_run_ids(tmp_path: Path) -> None:
     from lmablate import read_study
-    from lmablate.config import RunConfig, from_dict
+    from lmablate.study.config import RunConfig, from_dict
 
     def run_ids(tokenizer: dict) -> set[str]:
         doc = {"study": "t", "data": {"corpus": "tinystories-1k"}, "tokenizer": tokenizer,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmablate.config import RunConfig, from_dict
+from lmablate.data.tokens import FORMAT, TokenStore
+from lmablate.engine.fused import FusedBatches, FusedTrainer, check_fusable, padded_vocab
+from lmablate.engine.train import train
 from lmablate.errors import ConfigError
-from lmablate.fused import FusedBatches, FusedTrainer, check_fusable, padded_vocab
-from lmablate.tokens import FORMAT, TokenStore
-from lmablate.train import train
+from lmablate.study.config import RunConfig, from_dict
 
 VOCAB, SEQ, BATCH, STEPS = 250, 16, 4, 12
 

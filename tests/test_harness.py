@@ -17,10 +17,10 @@ from conftest import TASK_DATA
 
 from lmablate.__main__ import main
 from lmablate.evaluation import load_prepared, load_run_model, parse_eval_tasks, prepare_task
+from lmablate.evaluation.harness import LmablateLM, harness_tasks_json
 from lmablate.evaluation.prompts import build_examples
 from lmablate.evaluation.runner import evaluate_run
 from lmablate.evaluation.scoring import Scorer, score_multiple_choice
-from lmablate.harness import LmablateLM, harness_tasks_json
 
 PROMPT = "{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:"
 

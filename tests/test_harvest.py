@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import write_run
+
 from lmablate import study_from_dict
 from lmablate.errors import ConfigError, DataError
-from lmablate.harvest import (
+from lmablate.results.harvest import (
     collect,
     harvest,
     load_results,
@@ -255,7 +255,7 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
     """emb 0.25/0.35 and glu 2.0/2.66 around the centre (0.35, 2.66), one run: planned rows
     hold the centre once per sweep point, so the GLU axis has its two values, as harvested rows
     expanded by their memberships do."""
-    from lmablate.harvest import _point_rows, figure_axes, shared_points
+    from lmablate.results.harvest import _point_rows, figure_axes, shared_points
 
     study = study_from_dict(_study(
         {"variants": {"emb": {"grid": {"model.embedding_share": [0.25, 0.35]}},
@@ -275,7 +275,7 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
 
 
 def test_train_split_curves_are_not_called_validation_loss():
-    from lmablate.harvest import figure_summary
+    from lmablate.results.harvest import figure_summary
 
     assert figure_summary({"kind": "loss_curves", "split": "train"}).startswith("Training loss")
     assert figure_summary({"kind": "loss_curves"}).startswith("Validation loss")

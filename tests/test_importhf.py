@@ -16,7 +16,7 @@ import pytest
 
 from lmablate.__main__ import main
 from lmablate.errors import ConfigError, DataError
-from lmablate.importhf import import_hf, latest_state
+from lmablate.interop.importhf import import_hf, latest_state
 
 PATTERN = (r"(?P<heads>\d+)_(?P<layers>\d+)_\d+_single_gpu_(?P<hidden>\d+)_(?P<inter>\d+)"
            r"_from_scratch_.*")

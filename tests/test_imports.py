@@ -28,7 +28,7 @@ def snakefile_imports() -> list[str]:
 
 def test_the_snakefile_imports_lmablate_modules_and_they_load_no_torch() -> None:
     mods = snakefile_imports()
-    assert {"lmablate", "lmablate.evaluation", "lmablate.harvest"} <= set(mods)
+    assert {"lmablate", "lmablate.evaluation", "lmablate.results.harvest"} <= set(mods)
     code = (f"import sys\nimport {', '.join(mods)}\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -45,5 +45,5 @@ def test_snakemake_dry_run_of_the_default_study_imports_no_torch(
     proc = snakemake(tmp_path, "-n")
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "lmablate.sweep" in imported and "train_model" in proc.stdout + proc.stderr
+    assert "lmablate.study.sweep" in imported and "train_model" in proc.stdout + proc.stderr
     assert not {m for m in imported if m.split(".")[0] in HEAVY}

@@ -65,7 +65,7 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
-    from lmablate.corpora import PACKAGE_DATA
+    from lmablate.data.corpora import PACKAGE_DATA
 
     root = tmp_path_factory.mktemp("finished")
     text = (PACKAGE_DATA / "tinystories_valid_1k.txt").read_bytes()
@@ -112,7 +112,7 @@ def test_non_utf8_bytes_are_reported_in_the_job_log_and_the_run_tables(finished:
 
 @pytest.mark.parametrize("fmt", ["txt", "jsonl"])
 def test_non_utf8_bytes_are_counted_with_the_first_offset(tmp_path: Path, fmt: str):
-    from lmablate.corpora import iter_documents, replaced_message
+    from lmablate.data.corpora import iter_documents, replaced_message
 
     if fmt == "txt":
         data = b"A clean story.\n\nA caf\xe9 story with a real \xef\xbf\xbd.\n\nTwo \x80\x80."
@@ -175,7 +175,7 @@ def test_a_lost_final_json_or_run_folder_makes_snakemake_retrain_that_run(
 def test_an_intact_study_declares_no_run_file_to_snakemake(finished: Finished):
     """Only runs that lost or changed a file are declared file by file (scan_runs): a finished
     study's DAG stays as small as its tables need, however many runs it has."""
-    from lmablate.integrity import scan_runs
+    from lmablate.engine.integrity import scan_runs
 
     runs = [finished.run(finished.path, rid) for rid in finished.run_ids]
     tables = finished.path / "results" / "tiny" / "runs.csv"
@@ -334,7 +334,7 @@ STEP = """
 import sys
 if sys.argv[1] != "-":
     sys.stderr = open(sys.argv[1], "w")
-from lmablate.workflow import run_step
+from lmablate.workflow.steps import run_step
 
 def step():
     import logging
@@ -378,7 +378,7 @@ def test_run_step_ends_every_failure_in_one_line(tmp_path: Path, log: str, kind:
 def to_legacy(root: Path, run_ids: list[str]) -> dict[str, str]:
     """Make root look like a study finished by an lmablate whose run IDs had 8-digit hashes:
     every path and recorded ID renamed, Snakemake's metadata of the new paths gone."""
-    from lmablate.sweep import legacy_run_id
+    from lmablate.study.sweep import legacy_run_id
 
     old_of = {rid: legacy_run_id(rid) for rid in run_ids}
     for rid, old in old_of.items():

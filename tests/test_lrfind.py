@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_config, snakemake, write_yaml
 
-from lmablate.lrfind import lr_range_test, overfit_check, suggest
+from lmablate.engine.lrfind import lr_range_test, overfit_check, suggest
 
 
 def test_suggestions_from_a_known_curve():

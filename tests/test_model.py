@@ -11,9 +11,9 @@ import typing
 import pytest
 import torch
 
-from lmablate.accounting import count_module, flops_per_token, param_counts
-from lmablate.config import ModelConfig
-from lmablate.model import LM, SPARSE_EXPERT_DENSITY, Experts, MoE, load_hf_llama
+from lmablate.engine.model import LM, SPARSE_EXPERT_DENSITY, Experts, MoE, load_hf_llama
+from lmablate.study.accounting import count_module, flops_per_token, param_counts
+from lmablate.study.config import ModelConfig
 from lmablate.units import fmt_params
 
 VOCAB = 64

@@ -1,5 +1,5 @@
 """The example notebook runs (nbclient, a real Jupyter kernel) against a study trained here:
-five real runs of lmablate.train.train on a token store built from the shipped stories
+five real runs of lmablate.engine.train.train on a token store built from the shipped stories
 (two variants x two seeds, and one run that diverges), harvested as the workflow would."""
 
 from __future__ import annotations
@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from lmablate.config import RunConfig, from_dict
-from lmablate.corpora import is_val, iter_documents, load_manifest, prepare_corpus, resolve_corpora
-from lmablate.harvest import harvest
-from lmablate.tokenizer import build_tokenizer
-from lmablate.tokens import encode_corpus
-from lmablate.train import train
+from lmablate.data.corpora import (
+    is_val,
+    iter_documents,
+    load_manifest,
+    prepare_corpus,
+    resolve_corpora,
+)
+from lmablate.data.tokenizer import build_tokenizer
+from lmablate.data.tokens import encode_corpus
+from lmablate.engine.train import train
+from lmablate.results.harvest import harvest
+from lmablate.study.config import RunConfig, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore_study.ipynb"

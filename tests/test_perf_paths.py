@@ -1,4 +1,5 @@
-"""The training step's fast paths (lmablate.train.loss_function, DeviceBatches) compute what the
+"""The training step's fast paths (lmablate.engine.train.loss_function, DeviceBatches) compute what
+the
 plain step computes; CUDA graphs are chosen only where they are safe."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmablate.config import RunConfig, from_dict
-from lmablate.model import LM
-from lmablate.tokens import Batches
-from lmablate.train import DeviceBatches, loss_function
+from lmablate.data.tokens import Batches
+from lmablate.engine.model import LM
+from lmablate.engine.train import DeviceBatches, loss_function
+from lmablate.study.config import RunConfig, from_dict
 
 
 def cfg(model: dict | None = None, **train) -> RunConfig:
@@ -57,8 +58,7 @@ def test_linear_cross_entropy_matches_linear_then_cross_entropy(monkeypatch, chu
     """The CPU head + loss in chunks (gradients made in the forward, scaled in the backward)
     equals ``F.cross_entropy(F.linear(h, w), t)``: loss, both gradients, any chunk size (the
     last chunk short), an upstream gradient other than 1, either input without gradient."""
-    from lmablate import model as lm_model
-
+    from lmablate.engine import model as lm_model
     monkeypatch.setattr(lm_model, "LINEAR_CE_CHUNK", chunk)
     torch.manual_seed(0)
     h0, w0 = torch.randn(150, 24), torch.randn(333, 24) * 0.5
@@ -93,7 +93,7 @@ def test_cuda_graphs_only_for_dense_models_without_accumulation(model, train, gr
 def test_cpu_cross_entropy_matches_torch_loss_and_gradient(dtype):
     """model.cross_entropy's CPU path (softmax - one_hot from saved log-probabilities) gives
     F.cross_entropy's loss and gradient; its in-place backward refuses to run twice."""
-    from lmablate.model import cross_entropy
+    from lmablate.engine.model import cross_entropy
 
     torch.manual_seed(0)
     x = torch.randn(64, 320, dtype=dtype) * 3

@@ -10,7 +10,7 @@ import pytest
 from conftest import planned, snakemake, write_yaml
 
 from lmablate import ConfigError, study_from_dict
-from lmablate.phases import ranking_of, select
+from lmablate.study.phases import ranking_of, select
 
 
 def _study(tiny_study, **ranking):

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_same_run, run_config
-from lmablate.config import to_dict
-from lmablate.sweep import identity
-from lmablate.train import same_training, train
+
+from lmablate.engine.train import same_training, train
+from lmablate.study.config import to_dict
+from lmablate.study.sweep import identity
 
 
 def test_phase1_then_continue_equals_one_uninterrupted_long_run(tmp_path, tokens):

@@ -11,14 +11,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from lmablate import accounting
 from lmablate.__main__ import main
-from lmablate.config import ModelConfig
 from lmablate.errors import ConfigError
-from lmablate.plan import (DEFAULT_TRAIN_FLOPS_PER_S, DEFAULT_TRAIN_RUNTIME_MIN,
-                           DEFAULT_TRAIN_TOKENS_PER_S, device_memory, planned_tokens,
-                           select_top_k, study_train_rate, train_memory_bytes, train_runtime_min)
-from lmablate.study import read_study, study_from_dict
+from lmablate.study import accounting
+from lmablate.study.config import ModelConfig
+from lmablate.study.load import read_study, study_from_dict
+from lmablate.study.plan import (
+    DEFAULT_TRAIN_FLOPS_PER_S,
+    DEFAULT_TRAIN_RUNTIME_MIN,
+    DEFAULT_TRAIN_TOKENS_PER_S,
+    device_memory,
+    planned_tokens,
+    select_top_k,
+    study_train_rate,
+    train_memory_bytes,
+    train_runtime_min,
+)
 
 STUDY = {
     "study": "p",
@@ -123,7 +131,7 @@ def test_runs_too_big_for_this_machine_are_a_warning_in_plan(study_file, tmp_pat
     """Planned where it will not train (a laptop, a login node), a study whose runs do not fit
     this machine still gets its table, with one warning line; only a run no single device holds
     is refused without LMABLATE_DEVICE_MEMORY."""
-    import lmablate.plan as plan_mod
+    import lmablate.study.plan as plan_mod
 
     monkeypatch.delenv("LMABLATE_DEVICE_MEMORY", raising=False)
     monkeypatch.setattr(plan_mod, "device_memory", lambda: (3 << 20, "this machine's RAM", False))

@@ -1,8 +1,10 @@
 """`lmablate plan` is bounded on any input: memory bombs and absurd settings stop at plan time.
 
 Expressions bound what they build (integers, strings, lists, format widths, ``logspace``'s count),
-a sweep stops at :data:`lmablate.sweep.MAX_RUNS` runs while its grid is built, and settings have
-finite upper bounds (``MAX_*`` in :mod:`lmablate.config`), exact integers only. The property test
+a sweep stops at :data:`lmablate.study.sweep.MAX_RUNS` runs while its grid is built, and settings
+have
+finite upper bounds (``MAX_*`` in :mod:`lmablate.study.config`), exact integers only. The property
+test
 plans generated studies (expressions, grids, huge integers, floats, nan, nested lists) in a
 subprocess limited to 2 GiB of address space and 10 s of CPU time, and asserts that each prints
 its plan or exits with one line starting ``lmablate:``, never a traceback. CPU time rather than
@@ -27,10 +29,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmablate import config as C
 from lmablate.errors import ConfigError
-from lmablate.sweep import MAX_RUNS
-from lmablate.study import study_from_dict
+from lmablate.study import config as C
+from lmablate.study.load import study_from_dict
+from lmablate.study.sweep import MAX_RUNS
 
 BASE_FILE = Path(__file__).parent / "bad_inputs" / "base.yaml"
 BASE = yaml.safe_load(BASE_FILE.read_text())

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, TINY_STUDY, snakemake, write_yaml
-from lmablate.harvest import DEFAULT_FIGURES
-from lmablate.report import results_html
+
+from lmablate.results.harvest import DEFAULT_FIGURES
+from lmablate.results.page import results_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

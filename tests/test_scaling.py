@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmablate.scaling import bootstrap_fit, fit_law, fit_study, predict
+from lmablate.results.scaling import bootstrap_fit, fit_law, fit_study, predict
 
 
 def law_data(seed: int = 0, noise: float = 0.01):

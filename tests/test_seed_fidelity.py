@@ -11,15 +11,15 @@ import math
 import pytest
 from conftest import REPO, planned, snakemake, write_yaml
 
-from lmablate import config as C
 from lmablate import ConfigError, study_from_dict
 from lmablate.__main__ import main
-from lmablate.harvest import RunData, summarize_runs, tables
-from lmablate.phases import ranking_of, select
-from lmablate.plan import plan_table, plan_totals
-from lmablate.study import read_study
-from lmablate.sweep import written_settings
-from lmablate.train import EarlyStop
+from lmablate.engine.train import EarlyStop
+from lmablate.results.harvest import RunData, summarize_runs, tables
+from lmablate.study import config as C
+from lmablate.study.load import read_study
+from lmablate.study.phases import ranking_of, select
+from lmablate.study.plan import plan_table, plan_totals
+from lmablate.study.sweep import written_settings
 
 
 @pytest.mark.workflow

@@ -8,15 +8,14 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, snakemake, write_yaml
 
 PROFILE = REPO / "profiles" / "slurm"
@@ -375,7 +374,7 @@ def test_snakemake_stops_at_once_with_one_line_where_no_status_command_works(
 def test_each_attempt_log_starts_with_the_earlier_attempts_and_a_marker(tmp_path, monkeypatch):
     """What a requeue does to a run's log, without Slurm: Snakemake deletes the log before each
     attempt; the copy beside the checkpoints brings the earlier lines back."""
-    from lmablate.workflow import open_attempt_log
+    from lmablate.workflow.steps import open_attempt_log
 
     log, history = tmp_path / "logs" / "run.log", tmp_path / "ckpt" / "run" / "train.log"
     log.parent.mkdir()

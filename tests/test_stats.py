@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from lmablate.stats import compare, holm, pareto_front, summarize
+from lmablate.results.stats import compare, holm, pareto_front, summarize
 
 T975 = {1: 12.706204736174694, 2: 4.302652729749462}
 

@@ -13,11 +13,17 @@ import pandas as pd
 import pytest
 from conftest import REPO, planned, snakemake
 
-from lmablate import accounting
-from lmablate.harvest import RunData, figure_summary, selection_finding, summarize_runs, tables
-from lmablate.solve import model_vocab
-from lmablate.phases import ranking_of, select
-from lmablate.study import read_study
+from lmablate.results.harvest import (
+    RunData,
+    figure_summary,
+    selection_finding,
+    summarize_runs,
+    tables,
+)
+from lmablate.study import accounting
+from lmablate.study.load import read_study
+from lmablate.study.phases import ranking_of, select
+from lmablate.study.solve import model_vocab
 
 STUDIES = REPO / "studies"
 # study -> (runs at full scale, runs at smoke scale)

@@ -12,7 +12,7 @@ from snakemake.cli import parse_config
 
 from lmablate.__main__ import main
 from lmablate.errors import ConfigError
-from lmablate.study import read_study, study_from_dict
+from lmablate.study.load import read_study, study_from_dict
 
 STUDY = {
     "study": "s",
@@ -145,9 +145,9 @@ def test_schema_file_is_regenerated_from_the_dataclasses():
     import json
 
     import yaml
-
     from conftest import REPO
-    from lmablate.schema import study_schema
+
+    from lmablate.study.schema import study_schema
 
     on_disk = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     assert on_disk == json.loads(json.dumps(study_schema())), \

@@ -17,12 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmablate import accounting
-from lmablate import config as C
 from lmablate.errors import ConfigError
-from lmablate.solve import model_vocab, solve
-from lmablate.sweep import (RUN_HASH_HEX, canonical_json, expand, identity, legacy_run_id,
-                            run_hash, set_override)
+from lmablate.study import accounting
+from lmablate.study import config as C
+from lmablate.study.solve import model_vocab, solve
+from lmablate.study.sweep import (
+    RUN_HASH_HEX,
+    canonical_json,
+    expand,
+    identity,
+    legacy_run_id,
+    run_hash,
+    set_override,
+)
 
 # A corpus passed straight to expand(): its identity is only these keys (the absolute path is
 # machine-specific and stays out of every ID).
@@ -362,7 +369,7 @@ def test_ids_ignore_where_the_corpus_lives():
 
 IDS_SCRIPT = """
 import json, sys
-from lmablate.sweep import expand
+from lmablate.study.sweep import expand
 doc, corpora = json.loads(sys.stdin.read())
 print(json.dumps([r.run_id for r in expand(doc, corpora)]))
 """
@@ -481,8 +488,8 @@ def test_settings_added_later_leave_identities_and_params_at_their_default():
     """A field added in a later version (F(since=...)) at its default is left out of what run IDs,
     the tokenizer's identity and the tokenizer rule's params see: upgrading lmablate re-runs and
     renames nothing; set to something else, it counts."""
-    from lmablate.config import later_fields
-    from lmablate.sweep import without_later_defaults
+    from lmablate.study.config import later_fields
+    from lmablate.study.sweep import without_later_defaults
 
     later = {k.split(".", 1)[1]: v for k, v in later_fields().items() if k.startswith("tokenizer.")}
     assert later, "no tokenizer field added after the first release to check with"

@@ -1,7 +1,8 @@
 """Downstream tasks: config, rows from jsonl / a local fake hub / the corpus, scoring, fine-tuning,
 tasks.json, the runs-table columns and the task figure.
 
-Models are trained here (lmablate.train on the shipped stories, a few seconds each); task rows
+Models are trained here (lmablate.engine.train on the shipped stories, a few seconds each); task
+rows
 come from the synthetic fixtures in tests/data/tasks/ (see its README) served as hub parquet.
 """
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 from conftest import EVAL_STUDY, EVAL_VAL_FRACTION, TASK_DATA, LocalServer, serving
 
-import lmablate.corpora
+import lmablate.data.corpora
 from lmablate import ConfigError, DataError, from_dict
 from lmablate.evaluation import (
     BUILTIN_TASKS,
@@ -404,7 +405,7 @@ def test_columns_and_task_figure(workspace, scored, tmp_path: Path) -> None:
     assert joined.loc[joined.run_id == "untrained-s1", "task.rte_ft"].item() == \
         scored["untrained-s1"]["tasks"]["rte_ft"]["value"]
     fig = plot_tasks(joined, baseline="trained")
-    from lmablate.plots import save
+    from lmablate.figures.plots import save
 
     path = tmp_path / "tasks.png"
     save(fig, path)
@@ -461,7 +462,7 @@ def test_study_eval_plans_one_prepared_folder_per_task(tiny_study: dict, tmp_pat
     plan = study_eval(study)
     assert list(plan.task_ids) == ["sst2", "rte", "boolq", "mrpc", "continuation", "mine"]
     cont = plan.task_ids["continuation"]
-    manifest = lmablate.corpora.manifest_path(study.corpora["tiny-stories"])
+    manifest = lmablate.data.corpora.manifest_path(study.corpora["tiny-stories"])
     assert manifest.startswith("resources/corpora/tiny-stories-")  # the corpus's identity folder
     assert plan.inputs[cont] == [manifest]
     assert plan.context[cont] == {"corpus": "tiny-stories", "val_fraction": 0.1,

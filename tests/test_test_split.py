@@ -12,13 +12,19 @@ import torch
 from conftest import planned, snakemake, write_yaml
 
 from lmablate import from_dict
-from lmablate.config import RunConfig
-from lmablate.corpora import (PRESETS, iter_documents, load_manifest, prepare_corpus,
-                              resolve_corpora, split_documents)
+from lmablate.data.corpora import (
+    PRESETS,
+    iter_documents,
+    load_manifest,
+    prepare_corpus,
+    resolve_corpora,
+    split_documents,
+)
+from lmablate.data.tokenizer import build_tokenizer
+from lmablate.data.tokens import TokenStore, encode_corpus
+from lmablate.engine.train import train
 from lmablate.errors import ConfigError, DataError
-from lmablate.tokenizer import build_tokenizer
-from lmablate.tokens import TokenStore, encode_corpus
-from lmablate.train import train
+from lmablate.study.config import RunConfig
 
 DATA = Path(__file__).parent / "data"
 TEST_TEXT = DATA / "wikitext2_test_excerpt.txt"
@@ -131,7 +137,7 @@ def test_workflow_reports_test_perplexity_and_losses_per_epoch(tmp_path: Path, t
 
 
 def test_a_pretokenized_corpus_takes_its_test_file_as_is(tmp_path: Path) -> None:
-    from lmablate.tokens import import_hdf5
+    from lmablate.data.tokens import import_hdf5
 
     for name, rows in (("train.h5", [[5, 6, 7, 8]] * 20), ("valid.h5", [[9, 8, 7, 6]] * 5),
                        ("test.h5", [[4, 3, 2], [1, 2, 3]])):

@@ -1,4 +1,5 @@
-"""Experiment trackers (lmablate.tracking): each backend, read back with its own reader, after a
+"""Experiment trackers (lmablate.engine.tracking): each backend, read back with its own reader,
+after a
 run that is interrupted and resumed; the study's `logging:` block and its one-line errors."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_STUDY
+
 from lmablate import from_dict, read_study
-from lmablate.config import RunConfig
+from lmablate.engine.tracking import STATE_FILE, check_logging
+from lmablate.engine.train import train
 from lmablate.errors import ConfigError
-from lmablate.study import study_from_dict
-from lmablate.tracking import STATE_FILE, check_logging
-from lmablate.train import train
+from lmablate.study.config import RunConfig
+from lmablate.study.load import study_from_dict
 
 # 40 steps: train records at 1, 5, 10, ..., 40; validation at 10, 20, 30, 40; checkpoints every 4
 TRAIN = {"tokens": 10240, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "eval_every": 10,
@@ -228,9 +229,8 @@ def test_a_missing_backend_names_the_extra_to_install(monkeypatch):
 def test_the_workflow_logs_every_run_and_logging_never_reruns_a_run(tmp_path, tiny_study):
     """Snakemake's training jobs get the study's resolved `logging:` block (here from an
     included base study); editing it later plans no training job."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from conftest import planned, snakemake, write_yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tiny_study["sweep"]["seeds"] = [0]
     write_yaml(tmp_path / "base.yaml", {"logging": {"tensorboard": True}})

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import COMPARED, TINY_STUDY, TRAIN, assert_same_run, run_config, write_yaml
+
 from lmablate import read_study
-from lmablate.checkpoint import list_checkpoints
-from lmablate.train import EXIT_PREEMPTED, get_lr, make_plan, train
+from lmablate.engine.checkpoint import list_checkpoints
+from lmablate.engine.train import EXIT_PREEMPTED, get_lr, make_plan, train
+
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = run_config(lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
@@ -85,7 +86,7 @@ def test_the_token_store_is_closed_however_training_ends(tmp_path, tokens):
 
     import h5py
 
-    from lmablate.tokens import TokenStore
+    from lmablate.data.tokens import TokenStore
 
     store = tmp_path / "tokens.h5"
     shutil.copyfile(tokens, store)

@@ -8,7 +8,8 @@ leave no marker and no file outside the working directory. Snakemake runs as a u
 copy of the workflow (Snakefile, rules, profiles), on a study file given with ``--configfile``.
 
 The guard that makes Snakemake read config files with lmablate's loader
-(:mod:`lmablate.snakemake_guard`, installed by ``profiles/default/config.yaml``) patches Snakemake
+(:mod:`lmablate.workflow.snakemake_guard`, installed by ``profiles/default/config.yaml``) patches
+Snakemake
 internals; the tests at the end fail if those move.
 """
 
@@ -192,7 +193,7 @@ def test_snakemake_run_on_the_repository_snakefile_is_guarded_too(tmp_path: Path
 
 
 # --------------------------------------------------------------------------------------------------
-# the loader (lmablate.yamlsafe) on its own
+# the loader (lmablate.study.yamlsafe) on its own
 
 CHAIN = "".join(f"a{i}: &a{i} " + "[" * 30 + (f"*a{i - 1}" if i else "1") + "]" * 30 + "\n"
                 for i in range(4))
@@ -212,7 +213,7 @@ CHAIN = "".join(f"a{i}: &a{i} " + "[" * 30 + (f"*a{i - 1}" if i else "1") + "]" 
 ])
 def test_loader_refuses_in_one_line(text: str, message: str) -> None:
     from lmablate.errors import ConfigError
-    from lmablate.yamlsafe import load_text
+    from lmablate.study.yamlsafe import load_text
 
     with pytest.raises(ConfigError) as err:
         load_text(text, file="f.yaml")
@@ -222,7 +223,7 @@ def test_loader_refuses_in_one_line(text: str, message: str) -> None:
 
 def test_loader_reads_what_studies_use() -> None:
     """Anchors, merge keys, JSON, a `?` inside a text: all fine."""
-    from lmablate.yamlsafe import load_text
+    from lmablate.study.yamlsafe import load_text
 
     text = "base: &b {x: 1, y: 2}\nv: {<<: *b, y: 3}\nw: [*b, *b]\ndescription: 'why? because'\n"
     assert load_text(text) == {"base": {"x": 1, "y": 2}, "v": {"x": 1, "y": 3},
@@ -232,7 +233,7 @@ def test_loader_reads_what_studies_use() -> None:
 
 def test_config_values_are_checked_as_file_text_is() -> None:
     from lmablate.errors import ConfigError
-    from lmablate.yamlsafe import check_data
+    from lmablate.study.yamlsafe import check_data
 
     check_data({"overrides": {"defaults.train.lr": "1e-3"}, "scale": "smoke"})
     for value, key in (({"description": "?x"}, "description"),
@@ -254,7 +255,7 @@ GUARD_CHECK = """
 import sys, yte
 from pathlib import Path
 import snakemake.cli  # the modules the CLI has loaded when it reads the workflow profile
-from lmablate import snakemake_guard
+from lmablate.workflow import snakemake_guard
 snakemake_guard.install()
 snakemake_guard.install()  # idempotent
 assert snakemake_guard.installed()
@@ -301,8 +302,8 @@ def test_guard_makes_snakemakes_config_loader_lmablates(tmp_path: Path) -> None:
 
 def test_guard_fails_closed_when_snakemakes_loader_moved(monkeypatch: pytest.MonkeyPatch) -> None:
     """install() raises instead of leaving study files to Snakemake's templating."""
-    from lmablate import snakemake_guard
-    from lmablate.snakemake_guard import GuardError
+    from lmablate.workflow import snakemake_guard
+    from lmablate.workflow.snakemake_guard import GuardError
 
     monkeypatch.delitem(sys.modules, snakemake_guard.MODULE, raising=False)
     with pytest.raises(GuardError, match="is not loaded"):
@@ -326,5 +327,5 @@ def test_workflow_profile_installs_the_guard_first() -> None:
 
     profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     assert profile["__use_yte__"] is True
-    assert profile["__definitions__"] == ["import lmablate.snakemake_guard",
-                                          "lmablate.snakemake_guard.install()"]
+    assert profile["__definitions__"] == ["import lmablate.workflow.snakemake_guard",
+                                          "lmablate.workflow.snakemake_guard.install()"]

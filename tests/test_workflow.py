@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import planned, snakemake, write_yaml
 
 pytestmark = pytest.mark.workflow

@@ -6,8 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")
 
 from pathlib import Path
 
-from lmablate.exporthf import export_hf
-from lmablate.workflow import run_step
+from lmablate.interop.exporthf import export_hf
+from lmablate.workflow.steps import run_step
 
 run_step(lambda: export_hf(Path(snakemake.input.final).parent, snakemake.output.hf,
                            tokenizer=snakemake.input.tokenizer))

@@ -7,7 +7,7 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from pathlib import Path
 
-from lmablate.workflow import harvest_step, run_step
+from lmablate.workflow.steps import harvest_step, run_step
 
 run_step(lambda: harvest_step(snakemake.input.finals, Path(snakemake.output.summary).parent,
                               study=snakemake.params.study, baseline=snakemake.params.baseline,

@@ -1,4 +1,4 @@
-"""LR range test of one run (lmablate.lrfind.lr_range_test): lr_find.json and lr_find.png."""
+"""LR range test of one run (lmablate.engine.lrfind.lr_range_test): lr_find.json and lr_find.png."""
 
 import sys
 
@@ -6,8 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from pathlib import Path
 
-from lmablate.lrfind import lr_range_test
-from lmablate.workflow import run_step
+from lmablate.engine.lrfind import lr_range_test
+from lmablate.workflow.steps import run_step
 
 run_step(lambda: lr_range_test(snakemake.params.run, snakemake.input.tokens,  # noqa: F821
                                Path(snakemake.output.result).parent,

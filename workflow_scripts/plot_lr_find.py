@@ -6,8 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 import json
 
-from lmablate.plots import lr_finder
-from lmablate.workflow import run_step
+from lmablate.figures.plots import lr_finder
+from lmablate.workflow.steps import run_step
 
 
 def plot():

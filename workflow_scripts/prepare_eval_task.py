@@ -5,7 +5,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from lmablate.evaluation.steps import prepare_task_step
-from lmablate.workflow import run_step
+from lmablate.workflow.steps import run_step
 
 run_step(lambda: prepare_task_step(snakemake.params.name, snakemake.params.identity,
                                    snakemake.output.task, base_dir=snakemake.params.base_dir,

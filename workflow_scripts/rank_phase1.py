@@ -5,7 +5,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
-from lmablate.workflow import rank_phase1_step, run_step
+from lmablate.workflow.steps import rank_phase1_step, run_step
 
 run_step(lambda: rank_phase1_step(snakemake.input.finals, snakemake.output.selected,
                                   snakemake.params.ranking, study=snakemake.params.study,

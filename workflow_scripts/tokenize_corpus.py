@@ -4,7 +4,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
-from lmablate.workflow import run_step, tokenize_step
+from lmablate.workflow.steps import run_step, tokenize_step
 
 run_step(lambda: tokenize_step(snakemake.params.spec, snakemake.input.get("manifest") or None,
                                snakemake.input.get("tokenizer"), snakemake.output.tokens,

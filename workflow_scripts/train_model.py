@@ -2,7 +2,7 @@
 
 import sys
 
-from lmablate.workflow import open_attempt_log
+from lmablate.workflow.steps import open_attempt_log
 
 # Snakemake deletes the log before each attempt; train.log beside the checkpoints keeps the
 # earlier attempts' lines (a requeue, a retry), and the log gets them back plus a marker line.
@@ -11,7 +11,7 @@ sys.stderr = open_attempt_log(snakemake.log[0],  # noqa: F821 (snakemake is inje
 
 from pathlib import Path
 
-from lmablate.workflow import run_step, train_run_step
+from lmablate.workflow.steps import run_step, train_run_step
 
 # execution and logging settings are read here, not passed as params: changing them must not
 # re-run runs (rules/common.smk puts the study's checked `logging:` block in the config)

@@ -4,7 +4,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
-from lmablate.workflow import run_step, train_tokenizer_step
+from lmablate.workflow.steps import run_step, train_tokenizer_step
 
 run_step(lambda: train_tokenizer_step(snakemake.input.get("manifest") or None,
                                       snakemake.params.tokenizer, snakemake.params.val_fraction,

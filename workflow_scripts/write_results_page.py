@@ -4,8 +4,8 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
-from lmablate.report import write_results_page
-from lmablate.workflow import run_step
+from lmablate.results.page import write_results_page
+from lmablate.workflow.steps import run_step
 
 run_step(lambda: write_results_page(snakemake.input.runs_csv, snakemake.input.summary,
                                     snakemake.output[0], study=snakemake.params.study,

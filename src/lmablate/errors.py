@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Iterable
 
 
@@ -54,3 +55,30 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+# The optional imports of data preparation, training and evaluation, and the extra of
+# pyproject.toml that installs each (tests/test_extras.py checks them against pyproject.toml).
+EXTRAS = {"torch": "train", "tokenizers": "train", "safetensors": "train", "tqdm": "train",
+          "huggingface_hub": "train", "requests": "train", "lm_eval": "eval",
+          "transformers": "eval"}
+
+
+def missing_extra(err: BaseException, purpose: str = "this step") -> LmablateError | None:
+    """The one-line error for an import of a module an extra installs that is not installed
+    (``training needs torch: pip install 'lmablate[train]'``); None for any other error."""
+    name = getattr(err, "name", None)
+    if not isinstance(err, ModuleNotFoundError) or name not in EXTRAS:
+        return None
+    return LmablateError(f"{purpose} needs {name}: pip install 'lmablate[{EXTRAS[name]}]'")
+
+
+def require(module: str, purpose: str) -> None:
+    """Raise :func:`missing_extra`'s error when ``module`` is not installed (without importing
+    it)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a finder that refuses it
+        found = False
+    if not found:
+        raise missing_extra(ModuleNotFoundError(name=module), purpose)

@@ -8,9 +8,9 @@ Bytes are decimal (1 MB = 10^6 bytes), as ``LMABLATE_DEVICE_MEMORY=80G`` is read
 function        used for                                     prefixes   digits   examples
 =============== ============================================ ========== ======== ===============
 ``fmt_count``   parameters and tokens in findings, tables,   k M B T    3 sig.   10.6k, 17.6M,
-                figure labels (lmablate.harvest, .plots)                         512
+                figure labels (lmablate.results.harvest, .plots)                         512
 ``fmt_params``  parameter counts that aim at a target        K M B T    2 dec.   10.74M, 1.50K,
-                within 0.5% (lmablate.solve, the train log)                      2.00B, 512
+                within 0.5% (lmablate.study.solve, the train log)                      2.00B, 512
 ``fmt_tokens``  token counts on figures (where a fit or a    k M B T    whole    2k, 250k, 1M
                 comparison was made)
 ``fmt_amount``  tokens and parameters in ``lmablate plan``   k M B T    2 dec.   40.96k, 1.20B

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .specs import (
+from lmablate.evaluation.specs import (
     BUILTIN_TASKS,
     TASK_PRESETS,
     EvalConfig,
@@ -29,7 +29,7 @@ from .specs import (
     parse_eval_tasks,
     task_id,
 )
-from .steps import EvalPlan, study_eval
+from lmablate.evaluation.steps import EvalPlan, study_eval
 
 _LAZY = {
     "LoadedRun": "loading", "load_run_model": "loading", "tokenizer_path": "loading",
@@ -40,7 +40,7 @@ _LAZY = {
     "prepare_task": "sources", "load_prepared": "sources", "continuation_rows": "sources",
     "evaluate_run": "runner", "evaluate_task": "runner", "tasks_to_columns": "runner",
     "join_tasks": "runner",
-    "plot_tasks": "figure",
+    "plot_tasks": ".figures.tasks",
 }
 
 __all__ = ["BUILTIN_TASKS", "TASK_PRESETS", "EvalConfig", "EvalPlan", "FinetuneConfig",

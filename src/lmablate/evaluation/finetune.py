@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import LoadedRun
-from .prompts import gold_index, render
-from .scoring import mean_stderr
-from .specs import FinetuneConfig, TaskSpec
+from lmablate.evaluation.loading import LoadedRun
+from lmablate.evaluation.prompts import gold_index, render
+from lmablate.evaluation.scoring import mean_stderr
+from lmablate.evaluation.specs import FinetuneConfig, TaskSpec
 
 __all__ = ["finetune_classifier", "pooled_features"]
 

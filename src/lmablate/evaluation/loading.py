@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import SECTIONS, RunConfig, from_dict
-from ..errors import DataError
+from lmablate.errors import DataError
+from lmablate.study.config import SECTIONS, RunConfig, from_dict
 
 __all__ = ["LoadedRun", "load_run_model", "tokenizer_path", "read_run_config"]
 
@@ -27,7 +27,7 @@ __all__ = ["LoadedRun", "load_run_model", "tokenizer_path", "read_run_config"]
 class LoadedRun:
     """A run ready to score text: the model (eval mode, on ``device``), its tokenizer, config."""
 
-    model: Any  # lmablate.model.LM
+    model: Any  # lmablate.engine.model.LM
     tokenizer: Any  # tokenizers.Tokenizer
     cfg: RunConfig
     meta: dict[str, Any]  # config.yaml's run metadata (run_id, variant, seed, data_id, ...)
@@ -76,8 +76,8 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu", *,
     """Model, tokenizer and config of a trained run; unpacks as ``(model, tokenizer, cfg)``."""
     from safetensors.torch import load_file
 
-    from ..model import LM
-    from ..tokenizer import eot_id, load_tokenizer
+    from lmablate.data.tokenizer import eot_id, load_tokenizer
+    from lmablate.engine.model import LM
 
     run_dir = Path(run_dir)
     cfg, meta = read_run_config(run_dir)

@@ -13,9 +13,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import DataError
-from .scoring import MCExample
-from .specs import TaskSpec
+from lmablate.errors import DataError
+from lmablate.evaluation.scoring import MCExample
+from lmablate.evaluation.specs import TaskSpec
 
 __all__ = ["render", "row_choices", "gold_index", "build_examples"]
 

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
-from ..io import atomic_write_json
-from .specs import EvalConfig, TaskSpec, modes
+from lmablate.errors import DataError
+from lmablate.evaluation.specs import EvalConfig, TaskSpec, modes
+from lmablate.io import atomic_write_json
 
 __all__ = ["evaluate_run", "evaluate_task", "tasks_to_columns", "join_tasks", "FT_SUFFIX"]
 
@@ -43,9 +43,9 @@ def _levels(examples: list[Any]) -> dict[str, float]:
 def evaluate_task(run: Any, spec: TaskSpec, rows: Mapping[str, list[dict[str, Any]]],
                   cfg: EvalConfig) -> dict[str, dict[str, Any]]:
     """{tasks.json key: entry} of one task on one loaded run (zero-shot and/or fine-tuned)."""
-    from .finetune import finetune_classifier
-    from .prompts import build_examples
-    from .scoring import Scorer, score_multiple_choice
+    from lmablate.evaluation.finetune import finetune_classifier
+    from lmablate.evaluation.prompts import build_examples
+    from lmablate.evaluation.scoring import Scorer, score_multiple_choice
 
     limit = spec.limit or cfg.limit
     scored = rows["eval"][:limit] if limit else rows["eval"]
@@ -85,9 +85,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, task_dirs: Mapping[str, s
                  device: str = "auto") -> dict[str, Any]:
     """Score every task of ``cfg`` (prepared under ``task_dirs[name]``) on the run in
     ``run_dir``; write ``out`` (default ``run_dir/tasks.json``) and return its content."""
-    from ..train import select_device
-    from .loading import load_run_model
-    from .sources import load_prepared
+    from lmablate.engine.train import select_device
+    from lmablate.evaluation.loading import load_run_model
+    from lmablate.evaluation.sources import load_prepared
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)

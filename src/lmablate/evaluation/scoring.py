@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .loading import LoadedRun
+from lmablate.evaluation.loading import LoadedRun
 
 __all__ = ["Scorer", "MCExample", "MCResult", "score_multiple_choice", "mean_stderr"]
 

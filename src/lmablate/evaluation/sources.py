@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
-from ..io import atomic_write_json, atomic_write_text, sha256_file
-from .specs import TaskSpec, data_identity, resolve_path
+from lmablate.errors import DataError
+from lmablate.evaluation.specs import TaskSpec, data_identity, resolve_path
+from lmablate.io import atomic_write_json, atomic_write_text, sha256_file
 
 __all__ = ["prepare_task", "load_prepared", "continuation_rows", "read_jsonl_rows",
            "hub_task_files"]
@@ -93,7 +93,7 @@ def _endpoint() -> str:
 
 
 def _hub_error(spec: TaskSpec, endpoint: str, err: Exception, filename: str | None) -> DataError:
-    from ..fetch import hub_error
+    from lmablate.data.fetch import hub_error
 
     return hub_error(f"task {spec.name!r}: hub dataset {spec.repo!r} at {endpoint}", err,
                      spec.revision, filename)
@@ -180,7 +180,7 @@ def prepare_task(spec: TaskSpec, out_dir: str | Path, *, base_dir: str | Path = 
         files, origin = hub_task_files(spec, out)
         rows = {split: _parquet_rows(paths) for split, paths in files.items()}
     else:
-        from ..corpora import load_manifest, split_documents
+        from lmablate.data.corpora import load_manifest, split_documents
 
         if manifest is None or val_fraction is None:
             raise DataError(f"task {spec.name!r}: a continuation task needs the corpus manifest "

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import F, from_dict
-from ..errors import ConfigError, did_you_mean
+from lmablate.errors import ConfigError, did_you_mean
+from lmablate.study.config import F, from_dict
 
 __all__ = ["TaskSpec", "FinetuneConfig", "HarnessConfig", "EvalConfig", "BUILTIN_TASKS",
            "TASK_PRESETS", "parse_eval_tasks", "task_id", "data_identity", "finetunable", "modes",
@@ -241,7 +241,7 @@ def data_identity(spec: TaskSpec, *, corpus: str | None = None,
 
 def task_id(spec: TaskSpec, **study: Any) -> str:
     """``<name>-<hash of the rows' identity>``: the folder of the prepared rows."""
-    from ..sweep import run_hash
+    from lmablate.study.sweep import run_hash
 
     return f"{spec.name}-{run_hash(data_identity(spec, **study))}"
 

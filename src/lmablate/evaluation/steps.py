@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import to_dict
-from ..corpora import manifest_path
-from ..errors import ConfigError
-from .specs import (
+from lmablate.data.corpora import manifest_path
+from lmablate.errors import ConfigError
+from lmablate.evaluation.specs import (
     DATA_FIELDS,
     EvalConfig,
     TaskSpec,
@@ -26,6 +25,7 @@ from .specs import (
     resolve_path,
     task_id,
 )
+from lmablate.study.config import to_dict
 
 __all__ = ["EvalPlan", "study_eval", "prepare_task_step", "evaluate_tasks_step",
            "evaluate_harness_step"]
@@ -104,7 +104,7 @@ def prepare_task_step(name: str, identity: Mapping[str, Any], out: str | Path, *
                       base_dir: str, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Prepare the rows of task ``name`` (defined by ``identity``, see :meth:`EvalPlan.identity`)
     into the folder of ``out`` (its task.json)."""
-    from .sources import prepare_task
+    from lmablate.evaluation.sources import prepare_task
 
     context = dict(context or {})
     spec = TaskSpec(name=name, **{k: v for k, v in identity.items() if k in DATA_FIELDS})
@@ -120,8 +120,8 @@ def evaluate_tasks_step(run_dir: str | Path, eval_tasks: Mapping[str, Any],
     """Score one run on the study's tasks (prepared folders given by their task.json)."""
     import torch
 
-    from ..gpu import claim_device
-    from .runner import evaluate_run
+    from lmablate.evaluation.runner import evaluate_run
+    from lmablate.gpu import claim_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -137,9 +137,9 @@ def evaluate_harness_step(run_dir: str | Path, eval_tasks: Mapping[str, Any], ou
     """Run the study's lm-eval tasks on one run; harness.json in tasks.json's schema."""
     import torch
 
-    from ..gpu import claim_device
-    from ..harness import harness_tasks_json, run_harness
-    from ..io import atomic_write_json
+    from lmablate.evaluation.harness import harness_tasks_json, run_harness
+    from lmablate.gpu import claim_device
+    from lmablate.io import atomic_write_json
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,0 +1,1 @@
+"""Training: the model, the loop, checkpoints, metrics, the LR finder, devices."""

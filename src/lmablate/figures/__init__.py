@@ -1,0 +1,1 @@
+"""Figures: every kind the harvest draws."""

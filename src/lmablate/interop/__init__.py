@@ -1,0 +1,1 @@
+"""Hugging Face interop: import Trainer runs, export lmablate models."""

@@ -1,0 +1,1 @@
+"""Harvest: run tables, statistics, scaling fits, findings and the results page."""

@@ -1,0 +1,169 @@
+"""The results page of a study: findings, ranking, runs and every figure with its caption, as one
+self-contained HTML fragment (``results/<study>/results.html``).
+
+``snakemake --report`` shows it on the report's landing page (``report/workflow.rst`` inserts it
+with docutils' ``raw:: html`` directive), so the report opens on the results, not only on links
+to them. The file also opens on its own in any browser: figures are embedded as data URIs and
+the styles are scoped to the fragment's ``#lmablate-results`` section.
+
+The findings and the ranking are those of ``analysis.txt``
+(:func:`lmablate.results.harvest.analysis_text`
+shares their code); captions are the report's ``report/<kind>.rst`` files rendered by docutils.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lmablate.io import atomic_write_text
+from lmablate.results.harvest import RANK_HEADER, _ranking_rows
+from lmablate.units import fmt_count
+
+__all__ = ["RUN_COLUMNS", "caption_html", "results_html", "write_results_page"]
+
+# runs.csv column -> (heading, format); the runs table shows those present with a value
+RUN_COLUMNS: dict[str, tuple[str, str]] = {
+    "run_id": ("run ID", "text"),
+    "group": ("group", "text"),
+    "seed": ("seed", "int"),
+    "status": ("status", "text"),
+    "differs": ("differs", "text"),
+    "params_total": ("params", "count"),
+    "tokens": ("tokens", "count"),
+    "val_loss": ("val loss", "4f"),
+    "val_ppl": ("val ppl", "2f"),
+    "val_acc": ("top-1 acc", "3f"),
+    "val_ece": ("ECE", "3f"),
+    "tokens_per_s": ("tokens/s", "count"),
+    "wall_s": ("wall (s)", "1f"),
+}
+
+STYLE = """
+#lmablate-results { font-size: 14px; line-height: 1.45; max-width: 1200px; }
+#lmablate-results h2 { font-size: 1.35em; font-weight: 600; margin: 1.2em 0 0.4em; }
+#lmablate-results h3 { font-size: 1.1em; font-weight: 600; margin: 1em 0 0.3em; }
+#lmablate-results table { border-collapse: collapse; margin: 0.4em 0 1em; font-size: 12.5px; }
+#lmablate-results th, #lmablate-results td { border: 1px solid #ccc; padding: 2px 6px;
+  white-space: nowrap; }
+#lmablate-results th { background: #f0f0f0; text-align: left; }
+#lmablate-results td.num { text-align: right; font-variant-numeric: tabular-nums; }
+#lmablate-results .table-scroll { overflow-x: auto; max-width: 100%; }
+#lmablate-results ul { list-style: disc; padding-left: 1.4em; margin: 0.3em 0 1em; }
+#lmablate-results figure { margin: 0.6em 0 1.6em; }
+#lmablate-results figure img { max-width: 100%; max-height: 90vh; width: auto; height: auto;
+  border: 1px solid #ddd; }
+#lmablate-results figcaption { font-size: 13px; color: #333; max-width: 1000px; }
+#lmablate-results figcaption p { margin: 0.3em 0; }
+#lmablate-results .note { color: #555; }
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _cell(value: Any, fmt: str) -> tuple[str, bool]:
+    """(text, numeric) of one runs-table cell; NaN and missing values are empty."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "", fmt != "text"
+    if fmt == "text":
+        return str(value), False
+    if fmt == "int":
+        return str(int(value)), True
+    if fmt == "count":
+        return fmt_count(float(value)), True
+    return format(float(value), f".{fmt}"), True
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[tuple[str, bool]]], cls: str) -> str:
+    """An HTML table; each cell is (text, numeric), numeric cells right-aligned."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(
+        f'<td class="num">{_esc(t)}</td>' if num else f"<td>{_esc(t)}</td>" for t, num in row)
+        + "</tr>" for row in rows)
+    return (f'<div class="table-scroll"><table class="{cls}">\n<thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody></table></div>")
+
+
+def _ranking(summary: Mapping[str, Any]) -> str:
+    """The ranking of analysis.txt as a table (numeric columns right-aligned)."""
+    rows = [[(c, i not in (1, 8)) for i, c in enumerate(r)] for r in _ranking_rows(summary)]
+    return _table(RANK_HEADER, rows, "ranking")
+
+
+def _runs_table(runs: Any) -> str:
+    """One row per run: ID, group, seed, status, what differs, size and the final metrics."""
+    cols = [c for c in RUN_COLUMNS if c in runs and runs[c].notna().any()]
+    order = [c for c in ("group", "seed", "run_id") if c in runs]
+    records = runs.sort_values(order).to_dict("records") if order else runs.to_dict("records")
+    rows = [[_cell(r.get(c), RUN_COLUMNS[c][1]) for c in cols] for r in records]
+    return _table([RUN_COLUMNS[c][0] for c in cols], rows, "runs")
+
+
+def caption_html(rst: str) -> str:
+    """A report caption (reStructuredText, as report/<kind>.rst) as an HTML fragment."""
+    from docutils.core import publish_parts
+
+    return publish_parts(rst, writer_name="html",
+                         settings_overrides={"report_level": 5, "halt_level": 5})["body"]
+
+
+def _data_uri(path: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _figure(name: str, spec: Mapping[str, Any]) -> str:
+    """One figure: heading, the PNG embedded, its one-line summary and the report caption."""
+    caption = caption_html(Path(spec["caption"]).read_text()) if spec.get("caption") else ""
+    what = f'<p class="note">{_esc(spec["what"])}</p>' if spec.get("what") else ""
+    return (f'<figure id="figure-{_esc(name)}">\n<h3>{_esc(name)}</h3>\n'
+            f'<img alt="{_esc(name)}" src="{_data_uri(spec["path"])}">\n'
+            f"<figcaption>{what}\n{caption}</figcaption>\n</figure>")
+
+
+def results_html(runs: Any, summary: Mapping[str, Any], study: str,
+                 figures: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The results page as an HTML fragment. ``figures``: name -> {"path": PNG, "caption":
+    report caption .rst (optional), "what": one-line summary (optional)}, in display order."""
+    counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
+    parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',
+             f"<h2>Results: study {_esc(study)}</h2>",
+             f"<p>{summary['n_runs']} runs ({_esc(counts)}) in {len(summary['groups'])} groups. "
+             f"Deltas and tests are against <b>{_esc(summary['reference'])}</b> "
+             f"({_esc(summary['reference_is'])}).</p>",
+             "<h3>Findings</h3>",
+             "<ul>" + "".join(f"<li>{_esc(f)}</li>" for f in summary["findings"]) + "</ul>",
+             "<h3>Ranking by final validation loss</h3>",
+             '<p class="note">Mean over seeds with 95% Student-t intervals; n = seeds used (+kx: '
+             "k seeds excluded); ppl* = exp(mean loss); delta = group minus reference; paired "
+             "t-test by seed (Welch otherwise); p Holm adjusts for all comparisons.</p>",
+             _ranking(summary)]
+    if summary.get("excluded_runs"):
+        parts.append("<h3>Runs left out of the statistics</h3><ul>" + "".join(
+            f"<li>{_esc(rid)} ({_esc(e['group'])}, seed {_esc(e['seed'])}): "
+            f"{_esc(e['status'])}</li>" for rid, e in summary["excluded_runs"].items()) + "</ul>")
+    parts += [f"<h3>Runs ({len(runs)})</h3>",
+              '<p class="note">Final metrics of every run; runs.csv has these and every resolved '
+              "configuration column.</p>", _runs_table(runs)]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        parts += [_figure(name, spec) for name, spec in figures.items()]
+    parts.append("</section>")
+    return "\n".join(parts) + "\n"
+
+
+def write_results_page(runs_csv: str | Path, summary_json: str | Path, out: str | Path, *,
+                       study: str, figures: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Read a harvested study's runs.csv and summary.json and write its results page to ``out``."""
+    import pandas as pd
+
+    runs = pd.read_csv(runs_csv)
+    summary = json.loads(Path(summary_json).read_text())
+    atomic_write_text(Path(out), results_html(runs, summary, study, figures))
+    return Path(out)

@@ -1,0 +1,1 @@
+"""The study: config dataclasses, the YAML loader, sweeps, run IDs and the plan."""

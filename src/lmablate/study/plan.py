@@ -1,0 +1,474 @@
+"""The run table ``lmablate plan`` prints: what a study will train, before it trains.
+
+One row per run: its ID, the settings that differ from the study's defaults, total and
+non-embedding parameters (:func:`lmablate.study.accounting.param_counts`), the memory training it
+needs (:func:`train_memory_bytes`; :func:`check_memory` refuses a run that cannot fit its
+device), the tokens it trains on, its training FLOPs
+(:func:`lmablate.study.accounting.flops_per_token`), whether it already finished, and an estimated
+wall
+time. The estimate uses the training FLOP rate this study measured on runs
+that finished (``final.json``: tokens/s x FLOPs/token, median), so a bigger model gets a longer
+estimate; without finished runs, pass a throughput or go without. Totals close the table.
+
+:func:`select_top_k` is the library half of two-phase ranking (seed 003: every config on a short
+budget, the best to the long one); the study syntax and the rules it needs are specified in its
+docstring.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lmablate import gpu
+from lmablate.errors import ConfigError
+from lmablate.study import accounting
+from lmablate.study.config import parse_size
+from lmablate.study.load import Study
+from lmablate.study.solve import model_vocab
+from lmablate.units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds
+
+__all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
+           "device_memory", "measured_rate", "plan_table", "plan_totals",
+           "planned_tokens", "render", "select_top_k", "study_train_rate", "train_memory_bytes",
+           "train_runtime_min"]
+
+# The throughput a Slurm time limit assumes when a study neither sets `execution.tokens_per_s`
+# nor has finished runs to measure (:func:`train_runtime_min`): deliberately slow, a few percent
+# of a current GPU's FLOP rate and at most 1e5 tokens/s however small the model, so that a first
+# run is not killed at its limit. This is the one place the default lives.
+DEFAULT_TRAIN_FLOPS_PER_S = 1e12
+DEFAULT_TRAIN_TOKENS_PER_S = 1e5
+# The limit of a run whose token count is unknown until its data is (an `epochs` budget).
+DEFAULT_TRAIN_RUNTIME_MIN = 240
+
+
+def _vocab(run: Any, corpora: Mapping[str, Any] | None = None,
+           store: Mapping[str, int] | None = None) -> int:
+    """Embedding rows ``run`` trains with. A pre-tokenized (hdf5) corpus brings its own ids:
+    its ``vocab_size``, else the imported token store's, sizes the embedding, not the tokenizer
+    setting (seed 000: 293,708,800 parameters, not a padded byte vocabulary's 293,987,328)."""
+    m, t = run.config.model, run.config.tokenizer
+    spec = (corpora or {}).get(run.config.data.corpus) or {}
+    if spec.get("source") == "hdf5" and t.kind != "file":
+        if spec.get("vocab_size"):
+            return m.padded_vocab(int(spec["vocab_size"]))
+        if store and store.get("vocab_size"):
+            return m.padded_vocab(int(store["vocab_size"]))
+    # char/file tokenizers only know their size once trained: estimate with the configured one
+    return model_vocab(m, t) or math.ceil(t.vocab_size / m.vocab_multiple) * m.vocab_multiple
+
+
+def _store(run: Any, resources_root: str | Path,
+           corpora: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """``vocab_size`` and ``train_tokens`` of the run's token store, once it is built
+    (``resources/tokens/<corpus>-<data_id>.h5``, as rules/common.smk names it). Before that, a
+    pre-tokenized (hdf5) corpus of fixed-length rows or one stream without a mask is counted in
+    its file; other corpora: {} (their size is known once tokenized)."""
+    import h5py
+
+    path = Path(resources_root) / "tokens" / f"{run.config.data.corpus}-{run.data_id}.h5"
+    try:
+        if path.is_file():
+            with h5py.File(path, "r") as f:
+                return {"vocab_size": int(f.attrs["vocab_size"]),
+                        "train_tokens": int(len(f["train"]))}
+        spec = (corpora or {}).get(run.config.data.corpus) or {}
+        if spec.get("source") != "hdf5" or spec.get("mask") or not spec.get("_abs_train"):
+            return {}
+        with h5py.File(spec["_abs_train"], "r") as f:
+            ds = f[spec["dataset"]]
+            if h5py.check_vlen_dtype(ds.dtype) is not None:
+                return {}  # ragged rows: their lengths are read when the store is built
+            rows = ds.shape[0] if ds.ndim == 2 else 1
+            tokens = int(ds.size) + (rows if spec.get("eot_id") is not None else 0)
+        budget = spec.get("max_tokens")
+        return {"train_tokens": min(tokens, int(budget)) if budget else tokens}
+    except (OSError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def _finals(study: Study, results_root: str | Path,
+            run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    runs_dir = Path(results_root) / study.name / "runs"
+    out = {}
+    for run_id in study.by_id if run_ids is None else run_ids:
+        f = runs_dir / run_id / "final.json"
+        if f.is_file():
+            try:
+                out[run_id] = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def measured_rate(finals: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
+    """("flops", FLOP/s) or ("tokens", tokens/s): the median over finished runs, if any."""
+    flops = sorted(f["tokens_per_s"] * f["flops_per_token"] for f in finals.values()
+                   if f.get("tokens_per_s") and f.get("flops_per_token"))
+    if flops:
+        return "flops", flops[len(flops) // 2]
+    tokens = sorted(float(f["tokens_per_s"]) for f in finals.values() if f.get("tokens_per_s"))
+    return ("tokens", tokens[len(tokens) // 2]) if tokens else None
+
+
+def planned_tokens(run: Any, train_tokens: int | None = None) -> int | None:
+    """Tokens ``run`` trains on: its budget rounded up to whole steps, as training plans it
+    (:func:`lmablate.engine.train.make_plan`), ending at ``train.stop_tokens`` where that is set (a
+    phase-1 run that stops early on the full schedule). An epoch budget needs the train split's
+    size, ``train_tokens``; None without it."""
+    t = run.config.train
+    budget = t.tokens
+    if t.epochs is not None:
+        if train_tokens is None:
+            return None
+        budget = int(t.epochs * train_tokens)
+    per_step = t.batch_size * t.grad_accum * t.seq_len
+    steps = max(1, math.ceil(budget / per_step))
+    if t.stop_tokens:
+        steps = min(steps, math.ceil(t.stop_tokens / per_step))
+    return steps * per_step
+
+
+def train_memory_bytes(run: Any, vocab: int | None = None, *, cuda: bool = False) -> int:
+    """A rough estimate of the memory training ``run`` needs on its device, in bytes::
+
+        4 x params + 12 x trainable params            fp32 weights; gradients, AdamW m and v
+      + batch_size x seq_len x n_layers x (10 x d_model + k x d_ff) x a
+                                                      activations kept for the backward pass
+      + batch_size x seq_len x vocab x 8              fp32 logits and their gradient
+
+    ``k`` is 3 for gated FFNs, else 2; ``d_ff`` is ``top_k x expert_d_ff`` for MoE layers; ``a``
+    is 2 bytes on CUDA under bf16/fp16 autocast (``precision`` auto, bf16, fp16), else 4. A
+    micro-batch is ``batch_size`` sequences (``grad_accum`` adds no activations). The attention
+    score matrix is not counted (fused attention never stores it), nor workspace and
+    fragmentation: the estimate is for refusing what cannot fit, not for packing a device.
+    """
+    m, t = run.config.model, run.config.train
+    vocab = vocab or _vocab(run)
+    counts = accounting.param_counts(m, vocab, m.context_length or t.seq_len)
+    ffn = m.top_k * (m.expert_d_ff or m.d_ff) if m.num_experts else m.d_ff
+    per_value = 2 if cuda and t.precision != "fp32" else 4
+    tokens = t.batch_size * t.seq_len
+    activations = tokens * m.n_layers * (10 * m.d_model + (3 if m.gated else 2) * ffn) * per_value
+    return 4 * counts["total"] + 12 * counts["trainable"] + activations + tokens * vocab * 8
+
+
+@functools.cache
+def device_memory() -> tuple[int, str, bool]:
+    """(bytes, what they are, whether a GPU) of the device a run trains on here, read without
+    initialising CUDA: the smallest visible GPU's memory (``nvidia-smi``), else the machine's RAM.
+    ``LMABLATE_DEVICE_MEMORY`` (e.g. ``80G``) sets it instead, as a GPU's: the memory of the
+    GPUs a study is planned for from a machine without them (a laptop, a Slurm login node)."""
+    env = os.environ.get("LMABLATE_DEVICE_MEMORY")
+    if env:
+        value = parse_size(env.strip())
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"expected a size in bytes such as 80G, got {env!r}",
+                              key="LMABLATE_DEVICE_MEMORY")
+        return int(value), "LMABLATE_DEVICE_MEMORY", True
+    gpus = _gpu_memory()
+    if gpus:
+        return min(gpus), "the GPU's memory", True
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM", False
+
+
+def _gpu_memory() -> list[int]:
+    """Total memory in bytes of each visible GPU, by nvidia-smi; empty without GPUs."""
+    visible = gpu.visible_gpus()
+    if not visible:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    sizes = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[2].isdigit() and (parts[0] in visible or parts[1] in visible):
+            sizes.append(int(parts[2]) * 2**20)
+    return sizes
+
+
+# No single device a run trains on holds more (an 8-GPU node's memory is not one run's: lmablate
+# trains a run on one device). A run above it is refused by `lmablate plan` on any machine.
+ANY_DEVICE_BYTES = 2 << 40
+ANY_DEVICE = (ANY_DEVICE_BYTES, "any single device", True)
+
+
+def runs_over_memory(study: Study, limit: tuple[int, str, bool] | None = None
+                     ) -> list[tuple[Any, int]]:
+    """``(run, bytes needed)`` of the study's runs that cannot fit ``limit`` (by default
+    :func:`device_memory`), largest first."""
+    size, _, cuda = limit or device_memory()
+    over = [(r, train_memory_bytes(r, cuda=cuda)) for r in study.runs]
+    return sorted(((r, need) for r, need in over if need > size), key=lambda x: -x[1])
+
+
+def check_memory(study: Study, limit: tuple[int, str, bool] | None = None) -> None:
+    """Refuse a study one of whose runs cannot fit its device (:func:`train_memory_bytes`
+    against ``limit``, by default :func:`device_memory`): one line naming the run."""
+    size, what, _ = limit = limit or device_memory()
+    over = runs_over_memory(study, limit)
+    if over:
+        run, need = over[0]
+        raise ConfigError(f"training needs about {fmt_bytes(need)} (weights, gradients, "
+                          "AdamW state, activations: lmablate.study.plan.train_memory_bytes), more "
+                          f"than {what} ({fmt_bytes(size)}); to plan for another device, "
+                          "set LMABLATE_DEVICE_MEMORY (e.g. 80G)", key=f"run {run.run_id}",
+                          file=study.source)
+
+
+def memory_warning(study: Study) -> str | None:
+    """For ``lmablate plan`` on a machine a study is not meant to train on (a laptop, a login
+    node): one line naming how many runs cannot fit this machine, or None. (``snakemake`` on
+    this machine refuses such a study: :func:`check_memory`.)"""
+    size, what, _ = limit = device_memory()
+    over = runs_over_memory(study, limit)
+    if not over:
+        return None
+    run, need = over[0]
+    return (f"lmablate: warning: {study.source}: {len(over)} of {len(study.runs)} runs need more "
+            f"memory than {what} ({fmt_bytes(size)}), up to {fmt_bytes(need)} (run "
+            f"{run.run_id}): they cannot train here; LMABLATE_DEVICE_MEMORY=80G lmablate plan "
+            "... checks them against another device")
+
+
+def _flops_per_token(run: Any) -> float:
+    return accounting.flops_per_token(run.config.model, _vocab(run), run.config.train.seq_len)
+
+
+def study_train_rate(study: Study, results_root: str | Path = "results"
+                     ) -> float | tuple[str, float] | None:
+    """The throughput :func:`train_runtime_min` plans ``study``'s jobs with: the study's
+    ``execution.tokens_per_s`` (tokens/s), else :func:`measured_rate` of its finished runs under
+    ``results_root``, else None (the conservative default)."""
+    if study.execution.get("tokens_per_s"):
+        return float(study.execution["tokens_per_s"])
+    return measured_rate(_finals(study, results_root))
+
+
+def train_runtime_min(run: Any, tokens_per_s: float | tuple[str, float] | None = None,
+                      margin: float = 2.0, floor: int = 30) -> int:
+    """Wall-time limit in minutes (Slurm ``runtime``) for training ``run``: its planned tokens
+    at ``tokens_per_s``, times ``margin`` (evaluation, checkpoints, start-up, a slower node),
+    at least ``floor``.
+
+    ``tokens_per_s`` is tokens/s, or a :func:`measured_rate` pair (a ``"flops"`` rate is turned
+    into this run's tokens/s by its FLOPs per token, so a bigger model gets a longer limit);
+    None assumes the slow default above (``DEFAULT_TRAIN_FLOPS_PER_S``, at most
+    ``DEFAULT_TRAIN_TOKENS_PER_S``). An epoch budget gets ``DEFAULT_TRAIN_RUNTIME_MIN``.
+    """
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin!r}")
+    tokens = planned_tokens(run)
+    if tokens is None:
+        return max(floor, DEFAULT_TRAIN_RUNTIME_MIN)
+    if tokens_per_s is None:
+        rate = min(DEFAULT_TRAIN_TOKENS_PER_S, DEFAULT_TRAIN_FLOPS_PER_S / _flops_per_token(run))
+    elif isinstance(tokens_per_s, tuple):
+        kind, value = tokens_per_s
+        rate = value / _flops_per_token(run) if kind == "flops" else value
+    else:
+        rate = tokens_per_s
+    if not rate or rate <= 0 or not math.isfinite(rate):
+        raise ValueError(f"expected a throughput > 0, got {tokens_per_s!r}")
+    return max(floor, math.ceil(margin * tokens / rate / 60))
+
+
+def _short_keys(diff: dict[str, Any]) -> str:
+    """``d_model=48, lr=0.001``: leaf names, dotted where two sections share a leaf."""
+    leaves = [k.split(".")[-1] for k in diff]
+    return ", ".join(f"{k.split('.')[-1] if leaves.count(k.split('.')[-1]) == 1 else k}={v}"
+                     for k, v in diff.items()) or "-"
+
+
+def plan_table(study: Study, tokens_per_second: float | None = None,
+               results_root: str | Path = "results") -> list[dict[str, Any]]:
+    """One dict per run (see the module doc); ``est_seconds`` is None without a rate.
+
+    A two-phase study (``ranking:``) lists its phase-1 runs (``phase`` 1, the short budget) and
+    then the runs phase 2 may train (``phase`` 2; with ``resume: continue`` only the tokens left
+    after phase 1). An epoch budget's tokens come from the built token store (under
+    ``resources/`` beside ``results_root``). A run several sweep points share names the others
+    in ``also``."""
+    from lmablate.study.phases import ranking_of
+
+    ranking = ranking_of(study)
+    planned = [(r, None) for r in study.runs] if ranking is None else [
+        *((r, 1) for r in ranking.phase1.values()), *((r, 2) for r in study.runs)]
+    finals = _finals(study, results_root, [r.run_id for r, _ in planned])
+    rate = ("tokens", tokens_per_second) if tokens_per_second else measured_rate(finals)
+    resources = Path(results_root).parent / "resources"
+    shared = any(r.shared for r in study.runs)
+    hdf5 = any(c.get("source") == "hdf5" for c in study.corpora.values())
+    stores: dict[tuple[str, str], dict[str, int]] = {}  # one look per token store
+    rows = []
+    for r, phase in planned:
+        key = (r.config.data.corpus, r.data_id)
+        if key not in stores:
+            stores[key] = _store(r, resources, study.corpora) if (
+                hdf5 or r.config.train.epochs is not None) else {}
+        store = stores[key]
+        vocab, t = _vocab(r, study.corpora, store), r.config.train
+        ctx = r.config.model.context_length or t.seq_len
+        counts = accounting.param_counts(r.config.model, vocab, ctx)
+        tokens = planned_tokens(r, store.get("train_tokens"))
+        if phase == 2 and tokens and ranking.resume == "continue":  # phase 1 trained the rest
+            tokens -= planned_tokens(ranking.phase1[ranking.phase1_of[r.run_id]]) or 0
+        flops = accounting.flops_per_token(r.config.model, vocab, t.seq_len) * tokens \
+            if tokens else None
+        est = None
+        if rate and tokens:
+            est = flops / rate[1] if rate[0] == "flops" else tokens / rate[1]
+        rows.append({
+            "run_id": r.run_id, "variant": r.variant, "seed": r.seed,
+            **({"phase": phase} if ranking else {}),
+            **({"also": "; ".join(_point(v, a) for v, a in r.shared)} if shared else {}),
+            "differs": _short_keys(r.diff),
+            "params": counts["total"], "non_embedding": counts["non_embedding"],
+            "trainable": counts["trainable"],
+            "memory": train_memory_bytes(r, vocab, cuda=device_memory()[2]),
+            "tokens": tokens, "flops": flops,
+            "est_seconds": est, "done": r.run_id in finals,
+        })
+    return rows
+
+
+def _point(variant: str, axes: Mapping[str, Any]) -> str:
+    parts = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in axes.items())
+    return f"{variant} ({parts})" if parts else variant
+
+
+def plan_totals(rows: list[dict[str, Any]], phase2_at_most: int | None = None) -> dict[str, Any]:
+    """Runs, tokens, FLOPs and time of the plan. In a two-phase study phase 2 trains at most
+    ``phase2_at_most`` of its runs: the totals count phase 1 and that many of the most
+    expensive phase-2 runs (an upper bound; the selection is known once phase 1 has run)."""
+    phase2 = [r for r in rows if r.get("phase") == 2]
+    if phase2 and phase2_at_most is not None:
+        phase2.sort(key=lambda r: (r["flops"] or 0, r["tokens"] or 0), reverse=True)
+        kept = {id(r) for r in phase2[:phase2_at_most]}
+        rows = [r for r in rows if r.get("phase") != 2 or id(r) in kept]
+    todo = [r for r in rows if not r["done"]]
+    secs = [r["est_seconds"] for r in todo if r["est_seconds"] is not None]
+    return {"runs": len(rows), "done": len(rows) - len(todo),
+            "variants": len({r["variant"] for r in rows}),
+            "tokens": sum(r["tokens"] or 0 for r in rows),
+            "flops": sum(r["flops"] or 0 for r in rows),
+            "todo_flops": sum(r["flops"] or 0 for r in todo),
+            "est_seconds": sum(secs) if secs else None}
+
+
+def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
+    """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals)."""
+    from lmablate.study.phases import ranking_of
+
+    ranking = ranking_of(study)
+    at_most = ranking.phase2_at_most() if ranking else None
+    totals = plan_totals(rows, at_most)
+    if fmt == "json":
+        return json.dumps({"study": study.name, "runs": rows, "totals": totals}, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    cols = [("run_id", "run ID", str), *([("phase", "phase", str)] if ranking else []),
+            ("differs", "differs from defaults", str),
+            ("params", "params", fmt_amount), ("non_embedding", "non-emb", fmt_amount),
+            ("memory", "memory", fmt_bytes), ("tokens", "tokens", fmt_amount),
+            ("flops", "FLOPs", fmt_flops), ("est_seconds", "est. time", fmt_seconds),
+            ("done", "status", lambda d: "done" if d else "to run")]
+    table = [[f(r[k]) for k, _, f in cols] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, (_, h, _) in enumerate(cols)]
+    differs = [k for k, _, _ in cols].index("differs")
+    widths[differs] = min(widths[differs], 48)
+    lines = ["  ".join(h.ljust(w) for (_, h, _), w in zip(cols, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in table:
+        cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(row, widths)]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    lines.append("")
+    done = f", {totals['done']} already done" if totals["done"] else ""
+    if totals["done"] == totals["runs"]:
+        time_note = "; nothing left to train"
+    elif totals["est_seconds"] is not None:
+        time_note = (f", about {fmt_seconds(totals['est_seconds'])} of training left at the "
+                     "measured rate")
+    else:
+        time_note = "; no throughput measured yet (pass --tokens-per-second)"
+    variants = f"{totals['variants']} variant{'s' if totals['variants'] != 1 else ''}"
+    lines += [f"{r['run_id']} also stands for {r['also']}" for r in rows if r.get("also")]
+    if ranking:
+        n1 = sum(r.get("phase") == 1 for r in rows)
+        n2 = sum(r.get("phase") == 2 for r in rows)
+        per = f" per {ranking.per}" if ranking.per else ""
+        lines.append(f"total: {n1} phase-1 runs + at most {at_most} of the {n2} phase-2 runs "
+                     f"(top {ranking.top_k}{per}){done} in study {study.name!r}: at most "
+                     f"{fmt_amount(totals['tokens'])} tokens, {fmt_flops(totals['flops'])} "
+                     f"FLOPs{time_note}")
+        return "\n".join(lines)
+    unknown = sum(r["tokens"] is None for r in rows)
+    epochs = (f" (+ {unknown} epoch-budget run(s) whose tokens are known once the token store "
+              "is built)") if unknown else ""
+    lines.append(f"total: {totals['runs']} runs ({variants}){done} in study "
+                 f"{study.name!r}: {fmt_amount(totals['tokens'])} tokens, "
+                 f"{fmt_flops(totals['flops'])} FLOPs{epochs}{time_note}")
+    return "\n".join(lines)
+
+
+RANKED_STATUSES = ("completed",)  # diverged and stopped_early runs never go to the next phase
+
+
+def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize: bool = False,
+                 per: str | None = None) -> list[str]:
+    """Run IDs of the ``k`` best finished runs by ``metric`` (lowest first unless ``maximize``).
+
+    ``runs_table`` is the harvested table (``runs.csv``/``runs.parquet`` as a DataFrame, or an
+    iterable of row mappings) with at least ``run_id``, ``status`` and ``metric``. Only
+    ``completed`` runs with a finite metric compete; ties go to the smaller run ID, so the
+    selection is deterministic. With ``per`` (a column, e.g. the axis a run varies), the top ``k``
+    of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
+    order. Fewer than ``k`` eligible runs: all of them.
+
+    Two-phase studies (a ``ranking:`` block, :mod:`lmablate.study.phases`) rank phase 1 with it: the
+    ``rank_phase1`` checkpoint rule (rules/ranking.smk) writes the selection to
+    ``results/<study>/phase1/selected.json``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")
+    rows = runs_table.to_dict("records") if hasattr(runs_table, "to_dict") else list(runs_table)
+    if rows and metric not in rows[0]:
+        raise ConfigError(f"no column {metric!r} in the runs table (columns: "
+                          f"{', '.join(map(str, rows[0]))})", key="select.metric")
+    groups: dict[Any, list[tuple[float, str]]] = {}
+    for row in _eligible(rows, metric):
+        value = float(row[metric])
+        groups.setdefault(row.get(per) if per else None, []).append(
+            (-value if maximize else value, str(row["run_id"])))
+    return [run_id for g in sorted(groups, key=str) for _, run_id in sorted(groups[g])[:k]]
+
+
+def _eligible(rows: Iterable[Mapping[str, Any]], metric: str) -> Iterable[Mapping[str, Any]]:
+    for row in rows:
+        value = row.get(metric)
+        if row.get("status") not in RANKED_STATUSES or value is None:
+            continue
+        try:
+            if math.isfinite(float(value)):
+                yield row
+        except (TypeError, ValueError):
+            continue

@@ -1,0 +1,1 @@
+"""What the Snakefile and its rule scripts call: one function per step."""
