@@ -60,8 +60,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 # The optional imports of data preparation, training and evaluation, and the extra of
 # pyproject.toml that installs each (tests/test_extras.py checks them against pyproject.toml).
 EXTRAS = {"torch": "train", "tokenizers": "train", "safetensors": "train", "tqdm": "train",
-          "huggingface_hub": "train", "requests": "train", "lm_eval": "eval",
-          "transformers": "eval"}
+          "huggingface_hub": "train", "lm_eval": "eval", "transformers": "eval"}
 
 
 def missing_extra(err: BaseException, purpose: str = "this step") -> LmablateError | None:
