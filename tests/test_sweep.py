@@ -17,19 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmablate.dicts import canonical_json, run_hash
 from lmablate.errors import ConfigError
 from lmablate.study import accounting
 from lmablate.study import config as C
 from lmablate.study.solve import model_vocab, solve
-from lmablate.study.sweep import (
-    RUN_HASH_HEX,
-    canonical_json,
-    expand,
-    identity,
-    legacy_run_id,
-    run_hash,
-    set_override,
-)
+from lmablate.study.sweep import RUN_HASH_HEX, expand, identity, legacy_run_id, set_override
 
 # A corpus passed straight to expand(): its identity is only these keys (the absolute path is
 # machine-specific and stays out of every ID).

@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lmablate.dicts import run_hash
 from lmablate.errors import ConfigError, DataError, did_you_mean
 from lmablate.io import atomic_write_text, sha256_file
 from lmablate.study.config import unknown_key
-from lmablate.study.sweep import run_hash
 
 __all__ = ["PRESETS", "PACKAGE_DATA", "resolve_corpora", "prepare_corpus", "iter_documents",
            "split_documents", "load_manifest", "is_val", "manifest_path"]

@@ -241,7 +241,7 @@ def data_identity(spec: TaskSpec, *, corpus: str | None = None,
 
 def task_id(spec: TaskSpec, **study: Any) -> str:
     """``<name>-<hash of the rows' identity>``: the folder of the prepared rows."""
-    from lmablate.study.sweep import run_hash
+    from lmablate.dicts import run_hash
 
     return f"{spec.name}-{run_hash(data_identity(spec, **study))}"
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from lmablate.dicts import flatten
 from lmablate.engine.integrity import verify_run
 from lmablate.errors import ConfigError, DataError
 from lmablate.io import atomic_write_bytes, atomic_write_text
-from lmablate.study.sweep import flatten, format_value
+from lmablate.study.sweep import format_value
 from lmablate.units import fmt_count
 
 if TYPE_CHECKING:

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from lmablate.data import corpora as corpora_mod
+from lmablate.dicts import deep_merge
 from lmablate.errors import ConfigError, did_you_mean
 from lmablate.study import yamlsafe
 from lmablate.study.config import unknown_key
-from lmablate.study.sweep import SWEEP_KEYS, VARIANT_KEYS, Run, deep_merge, expand, set_override
+from lmablate.study.sweep import SWEEP_KEYS, VARIANT_KEYS, Run, expand, set_override
 
 __all__ = ["Study", "parse_override", "read_study", "read_workflow_study", "study_from_dict"]
 

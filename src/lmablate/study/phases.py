@@ -44,18 +44,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lmablate.dicts import flatten, run_hash, set_dotted, unflatten
 from lmablate.errors import ConfigError, did_you_mean
 from lmablate.study import config as C
-from lmablate.study.sweep import (
-    RUN_HASH_HEX,
-    Run,
-    flatten,
-    format_value,
-    identity,
-    run_hash,
-    set_dotted,
-    unflatten,
-)
+from lmablate.study.sweep import RUN_HASH_HEX, Run, format_value, identity
 
 __all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select"]
 

@@ -15,42 +15,43 @@ sweep points that resolve to the same config (one-axis sweeps sharing their cent
 group (:attr:`Run.shared`); its ID is the smallest of the points' IDs, so it does not depend on
 the YAML order. IDs are never parsed: tools read ``config.yaml`` beside the results.
 
-Resolution is cached per section (identical ``data``/``tokenizer``/``train`` dicts are checked
-once), so seed 000's 1,152-point grid expands in about a second on 2 CPU cores.
+Each point's settings are resolved into a checked config by :mod:`lmablate.study.resolve`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
-from lmablate.errors import ConfigError, did_you_mean
+from lmablate.dicts import canonical_json, flatten, run_hash
+from lmablate.errors import ConfigError
 from lmablate.study import config as C
-from lmablate.study.expr import evaluate, is_expression, names_in
+from lmablate.study.expr import evaluate
+from lmablate.study.resolve import (
+    Resolver,
+    apply_presets,
+    check_axis,
+    check_section_block,
+    evaluate_setting,
+    expression_names,
+    expression_refs,
+    is_expr,
+    normalise_delta,
+)
 
 __all__ = [
     "MAX_RUNS",
     "SWEEP_KEYS",
     "VARIANT_KEYS",
     "Run",
-    "canonical_json",
-    "deep_merge",
     "expand",
-    "flatten",
     "identity",
     "legacy_run_id",
-    "run_hash",
-    "set_dotted",
     "set_override",
-    "unflatten",
     "without_later_defaults",
     "written_settings",
 ]
@@ -61,8 +62,6 @@ SWEEP_KEYS = ("variants", "grid", "zip", "where", "seeds")
 # checked while the grid is built, so a grid of two large ranges stops without building it.
 MAX_RUNS = 10_000
 VARIANT_KEYS = ("grid", "zip", "where", "seeds", "label")
-LEAF_PRIORITY = ("model", "train", "tokenizer", "data")
-TARGET_KEYS = ("embedding_share", "glu_expansion")  # model fields that shape a params_target
 
 
 @dataclass(frozen=True)
@@ -98,36 +97,7 @@ class Run:
 
 
 # --------------------------------------------------------------------------------------------------
-# dotted-key helpers
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for p in parts[:-1]:
-        nxt = d.get(p)
-        if not isinstance(nxt, dict):
-            nxt = d[p] = {}
-        d = nxt
-    d[parts[-1]] = value
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        set_dotted(out, k, v)
-    return out
+# study-document overrides (generic dict helpers: :mod:`lmablate.dicts`)
 
 
 def _holds_settings(path: tuple[str, ...]) -> bool:
@@ -161,22 +131,6 @@ def set_override(doc: dict[str, Any], key: str, value: Any) -> None:
     node[".".join(parts)] = value
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``over`` wins; lists are replaced, not concatenated."""
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted-key, whitespace-free JSON: the byte string run IDs hash."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 # Hex digits of the hash in a run ID. Birthday bound: P(some collision among n runs) =
 # 1 - exp(-n^2 / 2^(b+1)) for b bits. 8 digits (32 bits) give 1.2% at 10k runs and 69% at 100k;
 # 16 digits (64 bits) give 1e12 / 2^65 = 2.7e-8 at 1M runs.
@@ -186,254 +140,14 @@ RUN_HASH_HEX = 16
 LEGACY_RUN_HASH_HEX = 8
 
 
-def run_hash(obj: Any, n: int = 8) -> str:
-    """The first ``n`` hex digits of the SHA-256 of ``obj``'s canonical JSON (8 for the tokenizer
-    and data identities, which a study has a handful of; :data:`RUN_HASH_HEX` for run IDs)."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
-
-
 def legacy_run_id(run_id: str) -> str:
     """The ID an older lmablate gave the run now called ``run_id`` (hash cut to 8 digits)."""
     return run_id[:len(run_id) - (RUN_HASH_HEX - LEGACY_RUN_HASH_HEX)]
 
 
-def _names(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Expression namespace: dotted keys plus unambiguous leaf names (model wins over train...)."""
-    names = dict(flat)
-    for section in reversed(LEAF_PRIORITY):
-        for k, v in flat.items():
-            if k.startswith(section + "."):
-                names[k.split(".")[-1]] = v
-    return names
-
-
-@cache
-def _numeric_fields() -> frozenset[str]:
-    """Dotted keys of int/float fields (None allowed): strings there are expressions."""
-    out = set()
-    for section, cls in C.SECTIONS.items():
-        for name, tp in typing.get_type_hints(cls).items():
-            args = set(typing.get_args(tp) or (tp,)) - {type(None)}
-            if args <= {int, float}:
-                out.add(f"{section}.{name}")
-    return frozenset(out)
-
-
-def _is_expr(key: str, value: Any) -> bool:
-    """Whether a setting's value is an expression to evaluate.
-
-    ``"=..."`` always is. In a numeric field, any string that is not a number (``"3e-4"``,
-    ``"10M"``) is: ``"d_model"``, ``"4 * d_model"``. In string fields (paths, names, choices)
-    only ``"=..."`` is, so ``tok/a-b.json`` stays a path.
-    """
-    if not isinstance(value, str):
-        return False
-    if value.lstrip().startswith("="):
-        return True
-    if key not in _numeric_fields():
-        return False
-    return is_expression(value) or not _is_number(value)
-
-
-def _is_number(text: str) -> bool:
-    """``"3e-4"``, ``"1_000"``, ``"10M"`` (what config parsing accepts as a number)."""
-    text = text.strip().replace("_", "")
-    try:
-        float(text)
-    except ValueError:
-        return not isinstance(C.parse_size(text), str)
-    return True
-
-
-# --------------------------------------------------------------------------------------------------
-# resolution
-
-
-SECTION_EXAMPLES = {"model": "{preset: debug}", "train": "{lr: 3e-4}",
-                    "data": "{val_fraction: 0.05}", "tokenizer": "{kind: bpe}"}
-
-
-def _normalise_delta(delta: Any, key: str) -> dict[str, Any]:
-    """A variant / defaults block in nested or dotted form -> flat dotted dict under sections.
-    An empty section (``model:``) sets nothing."""
-    if delta is None:
-        return {}
-    if not isinstance(delta, Mapping):
-        raise ConfigError(f"expected a mapping of settings, got {delta!r}", key=key)
-    for name, block in delta.items():
-        _check_section_block(name, block, f"{key}.{name}")
-    flat = flatten({k: v for k, v in delta.items() if not (k in C.SECTIONS and not v)})
-    for k in flat:
-        _check_section(k, f"{key}.{k}")
-    return flat
-
-
-def _check_section_block(name: str, block: Any, key: str) -> None:
-    """``model: debug`` where a mapping of model settings (``model: {preset: debug}``) goes."""
-    if name in C.SECTIONS and block is not None and not isinstance(block, Mapping):
-        raise ConfigError(f"expected a mapping of settings (e.g. {name}: "
-                          f"{SECTION_EXAMPLES[name]}), got {block!r}", key=key)
-
-
-def _check_section(dotted: str, key: str) -> None:
-    section = dotted.split(".")[0]
-    if section not in C.SECTIONS or "." not in dotted:
-        raise ConfigError(f"unknown section '{section}'{did_you_mean(section, C.SECTIONS)}; "
-                          f"settings live under {', '.join(C.SECTIONS)} (e.g. model.d_model)",
-                          key=key)
-
-
-def _check_axis(dotted: str, key: str) -> None:
-    """A grid/zip axis names a setting of a section (``model.d_model``), checked before the
-    sweep expands, so a typo is reported under the axis and not under a point of the grid."""
-    _check_section(dotted, key)
-    section, name = dotted.split(".", 1)
-    fields = [f.name for f in dataclasses.fields(C.SECTIONS[section])]
-    if name not in fields:
-        raise C.unknown_key(name, fields, key)
-
-
-def _apply_presets(flat: dict[str, Any], key: str) -> dict[str, Any]:
-    """``model.preset: debug`` expands into that preset's model fields (explicit keys win)."""
-    preset = flat.pop("model.preset", None)
-    if preset is None:
-        return flat
-    if preset not in C.PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}{did_you_mean(str(preset), C.PRESETS)}; "
-                          f"known: {', '.join(C.PRESETS)}", key=f"{key}.model.preset")
-    out = {f"model.{k}": v for k, v in C.PRESETS[preset].items()}
-    out.update(flat)
-    return out
-
-
-class _Resolver:
-    """Flat dotted settings -> checked RunConfig, with per-section caches.
-
-    A study's runs share most sections (one tokenizer, one data block, a train block per seed),
-    and ``from_dict`` re-reads type hints on every call, so identical sections are built once and
-    copied; only what differs is validated again.
-    """
-
-    def __init__(self) -> None:
-        self._sections: dict[tuple[str, str], Any] = {}
-        self._solved: dict[str, C.ModelConfig] = {}
-
-    def section(self, name: str, data: dict[str, Any], key: str) -> tuple[Any, dict[str, Any]]:
-        """(checked section object, its plain dict); the dict is shared: read it only."""
-        ck = (name, canonical_json(data))
-        hit = self._sections.get(ck)
-        if hit is None:
-            try:
-                obj = C.from_dict(C.SECTIONS[name], data, name)
-            except ConfigError as err:
-                raise err.under(key) from None
-            hit = self._sections[ck] = (obj, C.to_dict(obj))
-        return copy.copy(hit[0]), hit[1]
-
-    def resolve(self, flat: Mapping[str, Any], key: str,
-                fallback: Mapping[str, Any] | None = None) -> C.RunConfig:
-        return self.resolve_with_dict(flat, key, fallback)[0]
-
-    def resolve_with_dict(self, flat: Mapping[str, Any], key: str,
-                          fallback: Mapping[str, Any] | None = None
-                          ) -> tuple[C.RunConfig, dict[str, Any]]:
-        """Evaluate derived expressions (dependency order), check, solve a params target.
-
-        Names an expression uses that ``flat`` does not set (or that the expression itself sets:
-        ``d_model: "d_model * 2 // 3"``) take their value from ``fallback``, the resolved
-        defaults (for the defaults themselves: the dataclass defaults).
-        """
-        fallback = _class_defaults() if fallback is None else fallback
-        flat = _target_placeholder(_evaluate_derived(dict(flat), key, fallback), fallback)
-        nested = unflatten(flat)
-        built = {name: self.section(name, nested.get(name) or {}, key) for name in C.SECTIONS}
-        cfg = C.RunConfig(**{name: obj for name, (obj, _) in built.items()})
-        resolved = {name: d for name, (_, d) in built.items()}
-        if cfg.model.params_target is not None:
-            cfg.model = self.solved(cfg, key)
-            resolved["model"] = C.to_dict(cfg.model)
-        else:
-            for name in TARGET_KEYS:
-                if getattr(cfg.model, name) is not None:
-                    raise ConfigError("only applies with model.params_target (without a target, "
-                                      "set d_model / d_ff directly)", key=f"{key}.model.{name}")
-        problems = cfg.check()
-        if problems:
-            raise problems[0].under(key)
-        return cfg, resolved
-
-    def solved(self, cfg: C.RunConfig, key: str) -> C.ModelConfig:
-        from lmablate.study.solve import solve_for_run
-
-        ck = canonical_json([C.to_dict(cfg.model), C.to_dict(cfg.tokenizer), cfg.train.seq_len])
-        if ck not in self._solved:
-            try:
-                self._solved[ck] = solve_for_run(cfg)
-            except ConfigError as err:
-                raise err.under(f"{key}.model") from None
-        return copy.copy(self._solved[ck])
-
-
-@cache
-def _class_defaults() -> dict[str, Any]:
-    return flatten(C.to_dict(C.RunConfig()))
-
-
-def _target_placeholder(flat: dict[str, Any], fallback: Mapping[str, Any]) -> dict[str, Any]:
-    """With a params_target and an embedding_share the solver picks d_model; until then it holds
-    a width every head count divides, so the shape checks do not reject a value that goes away."""
-    def get(k: str) -> Any:
-        return flat.get(k, fallback.get(k))
-
-    if get("model.params_target") is None or get("model.embedding_share") is None:
-        return flat
-    heads = get("model.n_heads")
-    if isinstance(heads, int) and heads > 0:
-        flat["model.d_model"] = 2 * heads
-    return flat
-
-
-def _evaluate_derived(flat: dict[str, Any], key: str,
-                      fallback: Mapping[str, Any]) -> dict[str, Any]:
-    pending = {k: v for k, v in flat.items() if _is_expr(k, v)}
-    while pending:
-        pending_names = {n for k in pending for n in (k, k.split(".")[-1])}
-        ready = [k for k, text in pending.items()
-                 if not (_refs(text, f"{key}.{k}") & (pending_names - {k, k.split(".")[-1]}))]
-        if not ready:
-            k = next(iter(pending))
-            raise ConfigError(f"circular expression {pending[k]!r} (it depends on another derived "
-                              "value that depends on it)", key=f"{key}.{k}")
-        for k in ready:
-            others = {n: v for n, v in flat.items() if n not in pending}
-            flat[k] = _evaluate_setting(k, pending.pop(k), _names({**fallback, **others}),
-                                        f"{key}.{k}")
-    return flat
-
-
-def _evaluate_setting(setting: str, text: str, names: Mapping[str, Any], key: str) -> Any:
-    """The value of a setting's expression. A lone word that names nothing (``batch_size:
-    eight``) is a value of the wrong type rather than an expression, and is reported so."""
-    word = text.strip()
-    if word.isidentifier() and word not in names and word not in ("True", "False", "None"):
-        section, name = setting.split(".", 1)
-        raise ConfigError(f"expected {C.expected_type(section, name)} or an expression over "
-                          f"config keys, got {text!r}{did_you_mean(word, names)}", key=key)
-    return evaluate(text, names, key=key)
-
-
-def _refs(text: str, key: str) -> set[str]:
-    """Names an expression refers to; a syntax error becomes the one-line ConfigError."""
-    try:
-        return names_in(text)
-    except SyntaxError:
-        evaluate(text, {}, key=key)  # raises the one-line syntax error
-        raise
-
-
 def _axis_values(axis: str, spec: Any, names: Mapping[str, Any], key: str) -> list[Any]:
-    if _is_expr(axis, spec):
-        spec = _evaluate_setting(axis, spec, names, key)
+    if is_expr(axis, spec):
+        spec = evaluate_setting(axis, spec, names, key)
     if not isinstance(spec, list):
         spec = [spec]
     if not spec:
@@ -449,8 +163,8 @@ def _axis_order(grid: Mapping[str, Any], key: str) -> list[str]:
     """
     deps = {}
     for axis, spec in grid.items():
-        _check_axis(axis, f"{key}.{axis}")
-        refs = _refs(spec, f"{key}.{axis}") if _is_expr(axis, spec) else set()
+        check_axis(axis, f"{key}.{axis}")
+        refs = expression_refs(spec, f"{key}.{axis}") if is_expr(axis, spec) else set()
         deps[axis] = {a for a in grid if a != axis and (a in refs or a.split(".")[-1] in refs)}
     order: list[str] = []
     while len(order) < len(grid):
@@ -477,7 +191,7 @@ def _grid_points(grid: Mapping[str, Any], names: dict[str, Any], key: str,
     for axis in _axis_order(grid, key):
         new_points = []
         for p in points:
-            scope = _names({**names, **p}) if p else _names(names)
+            scope = expression_names({**names, **p}) if p else expression_names(names)
             for v in _axis_values(axis, grid[axis], scope, f"{key}.{axis}"):
                 new_points.append({**p, axis: v})
             if len(new_points) > limit:
@@ -491,8 +205,8 @@ def _zip_rows(zipped: Mapping[str, Any], names: dict[str, Any], key: str) -> lis
         return [{}]
     cols = {}
     for k, v in zipped.items():
-        _check_axis(k, f"{key}.{k}")
-        cols[k] = _axis_values(k, v, _names(names), f"{key}.{k}")
+        check_axis(k, f"{key}.{k}")
+        cols[k] = _axis_values(k, v, expression_names(names), f"{key}.{k}")
     lengths = {len(v) for v in cols.values()}
     if len(lengths) != 1:
         raise ConfigError("all zip lists must have the same length, got "
@@ -541,8 +255,8 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
     from gives every run that uses it a new ID.
     """
     corpora = corpora or {}
-    resolver = _Resolver()
-    defaults = _apply_presets(_normalise_delta(study.get("defaults"), "defaults"), "defaults")
+    resolver = Resolver()
+    defaults = apply_presets(normalise_delta(study.get("defaults"), "defaults"), "defaults")
     written = set(defaults)
     top = _top_level_settings(study)
     for k, v in top.items():
@@ -568,12 +282,12 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
         vgrid, vzip = vspec.pop("grid", None), vspec.pop("zip", None)
         vwhere, vseeds = vspec.pop("where", None), vspec.pop("seeds", None)
         vspec.pop("label", None)
-        vbase = {**defaults, **_apply_presets(_normalise_delta(vspec, vkey), vkey)}
+        vbase = {**defaults, **apply_presets(normalise_delta(vspec, vkey), vkey)}
         seeds = _seeds(vseeds, f"{vkey}.seeds") if vseeds is not None else global_seeds
         wheres = [(w, k) for w, k in ((sweep.get("where"), "sweep.where"),
                                       (vwhere, f"{vkey}.where")) if w]
         # axes see the defaults as resolved (derived d_ff etc.) plus this variant's literal values
-        names = {**base_flat, **{k: v for k, v in vbase.items() if not _is_expr(k, v)},
+        names = {**base_flat, **{k: v for k, v in vbase.items() if not is_expr(k, v)},
                  "variant": vname}
         points = []
         room = (MAX_RUNS - planned) // len(seeds)
@@ -594,7 +308,7 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
             cfg, resolved = resolver.resolve_with_dict({**flat, "train.seed": seeds[0]}, pkey,
                                                        base_flat)
             if wheres:  # constraints see derived and solved values (d_ff, params_target dims)
-                scope = _names({**flatten(resolved), "variant": vname})
+                scope = expression_names({**flatten(resolved), "variant": vname})
                 if any("params_" in w for w, _ in wheres):  # seed 000: "ignored under 1M"
                     scope.update(_param_names(cfg, corpora))
                 if not all(evaluate(w, scope, key=k) for w, k in wheres):
@@ -630,7 +344,7 @@ def written_settings(study: Mapping[str, Any]) -> dict[str, list[str]]:
         axes = [*(spec.pop("grid", None) or {}), *(spec.pop("zip", None) or {})]
         for key in ("where", "seeds", "label"):
             spec.pop(key, None)
-        out[str(name)] = sorted({*_normalise_delta(spec, f"sweep.variants.{name}"), *axes})
+        out[str(name)] = sorted({*normalise_delta(spec, f"sweep.variants.{name}"), *axes})
     return out
 
 
@@ -670,7 +384,7 @@ def _top_level_settings(study: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section in ("data", "tokenizer"):
         block = study.get(section)
-        _check_section_block(section, block, section)
+        check_section_block(section, block, section)
         out.update(flatten({section: block}) if block else {})
     return out
 
