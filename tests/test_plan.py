@@ -16,13 +16,13 @@ from lmablate.errors import ConfigError
 from lmablate.study import accounting
 from lmablate.study.config import ModelConfig
 from lmablate.study.load import read_study, study_from_dict
+from lmablate.study.phases import select_top_k
 from lmablate.study.plan import (
     DEFAULT_TRAIN_FLOPS_PER_S,
     DEFAULT_TRAIN_RUNTIME_MIN,
     DEFAULT_TRAIN_TOKENS_PER_S,
     device_memory,
     planned_tokens,
-    select_top_k,
     study_train_rate,
     train_memory_bytes,
     train_runtime_min,

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmablate.dicts import flatten, run_hash, set_dotted, unflatten
@@ -49,7 +50,7 @@ from lmablate.errors import ConfigError, did_you_mean
 from lmablate.study import config as C
 from lmablate.study.sweep import RUN_HASH_HEX, Run, format_value, identity
 
-__all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select"]
+__all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select", "select_top_k"]
 
 RANKING_KEYS = {
     "tokens": "Phase-1 budget in tokens: every run of the sweep trains this much first.",
@@ -204,8 +205,6 @@ def select(ranking: Ranking | Mapping[str, Any], runs_table: Any) -> dict[str, A
     """Phase 2 from the harvested phase-1 table: ``{"selected": [study run IDs], "phase1": [...],
     "metric", "top_k", "per"}``. The table's ``run_id`` column holds phase-1 IDs. ``ranking``: a
     :class:`Ranking` or its :meth:`Ranking.selection` (what the workflow passes to its job)."""
-    from lmablate.study.plan import select_top_k
-
     p = ranking.selection() if isinstance(ranking, Ranking) else ranking
     per = p.get("per")
     if per is not None and hasattr(runs_table, "columns") and per not in runs_table.columns:
@@ -220,3 +219,47 @@ def select(ranking: Ranking | Mapping[str, Any], runs_table: Any) -> dict[str, A
                                               maximize=p["maximize"], per=per)))
     return {"selected": [p["phase2_of"][r] for r in winners], "phase1": winners,
             "metric": p["metric"], "top_k": p["top_k"], "per": per}
+
+
+RANKED_STATUSES = ("completed",)  # diverged and stopped_early runs never go to the next phase
+
+
+def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize: bool = False,
+                 per: str | None = None) -> list[str]:
+    """Run IDs of the ``k`` best finished runs by ``metric`` (lowest first unless ``maximize``).
+
+    ``runs_table`` is the harvested table (``runs.csv``/``runs.parquet`` as a DataFrame, or an
+    iterable of row mappings) with at least ``run_id``, ``status`` and ``metric``. Only
+    ``completed`` runs with a finite metric compete; ties go to the smaller run ID, so the
+    selection is deterministic. With ``per`` (a column, e.g. the axis a run varies), the top ``k``
+    of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
+    order. Fewer than ``k`` eligible runs: all of them.
+
+    Two-phase studies rank phase 1 with it (:func:`select`): the ``rank_phase1`` checkpoint
+    rule (rules/ranking.smk) writes the selection to ``results/<study>/phase1/selected.json``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")
+    rows = runs_table.to_dict("records") if hasattr(runs_table, "to_dict") else list(runs_table)
+    if rows and metric not in rows[0]:
+        raise ConfigError(f"no column {metric!r} in the runs table (columns: "
+                          f"{', '.join(map(str, rows[0]))})", key="select.metric")
+    groups: dict[Any, list[tuple[float, str]]] = {}
+    for row in _eligible(rows, metric):
+        value = float(row[metric])
+        groups.setdefault(row.get(per) if per else None, []).append(
+            (-value if maximize else value, str(row["run_id"])))
+    return [run_id for g in sorted(groups, key=str) for _, run_id in sorted(groups[g])[:k]]
+
+
+def _eligible(rows: Iterable[Mapping[str, Any]], metric: str) -> Iterable[Mapping[str, Any]]:
+    """The rows that compete: a ranked status and a finite ``metric``."""
+    for row in rows:
+        value = row.get(metric)
+        if row.get("status") not in RANKED_STATUSES or value is None:
+            continue
+        try:
+            if math.isfinite(float(value)):
+                yield row
+        except (TypeError, ValueError):
+            continue

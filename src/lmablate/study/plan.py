@@ -9,10 +9,6 @@ wall
 time. The estimate uses the training FLOP rate this study measured on runs
 that finished (``final.json``: tokens/s x FLOPs/token, median), so a bigger model gets a longer
 estimate; without finished runs, pass a throughput or go without. Totals close the table.
-
-:func:`select_top_k` is the library half of two-phase ranking (seed 003: every config on a short
-budget, the best to the long one); the study syntax and the rules it needs are specified in its
-docstring.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from lmablate.units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds
 
 __all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
            "device_memory", "measured_rate", "plan_table", "plan_totals",
-           "planned_tokens", "render", "select_top_k", "study_train_rate", "train_memory_bytes",
+           "planned_tokens", "render", "study_train_rate", "train_memory_bytes",
            "train_runtime_min"]
 
 # The throughput a Slurm time limit assumes when a study neither sets `execution.tokens_per_s`
@@ -428,47 +424,3 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
                  f"{study.name!r}: {fmt_amount(totals['tokens'])} tokens, "
                  f"{fmt_flops(totals['flops'])} FLOPs{epochs}{time_note}")
     return "\n".join(lines)
-
-
-RANKED_STATUSES = ("completed",)  # diverged and stopped_early runs never go to the next phase
-
-
-def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize: bool = False,
-                 per: str | None = None) -> list[str]:
-    """Run IDs of the ``k`` best finished runs by ``metric`` (lowest first unless ``maximize``).
-
-    ``runs_table`` is the harvested table (``runs.csv``/``runs.parquet`` as a DataFrame, or an
-    iterable of row mappings) with at least ``run_id``, ``status`` and ``metric``. Only
-    ``completed`` runs with a finite metric compete; ties go to the smaller run ID, so the
-    selection is deterministic. With ``per`` (a column, e.g. the axis a run varies), the top ``k``
-    of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
-    order. Fewer than ``k`` eligible runs: all of them.
-
-    Two-phase studies (a ``ranking:`` block, :mod:`lmablate.study.phases`) rank phase 1 with it: the
-    ``rank_phase1`` checkpoint rule (rules/ranking.smk) writes the selection to
-    ``results/<study>/phase1/selected.json``.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")
-    rows = runs_table.to_dict("records") if hasattr(runs_table, "to_dict") else list(runs_table)
-    if rows and metric not in rows[0]:
-        raise ConfigError(f"no column {metric!r} in the runs table (columns: "
-                          f"{', '.join(map(str, rows[0]))})", key="select.metric")
-    groups: dict[Any, list[tuple[float, str]]] = {}
-    for row in _eligible(rows, metric):
-        value = float(row[metric])
-        groups.setdefault(row.get(per) if per else None, []).append(
-            (-value if maximize else value, str(row["run_id"])))
-    return [run_id for g in sorted(groups, key=str) for _, run_id in sorted(groups[g])[:k]]
-
-
-def _eligible(rows: Iterable[Mapping[str, Any]], metric: str) -> Iterable[Mapping[str, Any]]:
-    for row in rows:
-        value = row.get(metric)
-        if row.get("status") not in RANKED_STATUSES or value is None:
-            continue
-        try:
-            if math.isfinite(float(value)):
-                yield row
-        except (TypeError, ValueError):
-            continue
