@@ -48,12 +48,14 @@ rule plot_lr_find:
         "../workflow_scripts/plot_lr_find.py"
 
 
-# The results page: findings, ranking, runs and every figure with its caption, one self-contained
-# HTML file that the report's landing page shows (report/workflow.rst inserts it).
+# The results page: findings, ranking, the test split and losses per epoch (where the study has
+# them), runs and every figure with its caption, one self-contained HTML file that the report's
+# landing page shows (report/workflow.rst inserts it).
 rule write_results_page:
     input:
         runs_csv=f"results/{NAME}/runs.csv",
         summary=f"results/{NAME}/summary.json",
+        curves=f"results/{NAME}/curves.parquet",
         figures=[spec["path"] for spec in results_page_figures().values()],
     output:
         report(

@@ -1,4 +1,5 @@
-"""Write the results page (findings, ranking, runs, figures with captions) the report shows."""
+"""Write the results page (findings, ranking, test split, losses per epoch, runs, figures with
+captions) the report shows."""
 
 import sys
 
@@ -9,4 +10,5 @@ from lmablate.workflow.steps import run_step
 
 run_step(lambda: write_results_page(snakemake.input.runs_csv, snakemake.input.summary,
                                     snakemake.output[0], study=snakemake.params.study,
-                                    figures=snakemake.params.figures))
+                                    figures=snakemake.params.figures,
+                                    curves=snakemake.input.curves))

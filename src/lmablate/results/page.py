@@ -1,14 +1,15 @@
-"""The results page of a study: findings, ranking, runs and every figure with its caption, as one
-self-contained HTML fragment (``results/<study>/results.html``).
+"""The results page of a study: findings, ranking, the test split and per-epoch losses where the
+study has them, runs and every figure with its caption, as one self-contained HTML fragment
+(``results/<study>/results.html``).
 
 ``snakemake --report`` shows it on the report's landing page (``report/workflow.rst`` inserts it
 with docutils' ``raw:: html`` directive), so the report opens on the results, not only on links
 to them. The file also opens on its own in any browser: figures are embedded as data URIs and
 the styles are scoped to the fragment's ``#lmablate-results`` section.
 
-The findings and the ranking are those of ``analysis.txt``
-(:func:`lmablate.results.harvest.analysis_text`
-shares their code); captions are the report's ``report/<kind>.rst`` files rendered by docutils.
+The findings, the ranking, the test-split and the per-epoch tables are those of ``analysis.txt``
+and RESULTS.md (:mod:`lmablate.results.harvest` shares their code); captions are the report's
+``report/<kind>.rst`` files rendered by docutils.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from lmablate.io import atomic_write_text
-from lmablate.results.harvest import RANK_HEADER, _ranking_rows
+from lmablate.results.harvest import (
+    EPOCH_HEADER,
+    EPOCH_NOTE,
+    RANK_HEADER,
+    TEST_HEADER,
+    TEST_NOTE,
+    _epoch_rows,
+    _ranking_rows,
+    _test_rows,
+    epoch_table,
+)
 from lmablate.units import fmt_count
 
 __all__ = ["RUN_COLUMNS", "caption_html", "results_html", "write_results_page"]
@@ -40,6 +51,8 @@ RUN_COLUMNS: dict[str, tuple[str, str]] = {
     "val_ppl": ("val ppl", "2f"),
     "val_acc": ("top-1 acc", "3f"),
     "val_ece": ("ECE", "3f"),
+    "test_loss": ("test loss", "4f"),
+    "test_ppl": ("test ppl", "2f"),
     "tokens_per_s": ("tokens/s", "count"),
     "wall_s": ("wall (s)", "1f"),
 }
@@ -106,6 +119,33 @@ def _runs_table(runs: Any) -> str:
     return _table([RUN_COLUMNS[c][0] for c in cols], rows, "runs")
 
 
+def _note(text: str) -> str:
+    """A note paragraph; Markdown's `code` spans (the notes RESULTS.md shares) as <code>."""
+    parts = _esc(text.removesuffix(":")).split("`")
+    body = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return f'<p class="note">{body}.</p>'
+
+
+def _numeric_table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str) -> str:
+    """A table of formatted cells, the first column text and the others right-aligned."""
+    return _table(header, [[(c, i > 0) for i, c in enumerate(r)] for r in rows], cls)
+
+
+def _split_tables(summary: Mapping[str, Any], epochs: Any) -> list[str]:
+    """The test split's loss and perplexity per group and the losses per epoch, as RESULTS.md
+    shows them (nothing for a study without a test source or an `epochs` budget)."""
+    parts = []
+    if test := _test_rows(summary):
+        parts += ["<h3>Test split</h3>",
+                  _note(TEST_NOTE),
+                  _numeric_table(TEST_HEADER, test, "test-split")]
+    if epochs is not None and len(epochs):
+        parts += ["<h3>Loss per epoch</h3>",
+                  _note(EPOCH_NOTE),
+                  _numeric_table(EPOCH_HEADER, _epoch_rows(epochs), "epochs")]
+    return parts
+
+
 def caption_html(rst: str) -> str:
     """A report caption (reStructuredText, as report/<kind>.rst) as an HTML fragment."""
     from docutils.core import publish_parts
@@ -128,9 +168,11 @@ def _figure(name: str, spec: Mapping[str, Any]) -> str:
 
 
 def results_html(runs: Any, summary: Mapping[str, Any], study: str,
-                 figures: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                 figures: Mapping[str, Mapping[str, Any]] | None = None,
+                 epochs: Any = None) -> str:
     """The results page as an HTML fragment. ``figures``: name -> {"path": PNG, "caption":
-    report caption .rst (optional), "what": one-line summary (optional)}, in display order."""
+    report caption .rst (optional), "what": one-line summary (optional)}, in display order;
+    ``epochs``: the per-epoch losses (:func:`lmablate.results.harvest.epoch_table`) or None."""
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',
              f"<h2>Results: study {_esc(study)}</h2>",
@@ -144,6 +186,7 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
              "k seeds excluded); ppl* = exp(mean loss); delta = group minus reference; paired "
              "t-test by seed (Welch otherwise); p Holm adjusts for all comparisons.</p>",
              _ranking(summary)]
+    parts += _split_tables(summary, epochs)
     if summary.get("excluded_runs"):
         parts.append("<h3>Runs left out of the statistics</h3><ul>" + "".join(
             f"<li>{_esc(rid)} ({_esc(e['group'])}, seed {_esc(e['seed'])}): "
@@ -159,11 +202,14 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
 
 
 def write_results_page(runs_csv: str | Path, summary_json: str | Path, out: str | Path, *,
-                       study: str, figures: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-    """Read a harvested study's runs.csv and summary.json and write its results page to ``out``."""
+                       study: str, figures: Mapping[str, Mapping[str, Any]] | None = None,
+                       curves: str | Path | None = None) -> Path:
+    """Read a harvested study's runs.csv and summary.json (and curves.parquet, for the losses
+    per epoch) and write its results page to ``out``."""
     import pandas as pd
 
     runs = pd.read_csv(runs_csv)
     summary = json.loads(Path(summary_json).read_text())
-    atomic_write_text(Path(out), results_html(runs, summary, study, figures))
+    epochs = epoch_table(pd.read_parquet(curves)) if curves is not None else None
+    atomic_write_text(Path(out), results_html(runs, summary, study, figures, epochs))
     return Path(out)
