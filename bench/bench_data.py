@@ -34,16 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lmablate.data.corpora import (
-    iter_documents,
-    load_manifest,
-    prepare_corpus,
-    resolve_corpora,
-    split_documents,
-)
+from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus, split_documents
 from lmablate.data.tokenizer import build_tokenizer, load_tokenizer
 from lmablate.data.tokens import Batches, TokenStore, encode_corpus
 from lmablate.study.config import TokenizerConfig
+from lmablate.study.corpus_spec import resolve_corpora
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 4096

@@ -161,16 +161,11 @@ def assert_same_run(final: dict, ref: dict) -> None:
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory) -> Path:
     """A real token store: 400 shipped stories, a 320-token BPE, HDF5."""
-    from lmablate.data.corpora import (
-        is_val,
-        iter_documents,
-        load_manifest,
-        prepare_corpus,
-        resolve_corpora,
-    )
+    from lmablate.data.corpora import is_val, iter_documents, load_manifest, prepare_corpus
     from lmablate.data.tokenizer import build_tokenizer
     from lmablate.data.tokens import encode_corpus
     from lmablate.study.config import RunConfig, from_dict
+    from lmablate.study.corpus_spec import resolve_corpora
 
     d = tmp_path_factory.mktemp("data")
     spec = resolve_corpora(TINY_STUDY["corpora"], d)["tiny-stories"]
@@ -197,17 +192,12 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
     untrained (initial weights), seeds 0 and 1."""
     import torch
 
-    from lmablate.data.corpora import (
-        is_val,
-        iter_documents,
-        load_manifest,
-        prepare_corpus,
-        resolve_corpora,
-    )
+    from lmablate.data.corpora import is_val, iter_documents, load_manifest, prepare_corpus
     from lmablate.data.tokenizer import build_tokenizer
     from lmablate.data.tokens import encode_corpus
     from lmablate.engine.train import train
     from lmablate.study.config import RunConfig, from_dict
+    from lmablate.study.corpus_spec import resolve_corpora
 
     root = tmp_path_factory.mktemp("eval")
     corpus = resolve_corpora({"stories": {"source": "file", "separator": "\n\n",

@@ -10,18 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from lmablate.data.corpora import (
-    PRESETS,
-    iter_documents,
-    load_manifest,
-    prepare_corpus,
-    resolve_corpora,
-    split_documents,
-)
+from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus, split_documents
 from lmablate.data.tokenizer import build_tokenizer, load_tokenizer
 from lmablate.data.tokens import Batches, TokenStore, encode_corpus, import_hdf5, val_windows
 from lmablate.errors import ConfigError, DataError
 from lmablate.study.config import TokenizerConfig
+from lmablate.study.corpus_spec import PRESETS, resolve_corpora
 
 DATA = Path(__file__).parent / "data"
 FIRST_STORY = "Once upon a time there was a little boy named Ben."

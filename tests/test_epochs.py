@@ -13,12 +13,14 @@ import torch
 import yaml
 
 from lmablate import from_dict
-from lmablate.data.corpora import load_manifest, prepare_corpus, resolve_corpora, split_documents
+from lmablate.data.corpora import load_manifest, prepare_corpus, split_documents
 from lmablate.data.tokenizer import build_tokenizer
 from lmablate.data.tokens import TokenStore, encode_corpus
-from lmablate.engine.train import epoch_ended, train
+from lmablate.engine.schedule import epoch_ended
+from lmablate.engine.train import train
 from lmablate.results.harvest import harvest
 from lmablate.study.config import RunConfig
+from lmablate.study.corpus_spec import resolve_corpora
 
 TEST_TEXT = Path(__file__).parent / "data" / "wikitext2_test_excerpt.txt"
 RUN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},

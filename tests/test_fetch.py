@@ -32,9 +32,10 @@ from urllib.parse import unquote, urlparse
 import pytest
 from conftest import LocalServer, serving
 
-from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus, resolve_corpora
+from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus
 from lmablate.data.fetch import Net, download
 from lmablate.errors import ConfigError, DataError
+from lmablate.study.corpus_spec import resolve_corpora
 
 FAST = Net(timeout=0.5, retries=3, backoff=0.01)
 STORIES = "".join(f"Story {i}: the cat sat on mat number {i}.\n\n" for i in range(300)).encode()
@@ -358,7 +359,8 @@ PREPARE = """
 import json, logging, sys
 from pathlib import Path
 from huggingface_hub.utils import logging as hf_logging
-from lmablate.data.corpora import prepare_corpus, resolve_corpora, iter_documents, load_manifest
+from lmablate.data.corpora import prepare_corpus, iter_documents, load_manifest
+from lmablate.study.corpus_spec import resolve_corpora
 from lmablate.workflow.steps import setup_logging
 setup_logging(logging.DEBUG)
 hf_logging.set_verbosity_debug()

@@ -65,7 +65,7 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
-    from lmablate.data.corpora import PACKAGE_DATA
+    from lmablate.study.corpus_spec import PACKAGE_DATA
 
     root = tmp_path_factory.mktemp("finished")
     text = (PACKAGE_DATA / "tinystories_valid_1k.txt").read_bytes()

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lmablate.data.corpora import (
-    is_val,
-    iter_documents,
-    load_manifest,
-    prepare_corpus,
-    resolve_corpora,
-)
+from lmablate.data.corpora import is_val, iter_documents, load_manifest, prepare_corpus
 from lmablate.data.tokenizer import build_tokenizer
 from lmablate.data.tokens import encode_corpus
 from lmablate.engine.train import train
 from lmablate.results.harvest import harvest
 from lmablate.study.config import RunConfig, from_dict
+from lmablate.study.corpus_spec import resolve_corpora
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore_study.ipynb"

@@ -12,19 +12,13 @@ import torch
 from conftest import planned, snakemake, write_yaml
 
 from lmablate import from_dict
-from lmablate.data.corpora import (
-    PRESETS,
-    iter_documents,
-    load_manifest,
-    prepare_corpus,
-    resolve_corpora,
-    split_documents,
-)
+from lmablate.data.corpora import iter_documents, load_manifest, prepare_corpus, split_documents
 from lmablate.data.tokenizer import build_tokenizer
 from lmablate.data.tokens import TokenStore, encode_corpus
 from lmablate.engine.train import train
 from lmablate.errors import ConfigError, DataError
 from lmablate.study.config import RunConfig
+from lmablate.study.corpus_spec import PRESETS, resolve_corpora
 
 DATA = Path(__file__).parent / "data"
 TEST_TEXT = DATA / "wikitext2_test_excerpt.txt"

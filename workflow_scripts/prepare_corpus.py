@@ -6,7 +6,8 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 from pathlib import Path
 
-from lmablate.data.corpora import located, prepare_corpus
+from lmablate.data.corpora import prepare_corpus
+from lmablate.study.corpus_spec import located
 from lmablate.workflow.steps import run_step
 
 run_step(lambda: prepare_corpus(located(snakemake.params.spec),

@@ -46,7 +46,6 @@ import numpy as np
 from lmablate.data.corpora import (
     has_explicit_val,
     has_test,
-    identity,
     is_val,
     iter_documents,
     load_manifest,
@@ -55,6 +54,7 @@ from lmablate.data.corpora import (
 from lmablate.data.tokenizer import load_tokenizer
 from lmablate.errors import DataError
 from lmablate.io import fsync_dir, sha256_file
+from lmablate.study.corpus_spec import identity
 
 __all__ = ["encode_corpus", "import_hdf5", "open_store", "TokenStore", "Batches", "val_windows"]
 

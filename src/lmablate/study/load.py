@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmablate.data import corpora as corpora_mod
 from lmablate.dicts import deep_merge
 from lmablate.errors import ConfigError, did_you_mean
-from lmablate.study import yamlsafe
+from lmablate.study import corpus_spec, yamlsafe
 from lmablate.study.config import unknown_key
 from lmablate.study.sweep import SWEEP_KEYS, VARIANT_KEYS, Run, expand, set_override
 
@@ -222,7 +221,7 @@ def _tokenizer_located(run: Run, base_dir: Path) -> Run:
     tok = run.config.tokenizer
     if not tok.path:
         return run
-    located = dataclasses.replace(tok, path=corpora_mod.local_path(tok.path, base_dir))
+    located = dataclasses.replace(tok, path=corpus_spec.local_path(tok.path, base_dir))
     return dataclasses.replace(run, config=dataclasses.replace(run.config, tokenizer=located))
 
 
@@ -284,12 +283,12 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
 
         doc["logging"] = check_logging(doc["logging"])
 
-    corpora = corpora_mod.resolve_corpora(doc.get("corpora") or {}, base_dir)
+    corpora = corpus_spec.resolve_corpora(doc.get("corpora") or {}, base_dir)
     runs = [_tokenizer_located(r, base_dir) for r in expand(doc, corpora)]
     used = {r.config.data.corpus for r in runs}
     for corpus in sorted(used):
         if corpus not in corpora:
-            presets = ", ".join(corpora_mod.PRESETS)
+            presets = ", ".join(corpus_spec.PRESETS)
             raise ConfigError(f"unknown corpus {corpus!r}{did_you_mean(corpus, corpora)}; define "
                               f"it under `corpora:` or use a preset ({presets})", key="data.corpus")
     baseline = doc.get("baseline", "baseline")

@@ -10,8 +10,8 @@ import types
 import typing
 from typing import Any, Literal
 
-from lmablate.data.corpora import SPEC_KEYS
 from lmablate.study import config as C
+from lmablate.study.corpus_spec import SPEC_KEYS
 from lmablate.study.load import TOP_KEYS
 
 __all__ = ["study_schema"]

@@ -220,8 +220,8 @@ def train_tokenizer_step(manifest: str | None, tokenizer: Mapping[str, Any], val
 def tokenize_step(spec: Mapping[str, Any], manifest: str | None, tokenizer: str | None, out: str,
                   val_fraction: float) -> dict:
     """Text corpora are encoded with the tokenizer; pre-tokenized (hdf5) ones are imported."""
-    from lmablate.data.corpora import located
     from lmablate.data.tokens import encode_corpus, import_hdf5
+    from lmablate.study.corpus_spec import located
 
     if spec["source"] == "hdf5":
         return import_hdf5(located(spec), out, tokenizer_path=tokenizer)
