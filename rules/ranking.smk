@@ -23,6 +23,8 @@ checkpoint rank_phase1:
         study=NAME,
         baseline=STUDY.baseline,
         ranking=RANKING.selection() if RANKING else {},
+        # the figures drawn from phase 1 (rule plot_phase1), which its RESULTS.md links
+        figures=PHASE1_FIGURES,
     script:
         "../workflow_scripts/rank_phase1.py"
 

@@ -144,7 +144,7 @@ mods = sorted({m for f in [Path("Snakefile"), *Path("rules").glob("*.smk")]
 for m in mods:
     __import__(m)
 import pandas as pd
-from lmablate.results.harvest import plan_figures
+from lmablate.figures.plan import plan_figures
 from lmablate.results.page import write_results_page
 from lmablate.workflow.steps import harvest_step, plot_study_step
 finals = [str(p) for p in sorted((root / "runs").glob("*/final.json"))]

@@ -17,16 +17,9 @@ from conftest import write_run
 
 from lmablate import study_from_dict
 from lmablate.errors import ConfigError, DataError
-from lmablate.results.harvest import (
-    collect,
-    harvest,
-    load_results,
-    plan_figures,
-    planned_rows,
-    reference_group,
-    size_levels,
-    spans_sizes,
-)
+from lmablate.figures.plan import figure_lines, plan_figures, planned_rows
+from lmablate.results.harvest import collect, harvest, load_results, reference_group
+from lmablate.results.shape import size_levels, spans_sizes
 
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
 REPO_REPORT = Path(__file__).resolve().parents[1] / "report"
@@ -96,7 +89,7 @@ def test_statistics_deltas_and_ranking_by_hand(ablation, tmp_path):
 
 def test_text_outputs_state_the_numbers(ablation, tmp_path):
     out = tmp_path / "out"
-    harvest(ablation, out, study="hand")
+    harvest(ablation, out, study="hand", figures=lambda rows: figure_lines(plan_figures(rows)))
     text = (out / "analysis.txt").read_text()
     rows = [ln.split() for ln in text.splitlines() if ln.strip().startswith(("1 ", "2 ", "3 "))]
     assert [r[1] for r in rows] == ["unstable", "baseline", "wider"]
@@ -255,7 +248,8 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
     """emb 0.25/0.35 and glu 2.0/2.66 around the centre (0.35, 2.66), one run: planned rows
     hold the centre once per sweep point, so the GLU axis has its two values, as harvested rows
     expanded by their memberships do."""
-    from lmablate.results.harvest import _point_rows, figure_axes, shared_points
+    from lmablate.figures.plan import _point_rows, figure_axes
+    from lmablate.results.harvest import shared_points
 
     study = study_from_dict(_study(
         {"variants": {"emb": {"grid": {"model.embedding_share": [0.25, 0.35]}},
@@ -275,7 +269,7 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
 
 
 def test_train_split_curves_are_not_called_validation_loss():
-    from lmablate.results.harvest import figure_summary
+    from lmablate.figures.plan import figure_summary
 
     assert figure_summary({"kind": "loss_curves", "split": "train"}).startswith("Training loss")
     assert figure_summary({"kind": "loss_curves"}).startswith("Validation loss")

@@ -15,7 +15,8 @@ import yaml
 from conftest import write_run
 
 from lmablate.figures import plots
-from lmablate.results.harvest import FIGURE_KINDS, collect, harvest, load_results, plan_figures
+from lmablate.figures.plan import FIGURE_KINDS, plan_figures
+from lmablate.results.harvest import collect, harvest, load_results
 from lmablate.workflow.steps import plot_study_step
 
 T975_DF1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1)
@@ -387,7 +388,7 @@ def test_a_two_phase_study_draws_its_sweep_figures_from_phase_1(tmp_path, tiny_s
 def test_heatmap_shows_a_relative_d_ff_sweep_as_the_ratio(tmp_path):
     """d_ff swept from d_model/2 to 2 * d_model (seed 000): in absolute d_ff the grid would be a
     sparse diagonal; as d_ff/d_model every cell is filled."""
-    from lmablate.results.harvest import heatmap_axes
+    from lmablate.figures.plan import heatmap_axes
 
     root = tmp_path / "runs"
     dirs = [write_run(root, f"d{d}-r{r}", val_loss=3.0 - d / 100 - r / 10,

@@ -13,13 +13,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, planned, snakemake
 
-from lmablate.results.harvest import (
-    RunData,
-    figure_summary,
-    selection_finding,
-    summarize_runs,
-    tables,
-)
+from lmablate.figures.plan import figure_summary
+from lmablate.results.harvest import RunData, selection_finding, summarize_runs, tables
 from lmablate.study import accounting
 from lmablate.study.load import read_study
 from lmablate.study.phases import ranking_of, select

@@ -10,4 +10,5 @@ from lmablate.workflow.steps import rank_phase1_step, run_step
 run_step(lambda: rank_phase1_step(snakemake.input.finals, snakemake.output.selected,
                                   snakemake.params.ranking, study=snakemake.params.study,
                                   baseline=snakemake.params.baseline,
-                                  figure=snakemake.output.ranking))
+                                  figure=snakemake.output.ranking,
+                                  figures=snakemake.params.figures))

@@ -2,7 +2,7 @@
 
 Every function takes the DataFrames :func:`lmablate.load_results` returns (plus the reliability
 table for calibration) and returns a matplotlib Figure, so a notebook can redraw or extend any
-figure of a study. :func:`draw` maps a figure kind of :func:`lmablate.results.harvest.plan_figures`
+figure of a study. :func:`draw` maps a figure kind of :func:`lmablate.figures.plan.plan_figures`
 to
 its function.
 
@@ -33,14 +33,14 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from lmablate.figures.plan import numeric_axes
 from lmablate.results.harvest import (
     INCLUDED_STATUSES,
     PRIMARY,
-    numeric_axes,
     progress_column,
     reference_group,
-    spans_sizes,
 )
+from lmablate.results.shape import spans_sizes
 from lmablate.results.stats import pareto_front, summarize
 from lmablate.units import fmt_count, fmt_tokens
 
@@ -778,7 +778,8 @@ def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
     and are named in the subtitle). Axes beyond these three are collapsed to their best group.
     Cells where every seed failed say so; cells the sweep never visited stay grey.
     """
-    from lmablate.results.harvest import DERIVED_AXES, axis_value, heatmap_axes
+    from lmablate.figures.plan import axis_value, heatmap_axes
+    from lmablate.results.shape import DERIVED_AXES
 
     style()
     main, axes = heatmap_axes(runs.to_dict("records"))
@@ -998,7 +999,8 @@ def _group_stats(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
 def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: str | None,
                 max_lines: int) -> dict[str, Any]:
     """One panel of :func:`metric_vs_axis`; returns what its legend and notes need."""
-    from lmablate.results.harvest import DERIVED_AXES, axis_value
+    from lmablate.figures.plan import axis_value
+    from lmablate.results.shape import DERIVED_AXES
 
     recs = rows.to_dict("records")
     rows = rows.assign(_x=[axis_value(r, axis) for r in recs])
@@ -1080,7 +1082,7 @@ def metric_vs_axis(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                    axes: Sequence[str] | None = None, max_lines: int = 4,
                    title: str | None = None) -> plt.Figure:
     """Final ``metric`` against each swept numeric axis and derived ratio
-    (:func:`lmablate.results.harvest.figure_axes`), one panel each, y shared.
+    (:func:`lmablate.figures.plan.figure_axes`), one panel each, y shared.
 
     Where each value of the axis is one configuration per line (a one-axis sweep, or a grid with
     at most ``max_lines`` settings of the other axes): the mean over seeds with its 95%
@@ -1090,7 +1092,8 @@ def metric_vs_axis(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     share (a one-axis sweep's centre) is on each of their axes. Loss figures give the perplexity
     on the right axis.
     """
-    from lmablate.results.harvest import figure_axes, group_rows
+    from lmablate.figures.plan import figure_axes
+    from lmablate.results.harvest import group_rows
 
     style()
     rows = group_rows(runs)
@@ -1261,7 +1264,8 @@ def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "bas
     buckets (1-2.5-5 series), each bucket one row; every configuration's validation loss after
     N training tokens (``at``; default: the furthest point every run of the bucket reached) as a
     grey dot, the lowest starred and named with its size, loss and N."""
-    from lmablate.results.harvest import _buckets, group_rows
+    from lmablate.results.harvest import group_rows
+    from lmablate.results.shape import size_bucket
 
     style()
     rows = group_rows(runs)
@@ -1272,7 +1276,7 @@ def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "bas
                       "parameter count.")
     x = progress_column(curves)
     sizes = ok.groupby("group", observed=True).params_total.mean()
-    bucket_of = {g: _buckets(p) for g, p in sizes.items()}
+    bucket_of = {g: size_bucket(p) for g, p in sizes.items()}
     buckets = sorted(set(bucket_of.values()))
     fig, ax = _subplots(figsize=(11, 0.75 * len(buckets) + 2.0))
     trans = blended_transform_factory(ax.transAxes, ax.transData)
@@ -1613,7 +1617,7 @@ def lr_finder(results: Sequence[Mapping[str, Any]], path: str | Path | None = No
 def draw(kind: str, runs: pd.DataFrame, curves: pd.DataFrame, *, baseline: str = "baseline",
          reliability: pd.DataFrame | None = None, summary: Mapping[str, Any] | None = None,
          title: str | None = None, **options: Any) -> plt.Figure:
-    """The figure of ``kind`` (a key of :data:`lmablate.results.harvest.FIGURE_KINDS`)."""
+    """The figure of ``kind`` (a key of :data:`lmablate.figures.plan.FIGURE_KINDS`)."""
     if kind == "loss_curves":
         return loss_curves(runs, curves, baseline, title=title, **options)
     if kind == "final_metric":

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lmablate.errors import ConfigError, DataError
-from lmablate.results.harvest import RunData, plan_figures, tables, write_outputs
+from lmablate.figures.plan import figure_lines, plan_figures
+from lmablate.results.harvest import RunData, tables, write_outputs
 
 __all__ = ["import_hf", "load_hf_run", "latest_state", "safetensors_params", "compile_pattern"]
 
@@ -212,7 +213,7 @@ def import_hf(run_dirs: Sequence[str | Path], out_dir: str | Path, *, name_patte
     runs, curves, reliability = tables(data)
     figures = plan_figures(runs.to_dict("records"))
     summary = write_outputs(runs, curves, reliability, out_dir, study=study, baseline=baseline,
-                            figures=figures)
+                            figures=figure_lines(figures))
     if plots:
         from lmablate.figures import plots as P
 

@@ -29,8 +29,7 @@ import json
 import math
 import multiprocessing as mp
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,23 +38,20 @@ import yaml
 
 from lmablate.dicts import flatten
 from lmablate.engine.integrity import verify_run
-from lmablate.errors import ConfigError, DataError
+from lmablate.errors import DataError
 from lmablate.io import atomic_write_bytes, atomic_write_text
+from lmablate.results.shape import DERIVED_AXES, present, ratio, size_bucket, spans_sizes
 from lmablate.study.sweep import format_value
 from lmablate.units import fmt_count
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lmablate.study.load import Study
-
 __all__ = ["harvest", "load_run", "collect", "tables", "RunData", "load_results", "group_rows",
-           "shared_points", "load_reliability", "summarize_runs", "size_levels", "spans_sizes",
+           "shared_points", "load_reliability", "summarize_runs",
            "lr_lines", "short_names", "analysis_text", "results_markdown",
-           "write_outputs", "reference_group", "planned_rows", "plan_figures", "heatmap_axes",
-           "FIGURE_KINDS",
-           "PRIMARY", "INCLUDED_STATUSES", "figure_axes", "axis_value", "DERIVED_AXES",
-           "approx_flops_per_token", "figure_summary", "add_efficiency", "moe_load_summary",
+           "write_outputs", "reference_group",
+           "PRIMARY", "INCLUDED_STATUSES", "add_efficiency", "moe_load_summary",
            "EFFICIENCY_COLUMNS"]
 
 PRIMARY = "val_loss"  # the metric groups are ranked by (lower is better)
@@ -97,10 +93,6 @@ class RunData:
     blocks: list[tuple[str, str, list, list, list]] = field(default_factory=list)
     # (split, metric, steps, tokens, values), one block per curve
     reliability: Mapping[str, Sequence[float]] | None = None
-
-
-def _number(x: Any) -> bool:
-    return type(x) is float or type(x) is int
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -292,7 +284,7 @@ def _memberships(rows: list[dict[str, Any]],
 
 def _membership(row: Mapping[str, Any], label: str) -> dict[str, Any]:
     return {"group": label, "variant": row["variant"],
-            "axes": {k[5:]: v for k, v in row.items() if k.startswith("axis.") and _present(v)}}
+            "axes": {k[5:]: v for k, v in row.items() if k.startswith("axis.") and present(v)}}
 
 
 def group_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -392,330 +384,10 @@ def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]
     return add_efficiency(runs, curves), curves, reliability
 
 
-# --------------------------------------------------------------------------------------------------
-# which figures a study gets (pure Python: runs at Snakefile parse time)
-
-FIGURE_KINDS = {  # kind -> what it shows (RESULTS.md; report captions say more)
-    "loss_curves": "Validation loss against training tokens, each group next to the reference "
-                   "(mean and 95% CI over seeds).",
-    "final_metric": "Final metric per group, best first: mean with 95% CI over seeds, each seed "
-                    "a dot, the reference as a dashed line.",
-    "params_vs_loss": "Parameters against final validation loss (log x) with the Pareto "
-                      "frontier, coloured by a sweep axis.",
-    "heatmap": "Mean final validation loss over two sweep axes, facetted by a third.",
-    "lr_sensitivity": "Final validation loss against the learning rate (log x), one line per "
-                      "configuration; diverged runs marked.",
-    "efficiency": "Training throughput, peak memory and data efficiency (training-loss drop "
-                  "per million tokens; early- over late-phase drop rate) against model size.",
-    "calibration": "Reliability diagram of the final evaluation: accuracy against confidence "
-                   "per bin, with the expected calibration error.",
-    "moe_load": "Mixture-of-experts routing: each expert's share of tokens over training, and "
-                "the Gini coefficient and entropy of the load.",
-    "tasks": "Downstream task accuracy per group (seed dots, mean with 95% CI), with the "
-             "chance line.",
-    "scaling_law": "Final loss against parameters with the fitted scaling law "
-                   "L(N) = E + A/N^alpha (and L(N, D) when budgets vary), bootstrap bands.",
-    "metric_vs_axis": "Final validation loss (perplexity on the right axis) against each swept "
-                      "numeric axis and derived ratio such as d_ff/d_model: mean with 95% CI "
-                      "over seeds per configuration, the best at each value joined.",
-    "pareto": "Compute against final validation loss (training FLOPs per token; parameters or "
-              "latency as options) with the Pareto frontier drawn and its points labelled.",
-    "best_per_size": "The configuration with the lowest validation loss after N training "
-                     "tokens in each parameter-count bucket (1-2.5-5 series), among the rest.",
-}
-# default figure name -> (kind, options)
-DEFAULT_FIGURES = {
-    "loss_curves": ("loss_curves", {}),
-    "final_val_loss": ("final_metric", {"metric": "val_loss"}),
-    "final_val_ppl": ("final_metric", {"metric": "val_ppl"}),
-    "params_vs_loss": ("params_vs_loss", {}),
-    "heatmap": ("heatmap", {}),
-    "lr_sensitivity": ("lr_sensitivity", {}),
-    "efficiency": ("efficiency", {}),
-    "calibration": ("calibration", {}),
-    "moe_load": ("moe_load", {}),
-    "scaling_law": ("scaling_law", {}),
-    "loss_vs_axis": ("metric_vs_axis", {}),
-    "pareto": ("pareto", {}),
-    "best_per_size": ("best_per_size", {}),
-}
-# derived axes of metric_vs_axis: name -> (numerator, denominator) config columns; drawn when
-# the numerator is swept and the denominator varies (seed 000's d_ff/d_model; see figure_axes)
-DERIVED_AXES = {"d_ff/d_model": ("model.d_ff", "model.d_model"),
-                "n_layers/n_heads": ("model.n_layers", "model.n_heads"),
-                "d_model/n_layers": ("model.d_model", "model.n_layers")}
-FIGURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
-def figure_summary(spec: Mapping[str, Any]) -> str:
-    """One line on what a planned figure shows (RESULTS.md, the results page): its kind's
-    :data:`FIGURE_KINDS` entry, for loss curves of the train split the training loss."""
-    if spec.get("kind") == "loss_curves" and spec.get("split") == "train":
-        return ("Training loss against training tokens, each group next to the reference (mean "
-                "and 95% CI over seeds).")
-    return FIGURE_KINDS.get(spec.get("kind", ""), "")
-
-
-def planned_rows(study: Study, runs: Iterable[Any] | None = None) -> list[dict[str, Any]]:
-    """Rows shaped like runs.parquet's config columns, for the runs a study will train (the
-    Snakefile decides its figure list from these before anything has run): one per sweep point,
-    so a run that several points share has a row for each, as :func:`group_rows` expands it.
-    ``runs``: other runs than ``study.runs`` (a two-phase study's phase 1)."""
-    from lmablate.study.config import to_dict
-
-    rows = []
-    for r in study.runs if runs is None else runs:
-        row = {"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "source": "lmablate",
-               **flatten(to_dict(r.config))}
-        for variant, axes in r.memberships():
-            rows.append({**row, "variant": variant, **{f"axis.{k}": v for k, v in axes.items()}})
-    return rows
-
-
-def _point_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Harvested rows with a shared run expanded to one row per sweep point (its
-    ``memberships``), as :func:`planned_rows` gives them."""
-    out: list[Mapping[str, Any]] = []
-    for row in rows:
-        members = row.get("memberships")
-        if not isinstance(members, str) or not members:
-            out.append(row)
-            continue
-        plain = {k: v for k, v in row.items() if not k.startswith("axis.")}
-        out += [{**plain, "variant": m["variant"],
-                 **{f"axis.{k}": v for k, v in m["axes"].items()}} for m in json.loads(members)]
-    return out
-
-
 def shared_points(runs: Iterable[Any]) -> dict[str, list[list[Any]]]:
     """Run ID -> the other sweep points ``[variant, axes]`` of each run several points share
     (:attr:`lmablate.study.sweep.Run.shared`), as plain data for :func:`harvest`."""
     return {r.run_id: [[v, dict(a)] for v, a in r.shared] for r in runs if r.shared}
-
-
-def _distinct(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> int:
-    return len({tuple(json.dumps(r.get(k), default=str) for k in keys) for r in rows})
-
-
-def _present(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))  # NaN: "absent"
-
-
-def numeric_axes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Sweep axes (``axis.*``) with numeric values and at least two of them, most values first."""
-    out = []
-    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("axis.")))
-    for k in keys:
-        vals = [r[k] for r in rows if _present(r.get(k))]
-        if vals and all(_number(v) for v in vals) and len(set(vals)) >= 2:
-            out.append((-len(set(vals)), keys.index(k), k))
-    return [k for *_, k in sorted(out)]
-
-
-def heatmap_axes(rows: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[str]]:
-    """(variant, [y, x, facet...]) for a heatmap, or (None, []).
-
-    The grid is the variant with the most configurations (other variants are single points
-    beside it); y and x are its first two numeric axes that form a real grid, i.e. more
-    combinations than either has values (zipped axes such as seq_len with batch_size do not).
-    An axis swept relative to another (seed 000's d_ff from d_model/2 to 2 * d_model) is shown
-    as that ratio (``d_ff/d_model``, :data:`DERIVED_AXES`) when the ratio takes fewer values.
-    """
-    counts: dict[Any, set] = {}
-    for r in rows:
-        counts.setdefault(r.get("variant"), set()).add(
-            tuple(sorted((k, r[k]) for k in r if k.startswith("axis.") and _present(r[k]))))
-    if not counts:
-        return None, []
-    variant = max(counts, key=lambda v: len(counts[v]))
-    sub = [r for r in rows if r.get("variant") == variant]
-    axes = [_relative(a, sub) for a in numeric_axes(sub)]
-    for i, y in enumerate(axes):
-        for x in axes[i + 1:]:
-            combos = {(axis_value(r, y), axis_value(r, x)) for r in sub}
-            if len(combos) > max(len({axis_value(r, y) for r in sub}),
-                                 len({axis_value(r, x) for r in sub})):
-                return variant, [y, x] + [a for a in axes if a not in (y, x)]
-    return None, []
-
-
-def _relative(axis: str, rows: Sequence[Mapping[str, Any]]) -> str:
-    """``axis``, or the derived ratio with it as numerator and a swept denominator when the
-    ratio takes fewer values (the sweep was relative: d_ff = d_model / 2 ... 2 * d_model)."""
-    for name, (num, den) in DERIVED_AXES.items():
-        if axis == f"axis.{num}" and any(f"axis.{den}" in r for r in rows):
-            ratios = {round(v, 6) for v in (_ratio(r, num, den) for r in rows) if v is not None}
-            if 2 <= len(ratios) < len({r.get(axis) for r in rows}):
-                return name
-    return axis
-
-
-def approx_params(row: Mapping[str, Any]) -> float | None:
-    """Rough parameter count from a row's model config (embeddings + attention + FFN/experts),
-    good to ~5%: enough to tell model sizes apart at Snakefile parse time, when the exact counts
-    of final.json do not exist yet and importing torch would slow every job's parse."""
-    d, layers = row.get("model.d_model"), row.get("model.n_layers")
-    if not (_number(d) and _number(layers)):
-        return None
-    gated = row.get("model.ffn", "swiglu") in ("swiglu", "geglu")
-    d_ff = row.get("model.d_ff") or (round(8 * d / 3) if gated else 4 * d)
-    experts = row.get("model.num_experts") or 0
-    ffn = (3 if gated else 2) * d * (row.get("model.expert_d_ff") or d_ff) * max(1, experts)
-    vocab = row.get("model.vocab_size") or row.get("tokenizer.vocab_size") or 0
-    emb = vocab * d * (1 if row.get("model.tie_embeddings", True) else 2)
-    return float(emb + layers * (4 * d * d + ffn))
-
-
-def approx_flops_per_token(row: Mapping[str, Any]) -> float | None:
-    """Rough training FLOPs per token from a row's model config, the formula of
-    :func:`lmablate.study.accounting.flops_per_token` on :func:`approx_params`' terms (MoE: the
-    top_k
-    experts a token uses): enough to tell configurations of different compute apart at parse
-    time."""
-    d, layers = row.get("model.d_model"), row.get("model.n_layers")
-    if not (_number(d) and _number(layers)):
-        return None
-    gated = row.get("model.ffn", "swiglu") in ("swiglu", "geglu")
-    d_ff = row.get("model.expert_d_ff") or row.get("model.d_ff") or \
-        (round(8 * d / 3) if gated else 4 * d)
-    active = min(row.get("model.top_k") or 1, row.get("model.num_experts") or 1)
-    n = layers * (4 * d * d + (3 if gated else 2) * d * d_ff * active)
-    vocab = row.get("model.vocab_size") or row.get("tokenizer.vocab_size") or 0
-    seq = row.get("train.seq_len") or 0
-    return float(6 * n + 6 * d * vocab + 12 * layers * d * seq)
-
-
-def _ratio(row: Mapping[str, Any], num: str, den: str) -> float | None:
-    a, b = row.get(num), row.get(den)
-    return a / b if _number(a) and _number(b) and b else None
-
-
-def axis_value(row: Mapping[str, Any], axis: str) -> float | None:
-    """A row's value on a metric_vs_axis axis: a sweep axis column or a derived ratio."""
-    if axis in DERIVED_AXES:
-        return _ratio(row, *DERIVED_AXES[axis])
-    v = row.get(axis)
-    return v if _present(v) and _number(v) else None
-
-
-def figure_axes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The x axes of a metric_vs_axis figure: the numeric sweep axes (the learning rate has its
-    own figure), then each derived ratio of :data:`DERIVED_AXES` whose numerator is swept,
-    whose denominator varies (else the ratio is the numerator's axis rescaled) and that takes two
-    or more values (2% apart: a d_ff rounded from d_model is not a ratio axis)."""
-    axes = [a for a in numeric_axes(rows) if a != "axis.train.lr"]
-    swept = {k[len("axis."):] for r in rows for k in r if k.startswith("axis.")}
-    for name, (num, den) in DERIVED_AXES.items():
-        vals = [v for v in (_ratio(r, num, den) for r in rows) if v is not None and v > 0]
-        dens = {r.get(den) for r in rows if _present(r.get(den))}
-        if num in swept and len(dens) >= 2 and len(size_levels(vals, 0.02)) >= 2:
-            axes.append(name)
-    return axes
-
-
-def size_levels(params: Sequence[float], tolerance: float = 0.1) -> list[float]:
-    """Distinct model sizes among parameter counts: counts within ``tolerance`` (relative) of a
-    level's smallest member are one size, so ablations that move the count by a few percent
-    (NoPE, a norm, an FFN of equal budget) do not pass for a size sweep."""
-    levels: list[float] = []
-    for p in sorted(float(x) for x in params if _number(x) and x > 0):
-        if not levels or p > levels[-1] * (1 + tolerance):
-            levels.append(p)
-    return levels
-
-
-def spans_sizes(params: Sequence[float]) -> bool:
-    """At least three sizes over at least a factor of two: enough for a size trend or a law."""
-    levels = size_levels(params)
-    return len(levels) >= 3 and levels[-1] >= 2 * levels[0]
-
-
-def _row_params(rows: Sequence[Mapping[str, Any]]) -> list[float]:
-    exact = [r.get("params_total") for r in rows]
-    if all(_number(p) for p in exact):
-        return exact
-    return [p for p in (approx_params(r) for r in rows) if p is not None]
-
-
-def _applies(kind: str, rows: Sequence[Mapping[str, Any]]) -> bool:
-    native = any(r.get("source", "lmablate") == "lmablate" for r in rows)
-    if kind in ("loss_curves", "final_metric"):
-        return True
-    if kind in ("params_vs_loss", "scaling_law"):
-        return spans_sizes(_row_params(rows))
-    if kind == "heatmap":
-        return heatmap_axes(rows)[0] is not None
-    if kind == "lr_sensitivity":  # some configuration at two learning rates or more
-        lrs: dict[str, set] = {}
-        for r in rows:
-            if _present(r.get("train.lr")):
-                key = _config_key({k: v for k, v in r.items()
-                                   if k not in ("train.lr", "axis.train.lr", "variant")})
-                lrs.setdefault(key, set()).add(r["train.lr"])
-        return any(len(v) >= 2 for v in lrs.values())
-    if kind in ("efficiency", "calibration"):
-        return native
-    if kind == "moe_load":
-        return any((r.get("model.num_experts") or 0) > 0 for r in rows)
-    if kind == "metric_vs_axis":
-        return bool(figure_axes(rows))
-    if kind == "pareto":  # a sweep of three configurations or more, two compute levels or more
-        flops = {_config_key(r): approx_flops_per_token(r) for r in rows}
-        swept = bool(figure_axes(rows)) or spans_sizes(_row_params(rows))
-        return swept and len(flops) >= 3 and \
-            len(size_levels([f for f in flops.values() if f], 0.05)) >= 2
-    if kind == "best_per_size":  # sizes to choose among, and a choice within one size
-        params = [p for p in (approx_params(r) for r in rows) if p is not None]
-        buckets = [_buckets(p) for p in {_config_key(r): approx_params(r) for r in rows}.values()
-                   if p]
-        return spans_sizes(params) and len(buckets) > len(set(buckets))
-    raise KeyError(kind)
-
-
-def _config_key(row: Mapping[str, Any]) -> str:
-    """One key per configuration (the runs of a group differ only in seed and run ID)."""
-    return json.dumps({k: v for k, v in row.items() if k == "variant" or (
-        k.startswith(("model.", "train.", "axis.")) and k != "train.seed")},
-        sort_keys=True, default=str)
-
-
-def plan_figures(rows: Sequence[Mapping[str, Any]], pick: Any = None
-                 ) -> dict[str, dict[str, Any]]:
-    """Figure name -> {"kind": ..., options} for these runs.
-
-    By default every figure that the study's axes support (no heatmap without two numeric axes,
-    no MoE figure for dense models, no LR figure unless the LR varies, no scaling fit below three
-    sizes). ``pick`` (the study's ``figures:`` key) chooses and names them instead: a list of
-    default names, or a mapping ``name: kind`` / ``name: {kind: ..., option: value}``.
-    """
-    if pick is None:
-        rows = _point_rows(rows)
-        return {name: {"kind": kind, **opts} for name, (kind, opts) in DEFAULT_FIGURES.items()
-                if _applies(kind, rows)}
-    if isinstance(pick, (list, tuple)):
-        out = {}
-        for name in pick:
-            if name not in DEFAULT_FIGURES:
-                raise ConfigError(f"unknown figure {name!r}; expected one of: "
-                                  f"{', '.join(DEFAULT_FIGURES)}", key="figures")
-            kind, opts = DEFAULT_FIGURES[name]
-            out[name] = {"kind": kind, **opts}
-        return out
-    if not isinstance(pick, Mapping):
-        raise ConfigError(f"expected a list of figure names or a mapping name: kind, got "
-                          f"{type(pick).__name__}", key="figures")
-    out = {}
-    for name, spec in pick.items():
-        key = f"figures.{name}"
-        if not FIGURE_NAME_RE.fullmatch(str(name)):
-            raise ConfigError("expected a name of letters, digits, '_' or '-'", key=key)
-        spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
-        kind = spec.get("kind")
-        if kind not in FIGURE_KINDS:
-            raise ConfigError(f"unknown figure kind {kind!r}; expected one of: "
-                              f"{', '.join(FIGURE_KINDS)}", key=f"{key}.kind")
-        out[str(name)] = spec
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -831,16 +503,6 @@ def _run_statistics(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, dict[
     return out
 
 
-def _buckets(params: float) -> tuple[float, float]:
-    """The 1-2.5-5 series bucket holding ``params`` (seed 000 picked 5M, 10M, 15M, 25M, 50M)."""
-    k = 10 ** math.floor(math.log10(params))
-    edges = [k, 2.5 * k, 5 * k, 10 * k]
-    for lo, hi in zip(edges, edges[1:]):
-        if lo <= params < hi:
-            return lo, hi
-    return edges[-2], edges[-1]
-
-
 def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline",
                    metrics: Sequence[str] = GROUP_METRICS,
                    settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
@@ -883,7 +545,7 @@ def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "ba
     bad = grouped[~grouped.status.isin(INCLUDED_STATUSES)]
     ok = grouped[grouped.status.isin(INCLUDED_STATUSES)]
     axis_cols = [c for c in runs.columns if c.startswith("axis.")]
-    axes = {g: {c[5:]: v for c, v in row.items() if _present(v)}
+    axes = {g: {c[5:]: v for c, v in row.items() if present(v)}
             for g, row in ok.groupby("group", sort=False, observed=True)[axis_cols].first()
             .to_dict("index").items()} if axis_cols else {}
     for group, g in ok.groupby("group", sort=False, observed=True):
@@ -929,7 +591,7 @@ def summarize_runs(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "ba
 
 
 def _same(a: Any, b: Any) -> bool:
-    return (not _present(a) and not _present(b)) or (_present(a) and _present(b) and a == b)
+    return (not present(a) and not present(b)) or (present(a) and present(b) and a == b)
 
 
 def _confounds(ok: pd.DataFrame, ref: str | None, compared: Iterable[str],
@@ -1020,7 +682,7 @@ def _params_findings(ok: pd.DataFrame, summary: Mapping[str, Any]) -> dict[str, 
     rho, pval = spearmanr(p, loss)
     buckets: dict[tuple[float, float], list[str]] = {}
     for k in names:
-        buckets.setdefault(_buckets(groups[k]["params_total"]), []).append(k)
+        buckets.setdefault(size_bucket(groups[k]["params_total"]), []).append(k)
     best = []
     for (lo, hi), ks in sorted(buckets.items()):
         k = min(ks, key=lambda g: groups[g][PRIMARY]["mean"])
@@ -1045,17 +707,17 @@ def _shape_finding(runs: pd.DataFrame, s: Mapping[str, Any]) -> str | None:
     for name, (num, den) in DERIVED_AXES.items():
         if num not in rows or den not in rows:
             continue
-        ratio = {g: v for g, row in rows[[num, den]].to_dict("index").items()
-                 if _finite(v := _ratio(row, num, den))}
+        of = {g: v for g, row in rows[[num, den]].to_dict("index").items()
+              if _finite(v := ratio(row, num, den))}
         high = low = n = 0
         for b in pf.get("best_per_bucket", []):
-            members = [g for g, e in groups.items() if g in ratio and PRIMARY in e
+            members = [g for g, e in groups.items() if g in of and PRIMARY in e
                        and _finite(e.get("params_total"))
-                       and _buckets(e["params_total"]) == (b["low"], b["high"])]
-            values = {round(ratio[g], 6) for g in members}
+                       and size_bucket(e["params_total"]) == (b["low"], b["high"])]
+            values = {round(of[g], 6) for g in members}
             if len(values) < 2 or b["group"] not in members:
                 continue
-            best = round(ratio[b["group"]], 6)
+            best = round(of[b["group"]], 6)
             n, high, low = n + 1, high + (best == max(values)), low + (best == min(values))
         if n:
             parts.append(f"the highest {name} of its bucket in {high} of {n} buckets "
@@ -1585,11 +1247,13 @@ def _wrap(text: str, first: str, rest: str, width: int = 100) -> list[str]:
 
 
 def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
-                     figures: Mapping[str, Mapping[str, Any]] | None = None,
+                     figures: Mapping[str, str] | None = None,
                      plots_dir: str = "plots", epochs: pd.DataFrame | None = None) -> str:
     """RESULTS.md: the findings of analysis.txt as Markdown, the ranking as a table (and the test
     split's and per-epoch losses where the study has them), and every figure linked (relative
-    paths, so it renders beside the results on GitHub or in an editor)."""
+    paths, so it renders beside the results on GitHub or in an editor): ``figures`` maps each
+    figure's name to the line written under it
+    (:func:`lmablate.figures.plan.figure_lines`)."""
     lines = [f"# Results: study `{study}`", ""]
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     lines += [f"{summary['n_runs']} runs ({counts}) in {len(summary['groups'])} groups. "
@@ -1620,10 +1284,7 @@ def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
         lines.append("")
     if figures:
         lines += ["## Figures", ""]
-        for name, spec in figures.items():
-            what = figure_summary(spec)
-            if spec.get("metric"):
-                what += f" Metric: `{spec['metric']}`."
+        for name, what in figures.items():
             lines += [f"### {name}", "", what, "",
                       f"![{name}]({plots_dir}/{name}.png)", ""]
     lines += ["Tables: `runs.csv` (one row per run), `curves.parquet` (every logged point), "
@@ -1660,16 +1321,14 @@ def summary_json(summary: Mapping[str, Any]) -> str:
 
 def write_outputs(runs: pd.DataFrame, curves: pd.DataFrame, reliability: pd.DataFrame,
                   out_dir: str | Path, *, study: str, baseline: str = "baseline",
-                  figures: Mapping[str, Mapping[str, Any]] | None = None,
+                  figures: Mapping[str, str] | None = None,
                   settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Write the tables, summary.json, analysis.txt and RESULTS.md of a study to ``out_dir``
-    (``settings``: see :func:`summarize_runs`)."""
+    (``figures``: see :func:`results_markdown`; ``settings``: see :func:`summarize_runs`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize_runs(runs, curves, baseline, settings=settings)
     summary = {"study": study, **summary}
-    if figures is None:
-        figures = plan_figures(runs.to_dict("records"))
     _write_parquet(runs, out / "runs.parquet")
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
     _write_parquet(curves, out / "curves.parquet")
@@ -1685,21 +1344,26 @@ def write_outputs(runs: pd.DataFrame, curves: pd.DataFrame, reliability: pd.Data
 
 
 def harvest(run_dirs: Sequence[str | Path], out_dir: str | Path, *, study: str,
-            baseline: str = "baseline", figures: Any = None,
+            baseline: str = "baseline",
+            figures: Mapping[str, str] | Callable[[list[dict[str, Any]]], Mapping[str, str]]
+            | None = None,
             shared: Mapping[str, Sequence[Sequence[Any]]] | None = None,
             settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Collect lmablate run directories and write every table and text output to ``out_dir``.
 
-    ``figures``: the study's ``figures:`` pick (None: every figure the study's axes support),
-    used for RESULTS.md's figure links. ``shared``: run ID -> the other sweep points
-    ``(variant, axes)`` that resolve to it (:func:`shared_points`); it counts in their groups.
+    ``figures``: RESULTS.md's figure links, figure name -> the line under it, or a function of
+    the runs table's rows that gives them (the workflow plans the figures from the harvested
+    runs, :func:`lmablate.figures.plan.plan_figures`); None: no figure section. ``shared``: run
+    ID -> the other sweep points ``(variant, axes)`` that resolve to it (:func:`shared_points`);
+    it counts in their groups.
     ``settings``: variant -> the settings the study writes for it
     (:func:`lmablate.study.sweep.written_settings`), for the findings' confound warnings.
     """
     runs, curves, reliability = collect(run_dirs, shared=shared)
-    plan = plan_figures(runs.to_dict("records"), figures)
+    if callable(figures):
+        figures = figures(runs.to_dict("records"))
     return write_outputs(runs, curves, reliability, out_dir, study=study, baseline=baseline,
-                         figures=plan, settings=settings)
+                         figures=figures, settings=settings)
 
 
 def load_results(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.optimize import minimize
 
+from lmablate.results.shape import size_levels, spans_sizes
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -262,7 +264,7 @@ def _param_column(runs: pd.DataFrame) -> str | None:
 def fit_study(runs: pd.DataFrame, metric: str = "val_loss", *, n_boot: int = 200
               ) -> dict[str, Any] | None:
     """Scaling fits of a study's completed runs, or None unless they span at least three sizes
-    over a factor of two (:func:`lmablate.results.harvest.spans_sizes`).
+    over a factor of two (:func:`lmablate.results.shape.spans_sizes`).
 
     A law describes the best loss reachable at a size, so at each size (and budget) only the
     group with the lowest mean loss enters the fit: the other learning rates or settings of a
@@ -274,8 +276,6 @@ def fit_study(runs: pd.DataFrame, metric: str = "val_loss", *, n_boot: int = 200
     known, else the total; D is the tokens each run trained on. The two-term form is fitted too
     when there are at least two budgets and six distinct (N, D) points.
     """
-    from lmablate.results.harvest import size_levels, spans_sizes
-
     col = _param_column(runs)
     if col is None or metric not in runs:
         return None

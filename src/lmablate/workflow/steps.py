@@ -262,18 +262,21 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
 
 
 def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str, Any], *,
-                     study: str, baseline: str, figure: str | None = None) -> dict[str, Any]:
+                     study: str, baseline: str, figure: str | None = None,
+                     figures: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Harvest phase 1 beside ``selected_path`` (runs.csv, analysis.txt, ...), write the
     selection (:func:`lmablate.study.phases.select`) to it and draw the ranking to ``figure``: each
-    configuration's phase-1 metric, best first, the selected runs starred."""
+    configuration's phase-1 metric, best first, the selected runs starred. ``figures``: the plan
+    of the figures drawn from phase 1 (``plots/`` beside it), the ones its RESULTS.md links."""
     from lmablate.figures import plots
+    from lmablate.figures.plan import figure_lines
     from lmablate.io import atomic_write_json
     from lmablate.results.harvest import harvest, load_results, selection_finding
     from lmablate.study.phases import select
 
     out = Path(selected_path).parent
     harvest([Path(f).parent for f in finals], out, study=f"{study} (phase 1)", baseline=baseline,
-            shared=ranking.get("shared"))
+            shared=ranking.get("shared"), figures=figure_lines(figures or {}))
     runs, _ = load_results(out)
     chosen = select(ranking, runs)
     if not chosen["selected"]:
@@ -314,13 +317,17 @@ def harvest_step(finals: list[str], out_dir: str | Path, *, study: str, baseline
     it runs and again when it fails, so a harvest that meets a damaged run would otherwise leave
     no tables at all. When it fails, the figures drawn from the previous tables move to
     ``last_good/plots/`` beside them, so no stale figure poses as current in ``plots/``.
+    ``figures``: the study's figure plan or ``figures:`` pick (None: every figure the harvested
+    runs support, :func:`lmablate.figures.plan.plan_figures`), linked from RESULTS.md.
     ``options`` go to :func:`lmablate.results.harvest.harvest`."""
+    from lmablate.figures.plan import figure_lines, plan_figures
     from lmablate.results.harvest import harvest
 
     out = Path(out_dir)
     try:
         summary = harvest([Path(f).parent for f in finals], out, study=study, baseline=baseline,
-                          figures=figures, **options)
+                          figures=lambda rows: figure_lines(plan_figures(rows, figures)),
+                          **options)
     except Exception:
         moved = _retire_figures(out, figures)
         logging.getLogger("lmablate").warning(
@@ -362,7 +369,7 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
     """Draw each requested figure (output name -> path) from the harvested tables.
 
     ``figures`` maps output names to ``{"kind": ..., options}`` (the plan the Snakefile made with
-    :func:`lmablate.results.harvest.plan_figures`); without it the plan is rebuilt from the runs
+    :func:`lmablate.figures.plan.plan_figures`); without it the plan is rebuilt from the runs
     table,
     which gives the same names because it reads the same config columns. The calibration bins and
     the scaling fit are read from reliability.parquet and summary.json beside the runs table.
@@ -374,7 +381,8 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
     import pandas as pd
 
     from lmablate.figures import plots
-    from lmablate.results.harvest import DEFAULT_FIGURES, load_reliability, plan_figures
+    from lmablate.figures.plan import DEFAULT_FIGURES, plan_figures
+    from lmablate.results.harvest import load_reliability
 
     runs, curves = pd.read_parquet(runs_path), pd.read_parquet(curves_path)
     results = Path(runs_path).parent
