@@ -153,7 +153,9 @@ plan = plan_figures(pd.read_parquet(root / "runs.parquet").to_dict("records"))
 outputs = {name: str(root / "plots" / f"{name}.png") for name in plan}
 plot_study_step(str(root / "runs.parquet"), str(root / "curves.parquet"), outputs,
                 baseline="baseline", study="hand", figures=plan)
-write_results_page(root / "runs.csv", root / "summary.json", root / "results.html", study="hand")
+page_figures = {name: {"path": path, "what": name} for name, path in outputs.items()}
+write_results_page(root / "runs.csv", root / "summary.json", root / "results.html", study="hand",
+                   figures=page_figures, curves=root / "curves.parquet")
 print(json.dumps({"modules": mods, "figures": sorted(plan),
                   "torch": "torch" in sys.modules}))
 """
@@ -180,12 +182,14 @@ def test_the_analysis_path_runs_with_the_training_extras_blocked(tmp_path: Path)
     proc = run_blocked(ANALYSIS, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"lmablate.results.harvest", "lmablate.evaluation"} <= set(out["modules"])
+    assert "lmablate" in out["modules"] and len(out["modules"]) > 2, out["modules"]
     assert {"loss_curves", "final_val_loss", "scaling_law", "moe_load"} <= set(out["figures"])
     assert not out["torch"]
     for name in out["figures"]:
         assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 10_000, name
-    assert "lmablate-results" in (tmp_path / "results.html").read_text()
+    page = (tmp_path / "results.html").read_text()
+    assert "lmablate-results" in page
+    assert page.count("data:image/png;base64,") == len(out["figures"])
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert len(runs) == 14 and (runs["status"] == "diverged").sum() == 1
 
