@@ -11,7 +11,7 @@ if EVAL is not None:
         input:
             get_eval_task_inputs,
         output:
-            task="resources/tasks/{task_id}/task.json",
+            task=paths.TASK,
         log:
             "logs/prepare_eval_task/{task_id}.log",
         benchmark:
@@ -30,12 +30,12 @@ if EVAL is not None:
 
     rule evaluate_tasks:
         input:
-            final=f"results/{NAME}/runs/{{run_id}}/final.json",
-            weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+            final=f"{RUN_DIR}/final.json",
+            weights=f"{RUN_DIR}/model.safetensors",
             tokenizer=get_run_tokenizer,
             tasks=list(EVAL.task_files().values()),
         output:
-            tasks=f"results/{NAME}/runs/{{run_id}}/tasks.json",
+            tasks=f"{RUN_DIR}/tasks.json",
         log:
             f"logs/{NAME}/evaluate_tasks/{{run_id}}.log",
         benchmark:
@@ -55,11 +55,11 @@ if EVAL is not None:
 
     rule evaluate_harness:
         input:
-            final=f"results/{NAME}/runs/{{run_id}}/final.json",
-            weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+            final=f"{RUN_DIR}/final.json",
+            weights=f"{RUN_DIR}/model.safetensors",
             tokenizer=get_run_tokenizer,
         output:
-            harness=f"results/{NAME}/runs/{{run_id}}/harness.json",
+            harness=f"{RUN_DIR}/harness.json",
         log:
             f"logs/{NAME}/evaluate_harness/{{run_id}}.log",
         benchmark:

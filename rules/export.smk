@@ -5,11 +5,11 @@
 
 rule export_hf:
     input:
-        final=f"results/{NAME}/runs/{{run_id}}/final.json",
-        weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+        final=f"{RUN_DIR}/final.json",
+        weights=f"{RUN_DIR}/model.safetensors",
         tokenizer=get_run_tokenizer,
     output:
-        hf=directory(f"results/{NAME}/hf/{{run_id}}"),
+        hf=directory(paths.fill(paths.HF_DIR, study=NAME)),
     log:
         f"logs/{NAME}/export_hf/{{run_id}}.log",
     benchmark:

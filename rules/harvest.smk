@@ -1,21 +1,18 @@
 # All finished runs -> tables, summary statistics, the written analysis and RESULTS.md.
 # A copy of the last successful harvest's tables stays in results/<study>/last_good/.
-import lmablate.engine.integrity
 import lmablate.workflow.migrate
 
-# Finished runs are checked at every parse (one stat per file, lmablate.engine.integrity.scan_runs): a
+# Finished runs are checked at every parse (one stat per file, scan_runs): a
 # file that changed size stops here with one line; a run with a file missing, or changed since
 # the last harvest, has its files made targets of `rule all` and inputs of harvest
 # (get_run_files in common.smk), so Snakemake re-trains or re-harvests it.
-_DAMAGED, _RECHECK = lmablate.engine.integrity.scan_runs(
-    (run_dir(r) for r in RUNS), f"results/{NAME}/runs.csv"
-)
+_DAMAGED, _RECHECK = scan_runs((run_dir(r) for r in RUNS), f"{STUDY_DIR}/runs.csv")
 _RECHECK = {str(d) for d in _RECHECK}
 if _DAMAGED:
     _more = f" ({len(_DAMAGED) - 1} more damaged files)" if len(_DAMAGED) > 1 else ""
-    sys.exit(f"lmablate: {lmablate.engine.integrity.damage_message(*_DAMAGED[0])}{_more}")
+    sys.exit(f"lmablate: {damage_message(*_DAMAGED[0])}{_more}")
 # Finished runs under the 8-digit IDs of an older lmablate would be retrained: say how to keep them.
-_LEGACY = lmablate.workflow.migrate.legacy_runs(f"results/{NAME}/runs", RUNS)
+_LEGACY = lmablate.workflow.migrate.legacy_runs(paths.fill(paths.RUNS_DIR, study=NAME), RUNS)
 if _LEGACY:
     print(
         f"lmablate: note: {len(_LEGACY)} finished runs of study {NAME} have IDs with the older "
@@ -32,23 +29,23 @@ rule harvest_metrics:
         tasks=get_task_outputs,
     output:
         runs_csv=report(
-            f"results/{NAME}/runs.csv",
+            f"{STUDY_DIR}/runs.csv",
             category="Tables",
             caption="../report/runs.rst",
             labels={"table": "runs"},
         ),
-        runs_parquet=f"results/{NAME}/runs.parquet",
-        curves=f"results/{NAME}/curves.parquet",
-        reliability=f"results/{NAME}/reliability.parquet",
-        summary=f"results/{NAME}/summary.json",
+        runs_parquet=f"{STUDY_DIR}/runs.parquet",
+        curves=f"{STUDY_DIR}/curves.parquet",
+        reliability=f"{STUDY_DIR}/reliability.parquet",
+        summary=f"{STUDY_DIR}/summary.json",
         analysis=report(
-            f"results/{NAME}/analysis.txt",
+            f"{STUDY_DIR}/analysis.txt",
             category="Analysis",
             caption="../report/analysis.rst",
             labels={"text": "analysis.txt"},
         ),
         results_md=report(
-            f"results/{NAME}/RESULTS.md",
+            f"{STUDY_DIR}/RESULTS.md",
             category="Analysis",
             caption="../report/results_md.rst",
             labels={"text": "RESULTS.md"},

@@ -7,12 +7,12 @@ checkpoint rank_phase1:
     input:
         finals=lambda w: [f"{run_dir(r)}/final.json" for r in RANKING.phase1],
     output:
-        selected=f"results/{NAME}/phase1/selected.json",
-        runs_csv=f"results/{NAME}/phase1/runs.csv",
-        analysis=f"results/{NAME}/phase1/analysis.txt",
-        ranking=f"results/{NAME}/phase1/ranking.png",
-        runs=f"results/{NAME}/phase1/runs.parquet",
-        curves=f"results/{NAME}/phase1/curves.parquet",
+        selected=f"{PHASE1_DIR}/selected.json",
+        runs_csv=f"{PHASE1_DIR}/runs.csv",
+        analysis=f"{PHASE1_DIR}/analysis.txt",
+        ranking=f"{PHASE1_DIR}/ranking.png",
+        runs=f"{PHASE1_DIR}/runs.parquet",
+        curves=f"{PHASE1_DIR}/curves.parquet",
     log:
         f"logs/{NAME}/rank_phase1.log",
     benchmark:
@@ -38,8 +38,8 @@ if PHASE1_FIGURES:
 
     rule plot_phase1:
         input:
-            runs=f"results/{NAME}/phase1/runs.parquet",
-            curves=f"results/{NAME}/phase1/curves.parquet",
+            runs=f"{PHASE1_DIR}/runs.parquet",
+            curves=f"{PHASE1_DIR}/curves.parquet",
         output:
             **phase1_figure_outputs(),
         log:

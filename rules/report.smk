@@ -1,15 +1,15 @@
 # Figures for the report (snakemake --report results/<study>/report.html collects them).
 #
-# The figure list is fixed at parse time from the study's runs (lmablate.results.harvest.plan_figures):
+# The figure list is fixed at parse time from the study's runs (plan_figures, common.smk):
 # every figure the sweep axes support (no heatmap without two numeric axes, no MoE figure for a
 # dense study, no LR figure unless the LR varies, no scaling fit below three sizes), or the
 # study's own `figures:` pick. The harvested tables give plot_study the same list.
 rule plot_study:
     input:
-        runs=f"results/{NAME}/runs.parquet",
-        curves=f"results/{NAME}/curves.parquet",
-        reliability=f"results/{NAME}/reliability.parquet",
-        summary=f"results/{NAME}/summary.json",
+        runs=f"{STUDY_DIR}/runs.parquet",
+        curves=f"{STUDY_DIR}/curves.parquet",
+        reliability=f"{STUDY_DIR}/reliability.parquet",
+        summary=f"{STUDY_DIR}/summary.json",
     output:
         **figure_outputs(),
     log:
@@ -32,7 +32,7 @@ rule plot_lr_find:
         get_lr_find_results,
     output:
         report(
-            f"results/{NAME}/plots/lr_finder.png",
+            figure_path("lr_finder"),
             category="Figures",
             subcategory="Sweep axes",
             caption="../report/lr_finder.rst",
@@ -53,13 +53,13 @@ rule plot_lr_find:
 # landing page shows (report/workflow.rst inserts it).
 rule write_results_page:
     input:
-        runs_csv=f"results/{NAME}/runs.csv",
-        summary=f"results/{NAME}/summary.json",
-        curves=f"results/{NAME}/curves.parquet",
+        runs_csv=f"{STUDY_DIR}/runs.csv",
+        summary=f"{STUDY_DIR}/summary.json",
+        curves=f"{STUDY_DIR}/curves.parquet",
         figures=[spec["path"] for spec in results_page_figures().values()],
     output:
         report(
-            f"results/{NAME}/results.html",
+            f"{STUDY_DIR}/results.html",
             category="Analysis",
             caption="../report/results_page.rst",
             labels={"text": "results.html"},

@@ -8,11 +8,11 @@ rule train_model:
         # touched file) must never re-run, and so delete, finished runs
         unpack(get_train_inputs),
     output:
-        final=f"results/{NAME}/runs/{{run_id}}/final.json",
-        config=f"results/{NAME}/runs/{{run_id}}/config.yaml",
-        metrics=f"results/{NAME}/runs/{{run_id}}/metrics.jsonl",
-        trainer_state=f"results/{NAME}/runs/{{run_id}}/trainer_state.json",
-        weights=f"results/{NAME}/runs/{{run_id}}/model.safetensors",
+        final=f"{RUN_DIR}/final.json",
+        config=f"{RUN_DIR}/config.yaml",
+        metrics=f"{RUN_DIR}/metrics.jsonl",
+        trainer_state=f"{RUN_DIR}/trainer_state.json",
+        weights=f"{RUN_DIR}/model.safetensors",
     log:
         f"logs/{NAME}/train_model/{{run_id}}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule train_model:
     params:
         run=run_params,
         study=NAME,
-        ckpt_dir=lambda w: f"checkpoints/{NAME}/{w.run_id}",
+        ckpt_dir=lambda w: paths.fill(paths.CHECKPOINT_DIR, study=NAME, run_id=w.run_id),
         phase=get_train_phase,
     script:
         "../workflow_scripts/train_model.py"
@@ -41,8 +41,8 @@ rule lr_find:
     input:
         tokens=ancient(get_tokens),
     output:
-        result=f"results/{NAME}/lr_find/{{run_id}}/lr_find.json",
-        plot=f"results/{NAME}/lr_find/{{run_id}}/lr_find.png",
+        result=f"{LR_FIND_DIR}/lr_find.json",
+        plot=f"{LR_FIND_DIR}/lr_find.png",
     log:
         f"logs/{NAME}/lr_find/{{run_id}}.log",
     benchmark:

@@ -183,9 +183,11 @@ def test_the_project_speaks_of_itself_not_of_its_history() -> None:
 
 
 def test_the_snakefile_uses_only_the_study_and_workflow_packages() -> None:
-    """The Snakefile and rules/*.smk import (and name) only lmablate, lmablate.study.* and
-    lmablate.workflow.*: what the rules need at parse time has one workflow-facing door."""
-    allowed = re.compile(r"lmablate(\.(study|workflow)(\.\w+)*)?$")
+    """The Snakefile and rules/*.smk import (and name) only lmablate, lmablate.study.*,
+    lmablate.workflow.* and the base modules below them (lmablate.paths: the file layout): what
+    the rules need at parse time from data, engine, evaluation and results has one door,
+    lmablate.workflow.dag."""
+    allowed = re.compile(rf"lmablate(\.(study|workflow|{'|'.join(LAYERS[0])})(\.\w+)*)?$")
     used = re.compile(r"(?:^\s*(?:import|from)\s+(lmablate[\w.]*))|\b(lmablate(?:\.[a-z_]\w*)+)")
     wrong = []
     for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]:

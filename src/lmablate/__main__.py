@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lmablate import paths
 from lmablate.errors import LmablateError, missing_extra
 
 __all__ = ["main", "entrypoint"]
@@ -193,7 +194,7 @@ def _migrate_ids(args: argparse.Namespace) -> int:
     ranking = ranking_of(study)
     runs = {**study.by_id, **(ranking.phase1 if ranking else {})}
     plan = migrate_ids(args.root, study.name, runs, apply=args.apply)
-    base = f"results/{study.name}/runs"
+    base = paths.fill(paths.RUNS_DIR, study=study.name)
     for r in plan:
         print(f"{base}/{r.old} -> {r.new}" if r.ok else f"{base}/{r.old}: not renamed ({r.why})")
     n = sum(r.ok for r in plan)
@@ -272,7 +273,7 @@ def _pick_run(study: Any, which: str | None, file: Path) -> Any:
 def _tokens_file(run: Any, given: Path | None) -> Path:
     from lmablate.errors import DataError
 
-    path = given or Path(f"resources/tokens/{run.config.data.corpus}-{run.data_id}.h5")
+    path = given or Path(paths.tokens(run.config.data.corpus, run.data_id))
     if not path.is_file():
         raise DataError(f"{path}: token store not found; build it with `snakemake -c2 {path}` "
                         "(with --configfile for a study other than config.yaml), or pass "
@@ -282,15 +283,17 @@ def _tokens_file(run: Any, given: Path | None) -> Path:
 
 def _lr_find(args: argparse.Namespace) -> int:
     from lmablate.engine.lrfind import lr_range_test
+    from lmablate.figures.plots import lr_finder
     from lmablate.study.load import read_study
 
     study = read_study(args.study, _overrides(args.config))
     run = _pick_run(study, args.run, args.study)
-    out = args.out or Path(f"results/{study.name}/lr_find/{run.run_id}")
+    out = args.out or Path(paths.fill(paths.LR_FIND_DIR, study=study.name, run_id=run.run_id))
     res = lr_range_test(run.to_dict(), _tokens_file(run, args.tokens_file), out,
                         min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                         device=args.device, threads=args.threads, run_id=run.run_id,
                         progress=sys.stderr.isatty())
+    lr_finder([res], out / "lr_find.png")
     if res["lr_suggested"] is None:
         print(f"{run.run_id}: the loss never fell between {args.min_lr:g} and {args.max_lr:g} "
               f"({res['stopped']}); plot: {out / 'lr_find.png'}")
@@ -334,9 +337,10 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"no run {args.run_id!r} in this study{did_you_mean(args.run_id, runs)}",
                           file=str(args.study))
     run = runs[args.run_id]
-    tokens = args.tokens or Path(f"resources/tokens/{run.config.data.corpus}-{run.data_id}.h5")
-    final = train_run_step(run.to_dict(), str(tokens), f"results/{study.name}/runs/{run.run_id}",
-                           study=study.name, ckpt_dir=f"checkpoints/{study.name}/{run.run_id}",
+    tokens = args.tokens or Path(paths.tokens(run.config.data.corpus, run.data_id))
+    where = {"study": study.name, "run_id": run.run_id}
+    final = train_run_step(run.to_dict(), str(tokens), paths.fill(paths.RUN_DIR, **where),
+                           study=study.name, ckpt_dir=paths.fill(paths.CHECKPOINT_DIR, **where),
                            threads=args.threads, device=args.device,
                            tracking=study.doc.get("logging"))
     print(json.dumps({k: final.get(k) for k in ("run_id", "status", "val_loss", "tokens",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmablate import paths
 from lmablate.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from lmablate.study.sweep import identity, legacy_run_id
 
@@ -68,7 +69,7 @@ def _identity_of(config_path: Path) -> dict[str, Any] | None:
 
 def plan_renames(root: Path, study: str, runs: Mapping[str, Any]) -> list[Rename]:
     """The renames :func:`migrate_ids` would make (``runs``: run ID -> :class:`~lmablate.Run`)."""
-    runs_dir = root / "results" / study / "runs"
+    runs_dir = root / paths.fill(paths.RUNS_DIR, study=study)
     out = []
     for old, new in sorted(legacy_runs(runs_dir, runs).items()):
         run = runs[new]
@@ -85,10 +86,9 @@ def plan_renames(root: Path, study: str, runs: Mapping[str, Any]) -> list[Rename
 def _moves(root: Path, study: str, old: str, new: str) -> list[tuple[Path, Path]]:
     """Every path named after the old ID: results, checkpoints, LR range tests, logs and
     benchmarks (``<rule>/<old>.log``, ``<rule>/<old>.tsv``, ``<rule>/<old>/``)."""
-    pairs = [(root / "results" / study / "runs" / old, root / "results" / study / "runs" / new),
-             (root / "checkpoints" / study / old, root / "checkpoints" / study / new),
-             (root / "results" / study / "lr_find" / old,
-              root / "results" / study / "lr_find" / new)]
+    pairs = [(root / paths.fill(pattern, study=study, run_id=old),
+              root / paths.fill(pattern, study=study, run_id=new))
+             for pattern in (paths.RUN_DIR, paths.CHECKPOINT_DIR, paths.LR_FIND_DIR)]
     for top in ("logs", "benchmarks"):
         base = root / top / study
         for rule_dir in sorted(base.iterdir()) if base.is_dir() else []:
@@ -123,8 +123,8 @@ def _rewrite_ids(run_dir: Path, old: str, new: str) -> None:
 
 def _rewrite_selection(root: Path, study: str, mapping: Mapping[str, str]) -> None:
     """A two-phase study's selected.json and phase-1 cohort name runs by ID."""
-    for path in (root / "results" / study / "phase1" / "selected.json",
-                 root / "checkpoints" / study / "phase1-cohort.jsonl"):
+    for path in (root / paths.fill(paths.PHASE1_DIR, study=study) / "selected.json",
+                 root / paths.fill(paths.COHORT, study=study, cohort="phase1-cohort")):
         if path.is_file():
             text = path.read_text()
             new = text
@@ -147,11 +147,11 @@ def migrate_ids(root: str | Path, study: str, runs: Mapping[str, Any], *, apply:
         for r in plan:
             if not r.ok:
                 continue
-            cfg_path = root / "results" / study / "runs" / r.old / "config.yaml"
+            cfg_path = root / paths.fill(paths.RUN_DIR, study=study, run_id=r.old) / "config.yaml"
             mtime = cfg_path.stat().st_mtime
             for src, dst in _moves(root, study, r.old, r.new):
                 os.replace(src, dst)
-            run_dir = root / "results" / study / "runs" / r.new
+            run_dir = root / paths.fill(paths.RUN_DIR, study=study, run_id=r.new)
             _rewrite_ids(run_dir, r.old, r.new)
             os.utime(run_dir / "config.yaml", (mtime, mtime))
             done[r.old] = r.new
