@@ -1,6 +1,6 @@
-"""lmablate.engine.model.cross_entropy's Triton forward (FUSED_CROSS_ENTROPY) against
-F.cross_entropy on
-fp32-upcast bf16 logits: loss and logits gradient, eager and under torch.compile (CUDA only).
+"""lmablate.engine.losses.cross_entropy's Triton forward (FUSED_CROSS_ENTROPY) against
+F.cross_entropy on fp32-upcast bf16 logits: loss and logits gradient, eager and under
+torch.compile (CUDA only).
 
     PYTHONPATH=src python3 bench/ce_check.py
 """
@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from lmablate.engine import model as lm_model
+from lmablate.engine import losses
 
 
 def check(n: int, v: int, compiled: bool) -> bool:
@@ -21,12 +21,12 @@ def check(n: int, v: int, compiled: bool) -> bool:
     targets = torch.randint(0, v, (n,), device="cuda", generator=g)
 
     def ours(x, t):
-        return lm_model.cross_entropy(x, t)
+        return losses.cross_entropy(x, t)
 
     def ref(x, t):
         return F.cross_entropy(x.float(), t)
 
-    lm_model.FUSED_CROSS_ENTROPY = True
+    losses.FUSED_CROSS_ENTROPY = True
     f_ours = torch.compile(ours) if compiled else ours
     f_ref = torch.compile(ref) if compiled else ref
     out = []
@@ -46,7 +46,7 @@ def check(n: int, v: int, compiled: bool) -> bool:
 
 
 def main() -> int:
-    assert lm_model.fused_cross_entropy_op() is not None, "no Triton op"
+    assert losses.fused_cross_entropy_op() is not None, "no Triton op"
     ok = all([check(4096, 10000, False), check(2048, 50304, False), check(2050, 10000, True)])
     print("all OK" if ok else "FAILED")
     return 0 if ok else 1

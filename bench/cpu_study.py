@@ -3,7 +3,7 @@
 (a) ``tokens``: one thread, the default study's shape (config.yaml: d_model 64, 2 layers, 4 heads,
     SwiGLU d_ff 171, tied, vocab 2048, seq 64, batch 16), fp32, the same full steps (forward,
     backward, clip, AdamW) for lmablate's step (what ``train()`` runs on a CPU: eager model, loss
-    from :func:`lmablate.engine.train.loss_function`, windows from ``Batches``) and transformers'
+    from :func:`lmablate.engine.step.loss_function`, windows from ``Batches``) and transformers'
     ``LlamaForCausalLM`` (eager; SDPA attention; loss from ``labels``). Each in a fresh process,
     timed after 3 warm-up steps, best of 2 repeats, the pair run twice in alternating order (the
     machine is shared). Target: lmablate >= 1.3x.

@@ -63,8 +63,9 @@ def worker_single(runs, shape, device, steps) -> dict[str, Any]:
     import torch
 
     from lmablate.data.tokens import Batches
-    from lmablate.engine import train as lt
+    from lmablate.engine import step as st
     from lmablate.engine.model import LM
+    from lmablate.engine.schedule import get_lr, make_plan
 
     dev = torch.device(device)
     cfgs = member_cfgs(runs, shape, device, steps)
@@ -73,17 +74,17 @@ def worker_single(runs, shape, device, steps) -> dict[str, Any]:
     autocast = torch.bfloat16 if device == "cuda" else None
     torch.manual_seed(cfgs[0].train.seed)
     model = LM(cfgs[0].model, vocab, max_seq_len=ctx).to(dev)
-    loss_fn, graphs = lt.loss_function(model, cfgs[0], dev, autocast)
+    loss_fn, graphs = st.loss_function(model, cfgs[0], dev, autocast)
     finals, marks = [], []
     for r, cfg in enumerate(cfgs):
         torch.manual_seed(cfg.train.seed)
         model.init_weights()
-        opt = lt._optimizer(model, cfg, dev)
-        plan = lt.make_plan(cfg, len(tokens))
-        data = lt.DeviceBatches(Batches(tokens, ctx, batch, cfg.train.seed), dev)
+        opt = st.make_optimizer(model, cfg, dev)
+        plan = make_plan(cfg, len(tokens))
+        data = st.DeviceBatches(Batches(tokens, ctx, batch, cfg.train.seed), dev)
         for step in range(plan.total_steps):
             for g in opt.param_groups:
-                g["lr"] = lt.get_lr(step, cfg, plan)
+                g["lr"] = get_lr(step, cfg, plan)
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             loss, total = loss_fn(data.get(step))
@@ -145,7 +146,7 @@ def parse(executor: str) -> tuple[str, int, int]:
 
 
 def run_executor(executor: str, shape: tuple, device: str, steps: int, work: Path,
-                 timeout: float, model_flags: str = "default") -> dict[str, Any]:
+                 timeout: float) -> dict[str, Any]:
     kind, k, procs = parse(executor)
     runs = [(lr, s) for lr in LRS for s in SEEDS]
     per = len(runs) // procs
@@ -155,7 +156,6 @@ def run_executor(executor: str, shape: tuple, device: str, steps: int, work: Pat
     children = []
     for p in range(procs):
         spec = {"kind": kind, "k": k, "runs": runs[p * per:(p + 1) * per], "shape": shape,
-                "model_flags": model_flags,
                 "device": device, "steps": steps, "result": str(work / f"{executor}-{p}.json")}
         log = open(spec["result"] + ".log", "w")  # noqa: SIM115 (open while it runs)
         children.append((subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -200,7 +200,7 @@ def write_result(args: argparse.Namespace, info: dict[str, Any], shape: tuple, s
     tag = f"{args.tag}-{tag}" if args.tag else tag
     result = {"benchmark": "sweep_throughput", "date": date, "quick": args.quick,
               "shape": shape, "steps_per_run": steps, "lrs": LRS, "seeds": SEEDS,
-              "target_tokens_per_s": TARGET, "model_flags": args.model_flags, **info,
+              "target_tokens_per_s": TARGET, **info,
               "rows": rows}
     for dest in [args.out] + ([args.copy_to] if args.copy_to else []):
         dest.mkdir(parents=True, exist_ok=True)
@@ -219,17 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-to", type=Path, default=None)
     ap.add_argument("--date", default=None, help="date in the file name (default today)")
     ap.add_argument("--tag", default="", help="tag after the date in the file name")
-    ap.add_argument("--model-flags", choices=("default", "s1", "s2"), default="default",
-                    help="lmablate.engine.model's FUSE_PROJECTIONS and SDPA_CONTIGUOUS in every "
-                         "executor: the library's defaults, both off (s1) or both on (s2)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
         runs = [tuple(r) for r in spec["runs"]]
-        if spec.get("model_flags", "default") != "default":
-            from lmablate.engine import model as lm_model
-            lm_model.FUSE_PROJECTIONS = lm_model.SDPA_CONTIGUOUS = spec["model_flags"] == "s2"
         if spec["kind"] == "single":
             res = worker_single(runs, tuple(spec["shape"]), spec["device"], spec["steps"])
         else:
@@ -243,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     info = device_info(args.device)
     rows: list[dict[str, Any]] = []
     for ex in args.executors.split(","):
-        row = run_executor(ex, shape, args.device, steps, work, args.timeout,
-                           args.model_flags)
+        row = run_executor(ex, shape, args.device, steps, work, args.timeout)
         rows.append(row)
         print(f"  {ex:12s} " + (f"{row['tokens_per_s_wall']:>12,.0f} tok/s wall, "
                                 f"{row['tokens_per_s_steady']:>12,.0f} steady"

@@ -13,39 +13,32 @@ embeddings, weight decay on matrices only):
 ``hf-compiled``     the same under ``torch.compile`` (default mode)
 ``lm-before``       lmablate's step as it was: compiled model (default mode), host windows copied
                     from pageable memory, the cross-entropy eager on an fp32 copy of the logits
-``lm-nograph``      lmablate's step now (:func:`lmablate.engine.train.loss_function`,
-                    :class:`lmablate.engine.train.DeviceBatches`) in default mode: loss inside the
+``lm-nograph``      lmablate's step now (:func:`lmablate.engine.step.loss_function`,
+                    :class:`lmablate.engine.step.DeviceBatches`) in default mode: loss inside the
                     compiled graph, windows gathered on the GPU
-``lm``              the same in train()'s compile mode (``lmablate.engine.train.CUDA_COMPILE_MODE``,
-                    ``"reduce-overhead"``: CUDA graphs) and model
-                    (``lmablate.engine.model.FUSE_PROJECTIONS``)
+``lm``              the same in train()'s compile mode (``lmablate.engine.step.CUDA_COMPILE_MODE``,
+                    ``"reduce-overhead"``: CUDA graphs)
 ``lm-ro``           ``lm`` with ``mode="reduce-overhead"``
 ``lm-max``          ``lm`` with ``mode="max-autotune"`` (Triton GEMM templates autotuned against
                     cuBLAS, coordinate-descent tuning, CUDA graphs); its compilation (autotuning
                     benchmarks kernels on the GPU) holds the GPU lock
 ``lm-maxng``        ``lm`` with ``mode="max-autotune-no-cudagraphs"`` (same lock)
-``lm-cdt``          ``lm`` with ``lmablate.engine.train.CUDA_COMPILE_OPTIONS`` (train's inductor
-options on
-                    top of the mode's) replaced by ``coordinate_descent_tuning`` (Triton kernels'
-                    block sizes tuned on the GPU; its compilation holds the GPU lock, as
-                    max-autotune)
+``lm-cdt``          ``lm`` with ``lmablate.engine.step.CUDA_COMPILE_OPTIONS`` (train's inductor
+                    options on top of the mode's) replaced by ``coordinate_descent_tuning``
+                    (Triton kernels' block sizes tuned on the GPU; its compilation holds the GPU
+                    lock, as max-autotune)
 ``lm-agemm``        the same with ``max_autotune_gemm`` (GEMMs only: Triton templates autotuned
                     against cuBLAS, epilogues fused into them; same lock)
 ``lm-noonline``     the same with ``online_softmax`` off (two-pass logsumexp; train's default);
                     ``lm-online``: no extra options (inductor's online softmax)
-``lm*-ce``          with ``lmablate.engine.model.FUSED_CROSS_ENTROPY`` on (Triton forward of the
-loss, for
-                    128-byte-aligned vocab rows; the default); ``lm*-noce`` with it off
-``lm*-fuse``        any ``lm`` variant with ``lmablate.engine.model.FUSE_PROJECTIONS`` on (q/k/v and
-                    gate/up as one matmul each); ``lm*-nofuse`` with it off
-``lm*-contig``      with ``lmablate.engine.model.SDPA_CONTIGUOUS`` on (contiguous q/k/v for SDPA)
-``lm*-s1``          both off (the default)
-``lm*-s2``          both on
+``lm*-ce``          with ``lmablate.engine.losses.FUSED_CROSS_ENTROPY`` on (Triton forward of
+                    the loss, for 128-byte-aligned vocab rows; the default); ``lm*-noce`` with it
+                    off
 ``lm*-nopad``       the model with the tokenizer's vocabulary exactly (HF's rows); without it, as
                     train() builds it: padded to a multiple of 64 (only cs336 changes: 10048 rows)
-``lm-train``        ``lmablate.engine.train.train`` end to end on a synthetic token store (tokens/s
-of its
-                    log windows after the first; wall includes compile, eval and checkpoints)
+``lm-train``        ``lmablate.engine.train.train`` end to end on a synthetic token store
+                    (tokens/s of its log windows after the first; wall includes compile, eval
+                    and checkpoints)
 ==================  ===============================================================================
 
 MFU = tokens/s x FLOPs/token / peak, FLOPs/token from
@@ -87,7 +80,7 @@ SHAPES = {
 QUICK_SHAPES = {"tiny5m": (512, 32, 32, 3, 2, 48, 4), "cs336": (640, 16, 64, 2, 4, 96, 8)}
 TARGETS = {"ratio_vs_hf_compiled": {"tiny5m": 1.6, "cs336": 1.3, "gpt2s": 1.15},
            "mfu": {"gpt2s": 0.45, "cs336": 0.32}}
-IMPLS = ("hf-compiled", "lm-before", "lm-nograph", "lm", "lm-s2", "hf-eager")
+IMPLS = ("hf-compiled", "lm-before", "lm-nograph", "lm", "hf-eager")
 TRAIN_TOKENS = 4_000_000  # synthetic train split (random ids): enough distinct windows
 
 
@@ -169,7 +162,7 @@ LM_MODES = {"lm-nograph": None, "lm-ro": "reduce-overhead", "lm-max": "max-autot
             "lm-maxng": "max-autotune-no-cudagraphs"}
 
 
-# lmablate.engine.train.CUDA_COMPILE_OPTIONS per variant (inductor options on top of the mode's)
+# lmablate.engine.step.CUDA_COMPILE_OPTIONS per variant (inductor options on top of the mode's)
 LM_OPTIONS = {"lm-cdt": {"coordinate_descent_tuning": True},
               "lm-agemm": {"max_autotune_gemm": True},
               "lm-cdt-agemm": {"coordinate_descent_tuning": True, "max_autotune_gemm": True},
@@ -178,15 +171,10 @@ TUNING_OPTIONS = ("coordinate_descent_tuning", "max_autotune_gemm", "max_autotun
 
 
 def lm_variant(impl: str) -> tuple[str, dict[str, bool]]:
-    """(base impl, lmablate.engine.model flags to set: the library's defaults for those not
+    """(base impl, lmablate.engine.losses flags to set: the library's defaults for those not
     named)."""
     for suffix, flags in (("-noce", {"FUSED_CROSS_ENTROPY": False}),
-                          ("-ce", {"FUSED_CROSS_ENTROPY": True}),
-                          ("-nofuse", {"FUSE_PROJECTIONS": False}),
-                          ("-fuse", {"FUSE_PROJECTIONS": True}),
-                          ("-contig", {"SDPA_CONTIGUOUS": True}),
-                          ("-s1", {"FUSE_PROJECTIONS": False, "SDPA_CONTIGUOUS": False}),
-                          ("-s2", {"FUSE_PROJECTIONS": True, "SDPA_CONTIGUOUS": True})):
+                          ("-ce", {"FUSED_CROSS_ENTROPY": True})):
         if impl.endswith(suffix):
             return impl[:-len(suffix)], flags
     return impl, {}
@@ -203,17 +191,17 @@ def make_step(impl: str, shape: tuple, device: str):
     import torch.nn.functional as F
 
     from lmablate.data.tokens import Batches
-    from lmablate.engine import model as lm_model
-    from lmablate.engine import train as lt
+    from lmablate.engine import losses
+    from lmablate.engine import step as st
     from lmablate.engine.model import LM
 
     pad = not impl.endswith("-nopad")  # -nopad: the tokenizer's vocab rows exactly, as HF
     impl = impl.removesuffix("-nopad")
     if impl.startswith("lm"):
         for flag, value in lm_variant(impl)[1].items():
-            setattr(lm_model, flag, value)
+            setattr(losses, flag, value)
         if device == "cpu" and impl != "lm-before":
-            lt.keep_cpu_buffers()  # what train() does on a CPU
+            st.keep_cpu_buffers()  # what train() does on a CPU
 
     dev = torch.device(device)
     cfg = run_config(shape, device)
@@ -228,7 +216,7 @@ def make_step(impl: str, shape: tuple, device: str):
         model = LM(cfg.model, cfg.model.padded_vocab(vocab) if pad else vocab,
                    max_seq_len=ctx).to(dev)
     model.train()
-    opt = lt._optimizer(model, cfg, dev)
+    opt = st.make_optimizer(model, cfg, dev)
     compile_on = device == "cuda"
     clip = cfg.train.grad_clip
 
@@ -240,11 +228,11 @@ def make_step(impl: str, shape: tuple, device: str):
 
     if impl.startswith("hf"):
         fwd = torch.compile(model) if impl == "hf-compiled" and compile_on else model
-        data = lt.DeviceBatches(batches, dev)
+        data = st.DeviceBatches(batches, dev)
 
         def step(i: int) -> torch.Tensor:
             w = data.get(i)
-            with lt._autocast(dev, autocast):
+            with st.autocast_context(dev, autocast):
                 loss = fwd(input_ids=w[:, :-1], labels=w[:, :-1]).loss
             finish(loss)
             return loss.detach()
@@ -253,18 +241,18 @@ def make_step(impl: str, shape: tuple, device: str):
 
         def step(i: int) -> torch.Tensor:
             w = torch.from_numpy(batches.get(i)).to(dev, non_blocking=True)
-            with lt._autocast(dev, autocast):
+            with st.autocast_context(dev, autocast):
                 logits = fwd(w[:, :-1])
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)),
                                        w[:, 1:].reshape(-1))
             finish(loss)
             return loss.detach()
     else:
-        lt.CUDA_COMPILE_MODE = lm_mode(impl, lt.CUDA_COMPILE_MODE)
-        lt.CUDA_COMPILE_OPTIONS = LM_OPTIONS.get(lm_variant(impl)[0], lt.CUDA_COMPILE_OPTIONS)
+        st.CUDA_COMPILE_MODE = lm_mode(impl, st.CUDA_COMPILE_MODE)
+        st.CUDA_COMPILE_OPTIONS = LM_OPTIONS.get(lm_variant(impl)[0], st.CUDA_COMPILE_OPTIONS)
         cfg = run_config(shape, device, compile="auto")
-        loss_fn, graphs = lt.loss_function(model, cfg, dev, autocast)
-        data = lt.DeviceBatches(batches, dev)
+        loss_fn, graphs = st.loss_function(model, cfg, dev, autocast)
+        data = st.DeviceBatches(batches, dev)
 
         def step(i: int) -> torch.Tensor:
             w = data.get(i)

@@ -11,7 +11,8 @@ import typing
 import pytest
 import torch
 
-from lmablate.engine.model import LM, SPARSE_EXPERT_DENSITY, Experts, MoE, load_hf_llama
+from lmablate.engine.model import LM, SPARSE_EXPERT_DENSITY, Experts, MoE
+from lmablate.interop.llama import load_hf_llama
 from lmablate.study.accounting import count_module, flops_per_token, param_counts
 from lmablate.study.config import ModelConfig
 from lmablate.units import fmt_params

@@ -1,6 +1,5 @@
-"""The training step's fast paths (lmablate.engine.train.loss_function, DeviceBatches) compute what
-the
-plain step computes; CUDA graphs are chosen only where they are safe."""
+"""The training step's fast paths (lmablate.engine.step.loss_function, DeviceBatches) compute
+what the plain step computes; CUDA graphs are chosen only where they are safe."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 
 from lmablate.data.tokens import Batches
 from lmablate.engine.model import LM
-from lmablate.engine.train import DeviceBatches, loss_function
+from lmablate.engine.step import DeviceBatches, loss_function
 from lmablate.study.config import RunConfig, from_dict
 
 
@@ -58,14 +57,14 @@ def test_linear_cross_entropy_matches_linear_then_cross_entropy(monkeypatch, chu
     """The CPU head + loss in chunks (gradients made in the forward, scaled in the backward)
     equals ``F.cross_entropy(F.linear(h, w), t)``: loss, both gradients, any chunk size (the
     last chunk short), an upstream gradient other than 1, either input without gradient."""
-    from lmablate.engine import model as lm_model
-    monkeypatch.setattr(lm_model, "LINEAR_CE_CHUNK", chunk)
+    from lmablate.engine import losses
+    monkeypatch.setattr(losses, "LINEAR_CE_CHUNK", chunk)
     torch.manual_seed(0)
     h0, w0 = torch.randn(150, 24), torch.randn(333, 24) * 0.5
     t = torch.randint(0, 333, (150,))
     h1, w1 = h0.clone().requires_grad_(grads != "weight"), w0.clone().requires_grad_(grads != "h")
     h2, w2 = h0.clone().requires_grad_(grads != "weight"), w0.clone().requires_grad_(grads != "h")
-    got = lm_model.linear_cross_entropy(h1, w1, t)
+    got = losses.linear_cross_entropy(h1, w1, t)
     want = F.cross_entropy(F.linear(h2, w2), t)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     (got * -0.3).backward()
@@ -91,9 +90,9 @@ def test_cuda_graphs_only_for_dense_models_without_accumulation(model, train, gr
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_cross_entropy_matches_torch_loss_and_gradient(dtype):
-    """model.cross_entropy's CPU path (softmax - one_hot from saved log-probabilities) gives
+    """losses.cross_entropy's CPU path (softmax - one_hot from saved log-probabilities) gives
     F.cross_entropy's loss and gradient; its in-place backward refuses to run twice."""
-    from lmablate.engine.model import cross_entropy
+    from lmablate.engine.losses import cross_entropy
 
     torch.manual_seed(0)
     x = torch.randn(64, 320, dtype=dtype) * 3

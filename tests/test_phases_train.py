@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import assert_same_run, run_config
 
-from lmablate.engine.train import same_training, train
+from lmablate.engine.earlystop import same_training
+from lmablate.engine.train import train
 from lmablate.study.config import to_dict
 from lmablate.study.sweep import identity
 

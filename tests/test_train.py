@@ -17,7 +17,8 @@ from conftest import COMPARED, TINY_STUDY, TRAIN, assert_same_run, run_config, w
 
 from lmablate import read_study
 from lmablate.engine.checkpoint import list_checkpoints
-from lmablate.engine.train import EXIT_PREEMPTED, get_lr, make_plan, train
+from lmablate.engine.schedule import get_lr, make_plan
+from lmablate.engine.train import EXIT_PREEMPTED, train
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

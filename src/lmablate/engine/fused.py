@@ -17,7 +17,7 @@ Each member computes exactly what it would alone:
   ``clip_grad_norm_``);
 - AdamW: ``torch.optim.AdamW`` itself (fused on CUDA, as train()), one parameter group per
   (member, decay class), each group one contiguous row of the flat buffer below: per-member
-  learning rate (every step's :func:`lmablate.engine.train.get_lr`) and weight decay, decay on
+  learning rate (every step's :func:`lmablate.engine.schedule.get_lr`) and weight decay, decay on
   matrices
   only.
 
@@ -44,9 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmablate.data.tokens import Batches
-from lmablate.engine import model as _model
-from lmablate.engine.model import _ACT, _SDPA_GQA, LM, apply_rope
-from lmablate.engine.train import Plan, get_lr, make_plan
+from lmablate.engine.model import ACTIVATIONS, LM, apply_rope, causal_attention
+from lmablate.engine.schedule import Plan, get_lr, make_plan
 from lmablate.errors import ConfigError
 from lmablate.study.config import RunConfig
 
@@ -151,36 +150,20 @@ class FusedLM(nn.Module):
         cfg, pre = self.cfg, f"blocks.{i}.attn."
         K, B, T, C = x.shape
         nh, nkv, hs = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        ws = [self.p(pre + f"w{c}.weight") for c in "qkv"]
-        if _model.FUSE_PROJECTIONS and x.is_cuda:  # one batched matmul: [wq; wk; wv]
-            q, k, v = self._linear(x, torch.cat(ws, dim=1)).split([C, nkv * hs, nkv * hs], -1)
-        else:
-            q, k, v = (self._linear(x, w) for w in ws)
+        q, k, v = (self._linear(x, self.p(pre + f"w{c}.weight")) for c in "qkv")
         q, k, v = q.view(K, B, T, nh, hs), k.view(K, B, T, nkv, hs), v.view(K, B, T, nkv, hs)
         if cfg.qk_norm:
             q, k = self._norm(q, pre + "q_norm.weight"), self._norm(k, pre + "k_norm.weight")
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.reshape(K * B, T, -1, hs).transpose(1, 2) for t in (q, k, v))  # (KB, h, T, hs)
-        if _model.SDPA_CONTIGUOUS and q.is_cuda:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        extra = {}
-        if nkv != nh:
-            if _SDPA_GQA:
-                extra["enable_gqa"] = True
-            else:
-                k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
+        y = causal_attention(q, k, v)  # (KB, nh, T, hs)
         y = y.transpose(1, 2).reshape(K, B, T, C)
         return self._linear(y, self.p(pre + "wo.weight"))
 
     def _ffn(self, x: torch.Tensor, i: int) -> torch.Tensor:
         pre = f"blocks.{i}.ffn."
-        if self.cfg.gated and _model.FUSE_PROJECTIONS and x.is_cuda:  # one bmm: [w1; w3]
-            w13 = torch.cat([self.p(pre + "w1.weight"), self.p(pre + "w3.weight")], dim=1)
-            gate, up = self._linear(x, w13).chunk(2, dim=-1)
-            return self._linear(_ACT[self.cfg.ffn](gate) * up, self.p(pre + "w2.weight"))
-        h = _ACT[self.cfg.ffn](self._linear(x, self.p(pre + "w1.weight")))
+        h = ACTIVATIONS[self.cfg.ffn](self._linear(x, self.p(pre + "w1.weight")))
         if self.cfg.gated:
             h = h * self._linear(x, self.p(pre + "w3.weight"))
         return self._linear(h, self.p(pre + "w2.weight"))

@@ -41,8 +41,8 @@ from torch import nn
 
 from lmablate.study.config import ModelConfig
 
-__all__ = ["FFN", "LM", "SPARSE_EXPERT_DENSITY", "Experts", "MoE", "RMSNorm", "cross_entropy",
-           "linear_cross_entropy", "load_hf_llama"]
+__all__ = ["ACTIVATIONS", "FFN", "LM", "SPARSE_EXPERT_DENSITY", "Experts", "MoE", "RMSNorm",
+           "apply_rope", "causal_attention"]
 
 SPARSE_EXPERT_DENSITY = 0.1  # moe_init="sparse": share of each expert weight matrix left non-zero
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin), each (T, head_dim)
@@ -98,23 +98,18 @@ def _sparsify_(w: torch.Tensor, density: float) -> None:
     w.mul_(keep.view_as(w))
 
 
-# Two CUDA-only layout knobs (performance only: same parameters, names and math), both off: on
-# one H100 (bench/README.md, "Tried and not kept") each made the compiled training step slower,
-# although the second one wins in isolation (bench/attn_backends.py).
-# FUSE_PROJECTIONS: q/k/v (and gate/up) as one matmul against the weights concatenated in the
-# forward. tiny5m -8%, cs336 -4%, gpt2s -7% (with SDPA_CONTIGUOUS).
-FUSE_PROJECTIONS = False
-# SDPA_CONTIGUOUS: contiguous (B, nh, T, hs) q/k/v for SDPA instead of transposed (B, T, nh, hs)
-# views. cuDNN's flash attention forward + backward alone is 30% faster so at head_dim 16, but
-# the whole tiny5m step is 3% slower (cs336 -2%).
-SDPA_CONTIGUOUS = False
-
-
-def _fused_linear(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> torch.Tensor:
-    """``cat([l(x) for l in layers], -1)`` as one matmul."""
-    w = torch.cat([layer.weight for layer in layers])
-    b = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
-    return F.linear(x, w, b)
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal SDPA of q (B, nh, T, hs) over k, v (B, nkv, T, hs); with nkv < nh each k/v head
+    serves nh / nkv query heads (grouped-query attention: SDPA's ``enable_gqa`` from torch 2.5,
+    k/v repeated before)."""
+    gqa = k.size(1) != q.size(1)
+    if gqa and not _SDPA_GQA:
+        rep = q.size(1) // k.size(1)
+        k = k.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
+        v = v.repeat_interleave(rep, dim=1)
+    extra = {"enable_gqa": True} if gqa and _SDPA_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, **extra)
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,11 +129,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         B, T, C = x.shape
-        if FUSE_PROJECTIONS and x.is_cuda:  # one matmul against [wq; wk; wv]
-            kv = self.n_kv_heads * self.head_dim
-            q, k, v = _fused_linear(x, (self.wq, self.wk, self.wv)).split([C, kv, kv], dim=-1)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hs)
@@ -147,22 +138,14 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh|nkv, T, hs)
-        if SDPA_CONTIGUOUS and q.is_cuda:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        gqa = self.n_kv_heads != self.n_heads
-        if gqa and not _SDPA_GQA:
-            rep = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(rep, dim=1)  # (B, nh, T, hs)
-            v = v.repeat_interleave(rep, dim=1)
-        extra = {"enable_gqa": True} if gqa and _SDPA_GQA else {}
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0, **extra)
+        y = causal_attention(q, k, v, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
         return self.resid_drop(self.wo(y))
 
 
-_ACT = {"swiglu": F.silu, "geglu": F.gelu, "silu": F.silu, "gelu": F.gelu, "relu": F.relu,
-        "relu2": lambda h: F.relu(h).square()}
+# the FFN's activation per ``cfg.ffn`` (the gated kinds' gate activation)
+ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu, "silu": F.silu, "gelu": F.gelu,
+               "relu": F.relu, "relu2": lambda h: F.relu(h).square()}
 
 
 class FFN(nn.Module):
@@ -170,16 +153,13 @@ class FFN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, d_ff: int, dropout: float):
         super().__init__()
-        self.act = _ACT[cfg.ffn]
+        self.act = ACTIVATIONS[cfg.ffn]
         self.w1 = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias)  # gate (gated) / up (plain)
         self.w3 = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias) if cfg.gated else None  # up
         self.w2 = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)  # down
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if FUSE_PROJECTIONS and self.w3 is not None and x.is_cuda:  # one matmul: [w1; w3]
-            gate, up = _fused_linear(x, (self.w1, self.w3)).chunk(2, dim=-1)
-            return self.resid_drop(self.w2(self.act(gate) * up))
         h = self.act(self.w1(x))  # (..., d_ff)
         if self.w3 is not None:
             h = h * self.w3(x)
@@ -205,7 +185,7 @@ class Experts(nn.Module):
     def __init__(self, cfg: ModelConfig, num_experts: int, d_ff: int):
         super().__init__()
         E, d = num_experts, cfg.d_model
-        self.act = _ACT[cfg.ffn]
+        self.act = ACTIVATIONS[cfg.ffn]
         self.w1 = nn.Parameter(torch.empty(E, d_ff, d))  # gate (gated) / up (plain)
         self.w3 = nn.Parameter(torch.empty(E, d_ff, d)) if cfg.gated else None  # up
         self.w2 = nn.Parameter(torch.empty(E, d, d_ff))  # down
@@ -485,239 +465,3 @@ class LM(nn.Module):
         for m in moes:
             m.load = None
         return torch.stack([r.cpu() for r in rows]).to(torch.float64).numpy()
-
-
-# --------------------------------------------------------------------------------------------------
-# the training loss
-
-
-# FUSED_CROSS_ENTROPY (CUDA with Triton only; performance only, same math): the forward of the
-# cross-entropy as one Triton kernel that reads each row of bf16 logits once and takes one exp per
-# element (blockwise online logsumexp), instead of inductor's online-softmax reduction, which takes
-# two per element and ran at ~1.4 TB/s on an H100 (ours ~3 TB/s: gpt2s step +1.7%, measured with
-# bench/train_throughput.py --profile). The backward is plain torch (softmax - one-hot), one
-# pointwise kernel under torch.compile. Only for rows of a multiple of 128 bytes (vocab 50304,
-# 8192): otherwise inductor pads the logits' row stride and copies them back for the op (cs336,
-# vocab 10000: the kernel's gain eaten, +600 MB), and F.cross_entropy is used.
-FUSED_CROSS_ENTROPY = True
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of (N, V) logits against (N,) class ids in [0, V), statistics in fp32:
-    ``F.cross_entropy(logits.float(), targets)`` (no ignore_index: every target is a token)."""
-    if (FUSED_CROSS_ENTROPY and logits.is_cuda
-            and (_ce_rows is not None or (not _ce_built and not torch.compiler.is_compiling()
-                                          and fused_cross_entropy_op() is not None))
-            and logits.size(-1) * logits.element_size() % 128 == 0):
-        loss_rows, _ = _ce_rows(logits.contiguous(), targets.contiguous())
-        return loss_rows.mean()
-    if not logits.is_cuda:
-        return _CrossEntropyCPU.apply(logits, targets)
-    return F.cross_entropy(logits.float(), targets)
-
-
-class _CrossEntropyCPU(torch.autograd.Function):
-    """``F.cross_entropy`` on the CPU with a shorter backward: softmax - one_hot from the saved
-    log-probabilities, instead of nll_loss's zero-filled scatter + log_softmax_backward (the
-    default study's CPU step is ~15% faster; same loss, gradient within 1e-11)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        ctx.save_for_backward(logp, targets)
-        ctx.dtype = logits.dtype
-        return F.nll_loss(logp, targets)  # F.cross_entropy's own forward, bit for bit
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if getattr(ctx, "spent", False):
-            raise RuntimeError("lmablate's CPU cross-entropy turns its saved log-probabilities "
-                               "into the gradient in place: its backward runs once")
-        ctx.spent = True
-        logp, targets = ctx.saved_tensors
-        n = logp.size(0)
-        g = logp.exp_()  # softmax, in place: a fresh (N, V) buffer costs ~5% of the CPU step
-        g[torch.arange(n), targets] -= 1.0
-        return g.mul_(grad / n).to(ctx.dtype), None
-
-
-LINEAR_CE_CHUNK = 128  # rows of logits per chunk in linear_cross_entropy (128 x 2048 fp32: 1 MB)
-
-
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
-                         targets: torch.Tensor) -> torch.Tensor:
-    """``cross_entropy(h @ weight.T, targets)`` for fp32 (N, C) hidden states and a (V, C) head,
-    without the (N, V) logits: CPU training's loss (:func:`lmablate.engine.train.loss_function`).
-
-    The rows go through in chunks of :data:`LINEAR_CE_CHUNK`: each chunk's logits are made,
-    turned into the loss and, in the same pass while they are in cache, into the gradient
-    (softmax - one_hot, one exp per logit) and multiplied out into the gradients of ``h`` and
-    ``weight``, which the backward only scales by the incoming gradient (Liger-Kernel's and Cut
-    Cross-Entropy's scheme). Forward and backward together: the same matmuls as
-    ``F.cross_entropy(F.linear(h, weight), targets)``, one exp per logit instead of two (the
-    log-softmax's and its backward's), and no (N, V) tensor. Loss and gradients equal torch's
-    within fp32 rounding."""
-    return _LinearCrossEntropy.apply(h, weight, targets)
-
-
-_LOG2E = 1.0 / math.log(2.0)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        n, chunk = h.size(0), LINEAR_CE_CHUNK
-        need_h, need_w = ctx.needs_input_grad[:2]
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_wt = torch.zeros_like(weight.t()) if need_w else None  # (C, V): h.T @ g is faster
-        # logits in base 2 (the head scaled by log2(e)), the same softmax: torch's exp2 is ~1.7x
-        # faster than its exp on the CPU here (1.40 vs 2.44 ms for 2M floats, AVX2, one thread)
-        w2 = weight * _LOG2E
-        total = torch.zeros((), dtype=torch.float64)
-        rows = torch.arange(chunk)
-        for s in range(0, n, chunk):
-            hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            z = hc @ w2.t()  # (c, V) logits * log2(e)
-            r = rows[:z.size(0)]
-            m = z.amax(dim=1, keepdim=True)
-            z_t = z[r, tc]
-            z.sub_(m).exp2_()
-            sums = z.sum(dim=1, keepdim=True)  # row's sum of exp(logit - max)
-            total += ((m.squeeze(1) + sums.squeeze(1).log2() - z_t).sum(dtype=torch.float64)
-                      / _LOG2E)
-            if need_h or need_w:
-                z.div_(sums)  # softmax
-                z[r, tc] -= 1.0  # d(sum of the chunk's losses) / d logits
-                if need_h:
-                    torch.mm(z, weight, out=grad_h[s:s + chunk])
-                if need_w:
-                    grad_wt.addmm_(hc.t(), z)
-        ctx.save_for_backward(grad_h, None if grad_wt is None else grad_wt.t().contiguous())
-        ctx.n = n
-        return (total / n).to(h.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        grad_h, grad_w = ctx.saved_tensors
-        scale = grad / ctx.n
-        return (None if grad_h is None else grad_h * scale,
-                None if grad_w is None else grad_w * scale, None)
-
-
-def _make_ce_op():
-    """torch.ops.lmablate.ce_rows(logits (N, V), targets (N,)) -> (loss (N,), lse (N,)) fp32, with
-    its autograd formula; None without Triton or torch.library.triton_op."""
-    try:
-        import triton
-        import triton.language as tl
-        from torch.library import triton_op, wrap_triton
-    except ImportError:
-        return None
-
-    @triton.jit
-    def _ce_rows_kernel(x_ptr, t_ptr, loss_ptr, lse_ptr, stride, V, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = x_ptr + row * stride
-        cols = tl.arange(0, BLOCK)
-        m = float("-inf")
-        d = 0.0
-        for start in range(0, V, BLOCK):
-            idx = start + cols
-            x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
-        lse = m + tl.log(d)
-        target = tl.load(t_ptr + row)
-        x_t = tl.load(base + target).to(tl.float32)
-        tl.store(lse_ptr + row, lse)
-        tl.store(loss_ptr + row, lse - x_t)
-
-    @triton_op("lmablate::ce_rows", mutates_args=())
-    def ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, v = logits.shape
-        loss = torch.empty(n, device=logits.device, dtype=torch.float32)
-        lse = torch.empty(n, device=logits.device, dtype=torch.float32)
-        block = 2048 if v <= 16384 else 4096
-        wrap_triton(_ce_rows_kernel)[(n,)](logits, targets, loss, lse, logits.stride(0), v,
-                                           BLOCK=block, num_warps=8)
-        return loss, lse
-
-    def setup_context(ctx, inputs, output):
-        logits, targets = inputs
-        ctx.save_for_backward(logits, targets, output[1])
-
-    def backward(ctx, grad_loss, grad_lse):
-        logits, targets, lse = ctx.saved_tensors
-        cols = torch.arange(logits.size(-1), device=logits.device)
-        p = torch.exp(logits.float() - lse[:, None])  # softmax
-        grad = (p - (cols == targets[:, None]).float()) * grad_loss[:, None]
-        return grad.to(logits.dtype), None
-
-    ce_rows.register_autograd(backward, setup_context=setup_context)
-    return ce_rows
-
-
-_ce_rows = None  # torch.ops.lmablate.ce_rows once fused_cross_entropy_op() built it
-_ce_built = False
-
-
-def fused_cross_entropy_op():
-    """The Triton cross-entropy op, built on first use (CUDA runs; train.loss_function builds it
-    before compiling): importing Triton and ``torch.library.triton_op`` pulls in inductor, ~2.5 s
-    that every CPU training job would otherwise pay at import. None without Triton."""
-    global _ce_rows, _ce_built
-    if not _ce_built:
-        _ce_built = True
-        try:
-            _ce_rows = _make_ce_op()
-        except RuntimeError:  # registered already (module reloaded): F.cross_entropy then
-            _ce_rows = None
-    return _ce_rows
-
-
-# --------------------------------------------------------------------------------------------------
-# Hugging Face Llama -> LM (the equivalence test; also a way to start from Llama-style weights)
-
-
-def load_hf_llama(model: LM, hf_model) -> LM:
-    """Copy the weights of a transformers ``LlamaForCausalLM`` into ``model`` (in place).
-
-    ``model`` must be built with the matching knobs: norm=rms, norm_position=pre, pos_emb=rope,
-    ffn=swiglu, bias=False, qk_norm=False, num_experts=0, and the same shape / eps / theta / tying.
-    Both use the rotate_half RoPE layout, so no permutation of q/k rows is needed.
-    """
-    cfg, hc = model.cfg, hf_model.config
-    rope_params = getattr(hc, "rope_parameters", None) or {}
-    theta = rope_params.get("rope_theta", getattr(hc, "rope_theta", None))
-    want = {
-        "d_model": (cfg.d_model, hc.hidden_size), "n_layers": (cfg.n_layers, hc.num_hidden_layers),
-        "n_heads": (cfg.n_heads, hc.num_attention_heads),
-        "n_kv_heads": (cfg.kv_heads, hc.num_key_value_heads or hc.num_attention_heads),
-        "d_ff": (cfg.d_ff, hc.intermediate_size), "vocab_size": (model.vocab_size, hc.vocab_size),
-        "norm_eps": (cfg.norm_eps, hc.rms_norm_eps), "rope_theta": (cfg.rope_theta, theta),
-        "tie_embeddings": (cfg.tie_embeddings, bool(hc.tie_word_embeddings)),
-        "norm": (cfg.norm, "rms"), "norm_position": (cfg.norm_position, "pre"),
-        "pos_emb": (cfg.pos_emb, "rope"), "ffn": (cfg.ffn, "swiglu"),
-        "bias": (cfg.bias, bool(getattr(hc, "attention_bias", False) or
-                                getattr(hc, "mlp_bias", False))),
-        "qk_norm": (cfg.qk_norm, False), "num_experts": (cfg.num_experts, 0),
-        "head_dim": (cfg.head_dim, getattr(hc, "head_dim", None) or cfg.head_dim),
-    }
-    bad = [f"{k}: LM has {a!r}, Llama has {b!r}" for k, (a, b) in want.items() if a != b]
-    if bad:
-        raise ValueError("load_hf_llama: mismatched knobs: " + "; ".join(bad))
-
-    src = hf_model.state_dict()
-    sd = {"embed.weight": src["model.embed_tokens.weight"],
-          "norm_f.weight": src["model.norm.weight"]}
-    sd["head.weight"] = sd["embed.weight"] if cfg.tie_embeddings else src["lm_head.weight"]
-    names = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj",
-             "attn.wv": "self_attn.v_proj", "attn.wo": "self_attn.o_proj",
-             "ffn.w1": "mlp.gate_proj", "ffn.w3": "mlp.up_proj", "ffn.w2": "mlp.down_proj",
-             "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
-    for i in range(cfg.n_layers):
-        for ours, theirs in names.items():
-            sd[f"blocks.{i}.{ours}.weight"] = src[f"model.layers.{i}.{theirs}.weight"]
-    model.load_state_dict(sd, strict=True)
-    return model

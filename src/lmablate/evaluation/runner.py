@@ -85,7 +85,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig, task_dirs: Mapping[str, s
                  device: str = "auto") -> dict[str, Any]:
     """Score every task of ``cfg`` (prepared under ``task_dirs[name]``) on the run in
     ``run_dir``; write ``out`` (default ``run_dir/tasks.json``) and return its content."""
-    from lmablate.engine.train import select_device
+    from lmablate.engine.step import select_device
     from lmablate.evaluation.loading import load_run_model
     from lmablate.evaluation.sources import load_prepared
 
