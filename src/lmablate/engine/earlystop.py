@@ -39,7 +39,8 @@ def same_training(saved: Mapping[str, Any] | None, current: Mapping[str, Any], *
 
 
 class EarlyStop:
-    """Seed 003's rule: stop when the dev metric is worse than the cohort's best-so-far by delta.
+    """Two-phase ranking's rule: stop when the dev metric is worse than the cohort's best-so-far
+    by delta.
 
     The cohort file (JSON lines ``{"run_id", "tokens", "value"}``, appended under a lock) is shared
     by the runs of one phase; the best-so-far at ``t`` tokens is the lowest value any of them logged

@@ -18,7 +18,7 @@ Design choices (defaults first; each knob is branched locally where it acts, no 
   ``enable_gqa`` (``n_kv_heads`` k/v heads shared by ``n_heads / n_kv_heads`` query heads).
 - FFN: gated (swiglu, geglu): ``w2(act(w1 x) * w3 x)``; plain (silu, gelu, relu, relu2):
   ``w2(act(w1 x))``. relu2 is squared ReLU (Primer). ``w2`` is always the down projection.
-- MoE (``num_experts > 0``, seed 004 "SoME"): every block's FFN becomes a top-k router +
+- MoE (``num_experts > 0``, "SoME"): every block's FFN becomes a top-k router +
   ``num_experts`` FFNs of the same kind, dispatched by sorting tokens by expert (grouped GEMM on
   CUDA); see :class:`MoE` and :class:`Experts`.
 - ``bias``: biases on all linear layers of the blocks (q, k, v, o, FFN) and on LayerNorm; never on
@@ -225,7 +225,7 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    """Token-choice top-k mixture of FFN experts (seed 004, "SoME").
+    """Token-choice top-k mixture of FFN experts ("SoME").
 
     - router: ``Linear(d_model, num_experts, bias=False)``, softmax in fp32, top-k experts per
       token, their probabilities renormalised to sum to 1 (the gate weights).
