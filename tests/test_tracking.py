@@ -17,11 +17,12 @@ import yaml
 from conftest import TINY_STUDY
 
 from lmablate import from_dict, read_study
-from lmablate.engine.tracking import STATE_FILE, check_logging
+from lmablate.engine.tracking import STATE_FILE
 from lmablate.engine.train import train
 from lmablate.errors import ConfigError
 from lmablate.study.config import RunConfig
 from lmablate.study.load import study_from_dict
+from lmablate.study.logging_spec import check_logging
 
 # 40 steps: train records at 1, 5, 10, ..., 40; validation at 10, 20, 30, 40; checkpoints every 4
 TRAIN = {"tokens": 10240, "batch_size": 8, "seq_len": 32, "lr": 3e-3, "eval_every": 10,

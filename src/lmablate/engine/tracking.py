@@ -10,6 +10,7 @@ Each run logs its train and validation curves (the records of metrics.jsonl, as 
 ``val/loss``, ... against the optimiser step), its resolved config (config.yaml) and its final
 metrics (final.json's numbers as ``final/...``). :func:`open_trackers` is called by
 :func:`lmablate.engine.train.train`; every backend is imported only when a study asks for it.
+The block's backends and settings, and its checks, are :mod:`lmablate.study.logging_spec`'s.
 
 Resume: a run resumed from its checkpoint continues the same tracker run. TensorBoard appends to
 the run's folder and purges what the interrupted attempt logged after the checkpoint; MLflow
@@ -20,7 +21,6 @@ TensorBoard keeps the resumed attempt's values, MLflow and W&B the first ones.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -28,86 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lmablate.errors import ConfigError
+from lmablate import paths
 from lmablate.io import atomic_write_json
+from lmablate.study.logging_spec import check_logging
 
-__all__ = ["BACKENDS", "Tracker", "Trackers", "check_logging", "open_trackers"]
+__all__ = ["Tracker", "Trackers", "open_trackers"]
 
-# backend -> (module imported, extra that installs it, its settings and what they mean)
-BACKENDS: dict[str, tuple[str, str, dict[str, str]]] = {
-    "tensorboard": ("tensorboard", "tensorboard", {
-        "dir": "Folder of the study's event files, one subfolder per run "
-               "(default results/<study>/tensorboard)."}),
-    "mlflow": ("mlflow", "mlflow", {
-        "tracking_uri": "Where runs go (default: MLflow's, MLFLOW_TRACKING_URI or "
-                        "sqlite:///mlflow.db); a file: URI is MLflow's local file store.",
-        "experiment": "Experiment name (default: the study)."}),
-    "wandb": ("wandb", "wandb", {
-        "project": "W&B project (default: lmablate).",
-        "entity": "W&B entity (team or user; default: yours).",
-        "mode": "online, offline (files under dir/wandb, `wandb sync` later) or disabled "
-                "(default: WANDB_MODE, else online).",
-        "dir": "Folder that holds wandb/ (default: WANDB_DIR, else the working directory).",
-        "tags": "Tags of every run (a list of strings)."}),
-}
-WANDB_MODES = ("online", "offline", "disabled")
 STATE_FILE = "tracking.json"  # in the checkpoint dir: the tracker runs a resumed run continues
-
-
-# --------------------------------------------------------------------------------------------------
-# the study's `logging:` block
-
-
-def check_logging(value: Any) -> dict[str, dict[str, Any]]:
-    """The checked ``logging:`` block: ``{backend: settings}`` of the backends switched on
-    (``true`` or a mapping; ``false``/null switch one off). One-line :class:`ConfigError` for an
-    unknown backend or setting, a wrong type, or a backend that is not installed."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"expected a mapping of trackers, got {value!r}", key="logging")
-    out = {}
-    for backend, settings in value.items():
-        key = f"logging.{backend}"
-        if backend not in BACKENDS:
-            from lmablate.study.config import unknown_key
-
-            raise unknown_key(str(backend), BACKENDS, key)
-        if settings is None or settings is False:
-            continue
-        if settings is True:
-            settings = {}
-        if not isinstance(settings, Mapping):
-            raise ConfigError(f"expected true, false or a mapping, got {settings!r}", key=key)
-        out[backend] = _settings(backend, dict(settings))
-        require(backend)
-    return out
-
-
-def _settings(backend: str, settings: dict[str, Any]) -> dict[str, Any]:
-    known = BACKENDS[backend][2]
-    for name, val in settings.items():
-        key = f"logging.{backend}.{name}"
-        if name not in known:
-            from lmablate.study.config import unknown_key
-
-            raise unknown_key(str(name), known, key)
-        if name == "tags":
-            if not isinstance(val, list) or not all(isinstance(t, str) for t in val):
-                raise ConfigError(f"expected a list of strings, got {val!r}", key=key)
-        elif val is not None and not isinstance(val, str):
-            raise ConfigError(f"expected a string, got {val!r}", key=key)
-        if name == "mode" and val not in (None, *WANDB_MODES):
-            raise ConfigError(f"expected one of {', '.join(WANDB_MODES)}, got {val!r}", key=key)
-    return {k: v for k, v in settings.items() if v is not None}
-
-
-def require(backend: str) -> None:
-    """A one-line error naming the extra to install when ``backend``'s package is missing."""
-    module, extra, _ = BACKENDS[backend]
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{module} is not installed: pip install 'lmablate[{extra}]'",
-                          key=f"logging.{backend}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +99,7 @@ class TensorBoardTracker(Tracker):
     metrics as ``final/*`` scalars and as the HParams dashboard's session of this run."""
 
     def __init__(self, settings: Mapping[str, Any], study: str):
-        self.root = Path(settings.get("dir") or f"results/{study}/tensorboard")
+        self.root = Path(settings.get("dir") or paths.fill(paths.TENSORBOARD_DIR, study=study))
 
     def start(self, run_id: str, study: str, config: Mapping[str, Any], *, step: int,
               state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -237,7 +164,7 @@ class MLflowTracker(Tracker):
             return dict(state)
         experiment = self._experiment()
         run = self.client.create_run(experiment, run_name=run_id,
-                                     tags={"lmablate.study.load": study, "lmablate.run_id": run_id})
+                                     tags={"lmablate.study": study, "lmablate.run_id": run_id})
         self.run = run.info.run_id
         self._log_params(flat(config))
         self.client.log_dict(self.run, dict(config), "config.yaml")

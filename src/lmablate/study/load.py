@@ -34,6 +34,7 @@ from lmablate.dicts import deep_merge
 from lmablate.errors import ConfigError, did_you_mean
 from lmablate.study import corpus_spec, yamlsafe
 from lmablate.study.config import unknown_key
+from lmablate.study.logging_spec import check_logging
 from lmablate.study.sweep import SWEEP_KEYS, VARIANT_KEYS, Run, expand, set_override
 
 __all__ = ["Study", "parse_override", "read_study", "read_workflow_study", "study_from_dict"]
@@ -279,8 +280,6 @@ def _study(doc: dict[str, Any], overrides: Mapping[str, Any], source: str | None
     if doc.get("execution") is not None:
         doc["execution"] = _execution(doc["execution"])
     if doc.get("logging") is not None:
-        from lmablate.engine.tracking import check_logging
-
         doc["logging"] = check_logging(doc["logging"])
 
     corpora = corpus_spec.resolve_corpora(doc.get("corpora") or {}, base_dir)

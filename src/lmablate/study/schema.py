@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from lmablate.study import config as C
 from lmablate.study.corpus_spec import SPEC_KEYS
+from lmablate.study.logging_spec import BACKENDS
+from lmablate.study.lrfind_spec import LR_FIND_KEYS
 from lmablate.study.load import TOP_KEYS
 
 __all__ = ["study_schema"]
@@ -64,8 +66,6 @@ def _section(cls: type, description: str) -> dict[str, Any]:
 
 
 def study_schema() -> dict[str, Any]:
-    from lmablate.engine.lrfind import LR_FIND_KEYS
-    from lmablate.engine.tracking import BACKENDS
     from lmablate.study.phases import RANKING_KEYS
 
     model = _section(C.ModelConfig, "Model architecture (every field is an ablation knob).")
