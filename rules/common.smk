@@ -5,12 +5,22 @@ import sys
 from pathlib import Path
 
 import lmablate
-import lmablate.data.corpora
-import lmablate.evaluation
-import lmablate.study.corpus_spec
-import lmablate.study.lrfind_spec
+import lmablate.paths as paths
 import lmablate.study.phases
-from lmablate.results.harvest import plan_figures, planned_rows, shared_points
+from lmablate.workflow.dag import (
+    MANIFEST_FILES,
+    canonical,
+    damage_message,
+    figure_summary,
+    manifest_path,
+    plan_figures,
+    planned_rows,
+    portable,
+    scan_runs,
+    shared_points,
+    study_eval,
+    study_lr_find,
+)
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,6 +38,11 @@ except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 
 NAME = STUDY.name
+# the study's folders (lmablate.paths), {run_id} left a wildcard
+STUDY_DIR = paths.fill(paths.STUDY_DIR, study=NAME)
+RUN_DIR = paths.fill(paths.RUN_DIR, study=NAME)
+PHASE1_DIR = paths.fill(paths.PHASE1_DIR, study=NAME)
+LR_FIND_DIR = paths.fill(paths.LR_FIND_DIR, study=NAME)
 EXECUTION = STUDY.execution
 # the checked `execution:` block (include, scale and overrides applied) for the training jobs,
 # which read it from the config, not from params: changing it must not re-run finished runs
@@ -43,7 +58,7 @@ except lmablate.ConfigError as err:
 RUNS = {**STUDY.by_id, **(RANKING.phase1 if RANKING else {})}
 # `lr_find:` LR range tests of some runs (rules/train.smk: lr_find, rules/report.smk)
 try:
-    LR_FIND = lmablate.study.lrfind_spec.study_lr_find(STUDY)
+    LR_FIND = study_lr_find(STUDY)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 # A run that cannot fit the device it would train on stops here, before any job, where jobs run
@@ -55,18 +70,21 @@ if workflow.is_main_process and workflow.local_exec:
         lmablate.study.plan.check_memory(STUDY)
     except lmablate.ConfigError as err:
         sys.exit(f"lmablate: {err}")
+# A folder the workflow writes (results/<study>, resources, ...) that is read-only stops here in
+# one line, before any job (lmablate.workflow.writable); a dry run writes nothing and plans.
+if workflow.is_main_process and not workflow.output_settings.dryrun:
+    import lmablate.workflow.writable as writable
+
+    try:
+        writable.check_writable(writable.study_dirs(NAME))
+    except lmablate.LmablateError as err:
+        sys.exit(f"lmablate: {err}")
 
 
 wildcard_constraints:
     run_id=r"[A-Za-z0-9._=+-]+",
     corpus=r"[A-Za-z0-9._-]+",
     dataset=r"[A-Za-z0-9._-]+",
-
-
-def canonical(obj):
-    """``obj`` with every mapping's keys sorted: params compare equal whatever the YAML order,
-    so Snakemake's params trigger never re-runs a job because keys were reordered."""
-    return json.loads(lmablate.study.sweep.canonical_json(obj))
 
 
 _RUN_PARAMS = {}
@@ -82,14 +100,14 @@ def run_params(wildcards):
 
 def dataset_of(run):
     """Name of a run's tokenizer and token store: <corpus>-<data_id>."""
-    return f"{run.config.data.corpus}-{run.data_id}"
+    return paths.dataset(run.config.data.corpus, run.data_id)
 
 
 DATASETS = {dataset_of(r): r for r in STUDY.runs}
 
 
 def get_tokens(wildcards):
-    return f"resources/tokens/{dataset_of(RUNS[wildcards.run_id])}.h5"
+    return paths.fill(paths.TOKENS, dataset=dataset_of(RUNS[wildcards.run_id]))
 
 
 def corpus_of(dataset):
@@ -99,19 +117,19 @@ def corpus_of(dataset):
 def get_corpus_manifest(wildcards):
     """Text corpora are prepared into a manifest; pre-tokenized (hdf5) corpora have none."""
     spec = corpus_of(wildcards.dataset)
-    return [] if spec["source"] == "hdf5" else lmablate.data.corpora.manifest_path(spec)
+    return [] if spec["source"] == "hdf5" else manifest_path(spec)
 
 
 def get_tokenize_inputs(wildcards):
     inputs = {"manifest": get_corpus_manifest(wildcards)}
     hdf5 = corpus_of(wildcards.dataset)["source"] == "hdf5"
     if not hdf5 or DATASETS[wildcards.dataset].config.tokenizer.kind in ("file", "hub"):
-        inputs["tokenizer"] = f"resources/tokenizers/{wildcards.dataset}/tokenizer.json"
+        inputs["tokenizer"] = paths.fill(paths.TOKENIZER, dataset=wildcards.dataset)
     return inputs
 
 
 def run_dir(run_id):
-    return f"results/{NAME}/runs/{run_id}"
+    return paths.fill(RUN_DIR, run_id=run_id)
 
 
 def get_run_finals(wildcards):
@@ -146,18 +164,21 @@ def get_train_phase(wildcards):
         if not RANKING.early_stop:
             return {}
         # one cohort per value of ranking.per; a run shared by two axes is in both
-        cohorts = [f"checkpoints/{NAME}/{c}.jsonl" for c in RANKING.cohorts(wildcards.run_id)]
+        cohorts = [
+            paths.fill(paths.COHORT, study=NAME, cohort=c)
+            for c in RANKING.cohorts(wildcards.run_id)
+        ]
         return {"cohort": cohorts[0] if len(cohorts) == 1 else cohorts}
     phase1 = RANKING.phase1_of.get(wildcards.run_id)
     if phase1 and RANKING.resume == "continue":
-        return {"init_from": f"checkpoints/{NAME}/{phase1}"}
+        return {"init_from": paths.fill(paths.CHECKPOINT_DIR, study=NAME, run_id=phase1)}
     return {}
 
 
 # Downstream tasks (only for studies with `eval_tasks:`; rules/evaluate.smk).
 EVAL = None
 try:
-    EVAL = lmablate.evaluation.study_eval(STUDY)
+    EVAL = study_eval(STUDY)
 except lmablate.ConfigError as err:
     sys.exit(f"lmablate: {err}")
 
@@ -179,10 +200,10 @@ def get_eval_task_inputs(wildcards):
 
 
 def get_run_tokenizer(wildcards):
-    return f"resources/tokenizers/{dataset_of(RUNS[wildcards.run_id])}/tokenizer.json"
+    return paths.fill(paths.TOKENIZER, dataset=dataset_of(RUNS[wildcards.run_id]))
 
 
-# The figure list is fixed at parse time from the study's runs (lmablate.results.harvest.plan_figures):
+# The figure list is fixed at parse time from the study's runs (plan_figures):
 # every figure the sweep axes support, or the study's own `figures:` pick.
 FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
 PHASE1_ONLY_FIGURES = (
@@ -225,11 +246,11 @@ FIGURE_SUBCATEGORY = {
 
 
 def figure_path(name):
-    return f"results/{NAME}/plots/{name}.png"
+    return paths.fill(paths.PLOT, study=NAME, name=name)
 
 
 def get_lr_find_results(wildcards):
-    return [f"results/{NAME}/lr_find/{r}/lr_find.json" for r in LR_FIND[0]]
+    return [f"{paths.fill(LR_FIND_DIR, run_id=r)}/lr_find.json" for r in LR_FIND[0]]
 
 
 def get_figure_paths():
@@ -268,20 +289,20 @@ def results_page_figures():
         name: {
             "path": figure_path(name),
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": lmablate.results.harvest.figure_summary(spec)
+            "what": figure_summary(spec)
             + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
         }
         for name, spec in FIGURES.items()
     }
     for name, spec in PHASE1_FIGURES.items():  # a two-phase study's sweep figures
         figures[f"phase1/{name}"] = {
-            "path": f"results/{NAME}/phase1/plots/{name}.png",
+            "path": paths.fill(paths.PHASE1_PLOT, study=NAME, name=name),
             "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
-            "what": f"Phase 1, every configuration: {lmablate.results.harvest.figure_summary(spec)}",
+            "what": f"Phase 1, every configuration: {figure_summary(spec)}",
         }
     if LR_FIND:
         figures["lr_finder"] = {
-            "path": f"results/{NAME}/plots/lr_finder.png",
+            "path": figure_path("lr_finder"),
             "caption": str(REPORT_DIR / "lr_finder.rst"),
             "what": "LR range test of the study's runs: loss against a growing learning rate.",
         }
@@ -292,7 +313,7 @@ def phase1_figure_outputs():
     """The figures of a two-phase study's phase 1 (PHASE1_FIGURES), for rule plot_phase1."""
     return {
         name: report(
-            f"results/{NAME}/phase1/plots/{name}.png",
+            paths.fill(paths.PHASE1_PLOT, study=NAME, name=name),
             category="Figures",
             subcategory="Phase 1: every configuration",
             caption=f"../report/{figure_caption(spec)}.rst",
@@ -303,11 +324,11 @@ def phase1_figure_outputs():
 
 
 def get_final_output():
-    phase1 = [f"results/{NAME}/phase1/selected.json"] if RANKING else []
-    phase1 += [f"results/{NAME}/phase1/plots/{name}.png" for name in PHASE1_FIGURES]
-    lr_find = [f"results/{NAME}/plots/lr_finder.png"] if LR_FIND else []
-    tables = [f"results/{NAME}/{f}" for f in ("runs.csv", "summary.json", "analysis.txt")]
-    results = [f"results/{NAME}/RESULTS.md", f"results/{NAME}/results.html"]
+    phase1 = [f"{PHASE1_DIR}/selected.json"] if RANKING else []
+    phase1 += [paths.fill(paths.PHASE1_PLOT, study=NAME, name=name) for name in PHASE1_FIGURES]
+    lr_find = [figure_path("lr_finder")] if LR_FIND else []
+    tables = [f"{STUDY_DIR}/{f}" for f in ("runs.csv", "summary.json", "analysis.txt")]
+    results = [f"{STUDY_DIR}/RESULTS.md", f"{STUDY_DIR}/results.html"]
     return [*phase1, *lr_find, *tables, *results, *get_figure_paths()]
 
 
@@ -324,7 +345,7 @@ def train_rate():
     if not hasattr(train_rate, "value"):
         import lmablate.study.plan
 
-        train_rate.value = lmablate.study.plan.study_train_rate(STUDY, "results")
+        train_rate.value = lmablate.study.plan.study_train_rate(STUDY, paths.RESULTS)
     return train_rate.value
 
 
@@ -358,5 +379,5 @@ def get_run_files(wildcards):
         f"{d}/{name}"
         for d in (final.rsplit("/", 1)[0] for final in get_run_finals(wildcards))
         if d in _RECHECK
-        for name in ("final.json", *lmablate.engine.integrity.MANIFEST_FILES)
+        for name in ("final.json", *MANIFEST_FILES)
     ]

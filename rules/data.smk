@@ -1,11 +1,11 @@
 # corpus -> tokenizer -> tokens.h5
 
 
-# A corpus is prepared into a folder named by its spec's identity (lmablate.data.corpora.manifest_path),
+# A corpus is prepared into a folder named by its spec's identity (manifest_path, common.smk),
 # so a study that redefines a corpus name never deletes, or reuses, another spec's corpus.
 rule prepare_corpus:
     output:
-        manifest="resources/corpora/{corpus}-{corpus_hash}/manifest.json",
+        manifest=paths.CORPUS_MANIFEST,
     log:
         "logs/prepare_corpus/{corpus}-{corpus_hash}.log",
     benchmark:
@@ -15,7 +15,7 @@ rule prepare_corpus:
     conda:
         "../envs/train.yaml"
     params:
-        spec=lambda w: canonical(lmablate.study.corpus_spec.portable(STUDY.corpora[w.corpus])),
+        spec=lambda w: canonical(portable(STUDY.corpora[w.corpus])),
     script:
         "../workflow_scripts/prepare_corpus.py"
 
@@ -24,8 +24,8 @@ rule train_tokenizer:
     input:
         manifest=get_corpus_manifest,
     output:
-        tokenizer="resources/tokenizers/{dataset}/tokenizer.json",
-        meta="resources/tokenizers/{dataset}/tokenizer_meta.json",
+        tokenizer=paths.TOKENIZER,
+        meta=paths.TOKENIZER_META,
     log:
         "logs/train_tokenizer/{dataset}.log",
     benchmark:
@@ -48,7 +48,7 @@ rule tokenize_corpus:
     input:
         unpack(get_tokenize_inputs),
     output:
-        tokens="resources/tokens/{dataset}.h5",
+        tokens=paths.TOKENS,
     log:
         "logs/tokenize_corpus/{dataset}.log",
     benchmark:
@@ -57,7 +57,7 @@ rule tokenize_corpus:
         "../envs/train.yaml"
     threads: 2
     params:
-        spec=lambda w: canonical(lmablate.study.corpus_spec.portable(corpus_of(w.dataset))),
+        spec=lambda w: canonical(portable(corpus_of(w.dataset))),
         val_fraction=lambda w: DATASETS[w.dataset].config.data.val_fraction,
     script:
         "../workflow_scripts/tokenize_corpus.py"
