@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from lmablate import paths
 from lmablate.dicts import run_hash
 from lmablate.errors import DataError
 from lmablate.io import atomic_write_text, sha256_file
@@ -37,14 +38,12 @@ from lmablate.study.corpus_spec import identity
 __all__ = ["prepare_corpus", "iter_documents", "split_documents", "load_manifest", "is_val",
            "manifest_path"]
 
-CORPORA_DIR = "resources/corpora"  # prepared corpora of the workflow (rules/data.smk)
-
-
 def manifest_path(spec: Mapping[str, Any]) -> str:
     """Where the workflow prepares a text corpus: ``resources/corpora/<name>-<hash>/manifest.json``
     with the hash of the spec's identity, so a changed spec is prepared into a folder of its own
     and its job never deletes, or reuses, the corpus another spec of that name prepared."""
-    return f"{CORPORA_DIR}/{spec['name']}-{run_hash(identity(spec))}/manifest.json"
+    return paths.fill(paths.CORPUS_MANIFEST, corpus=spec["name"],
+                      corpus_hash=run_hash(identity(spec)))
 
 
 def _glob(spec: Mapping[str, Any], key: str) -> list[Path]:

@@ -33,11 +33,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmablate.errors import DataError
 from lmablate.io import atomic_write_text, sha256_file
+from lmablate.paths import HUB_CACHE
 from lmablate.study.config import TokenizerConfig
 
 __all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_sha256", "eot_id", "hub_tokenizer"]
 
-HUB_CACHE = "resources/hub"  # hub downloads, relative to the working directory (the workflow's)
 HUB_FILE = "tokenizer.json"
 
 

@@ -96,7 +96,7 @@ class Tracker:
 
 class TensorBoardTracker(Tracker):
     """Event files under ``dir/<run_id>/`` (torch's SummaryWriter); the config as text, final
-    metrics as ``final/*`` scalars and as the HParams dashboard's session of this run."""
+    metrics as ``final/*`` scalars and as this run's entry in the HParams dashboard."""
 
     def __init__(self, settings: Mapping[str, Any], study: str):
         self.root = Path(settings.get("dir") or paths.fill(paths.TENSORBOARD_DIR, study=study))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from lmablate import paths
 from lmablate.errors import DataError
 from lmablate.study.config import SECTIONS, RunConfig, from_dict
 
@@ -59,7 +60,7 @@ def tokenizer_path(run_dir: str | Path, meta: dict[str, Any], cfg: RunConfig,
     if not data_id:
         raise DataError(f"{Path(run_dir) / 'config.yaml'}: no data_id (a run trained outside the "
                         "workflow); pass the tokenizer.json path explicitly")
-    rel = Path("resources/tokenizers") / f"{cfg.data.corpus}-{data_id}" / "tokenizer.json"
+    rel = Path(paths.tokenizer(cfg.data.corpus, data_id))
     run_dir = Path(run_dir).resolve()
     roots = [Path(workdir)] if workdir is not None else [Path.cwd()]
     if workdir is None and len(run_dir.parents) > 3:  # results/<study>/runs/<run_id>

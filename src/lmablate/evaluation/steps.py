@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmablate import paths
 from lmablate.data.corpora import manifest_path
 from lmablate.errors import ConfigError
 from lmablate.evaluation.specs import (
@@ -30,7 +31,6 @@ from lmablate.study.config import to_dict
 __all__ = ["EvalPlan", "study_eval", "prepare_task_step", "evaluate_tasks_step",
            "evaluate_harness_step"]
 
-TASKS_DIR = "resources/tasks"
 HARNESS_KEYS = ("harness", "device", "batch_size", "fewshot_seed")
 
 
@@ -61,7 +61,7 @@ class EvalPlan:
                              val_fraction=ctx.get("val_fraction"))
 
     def task_file(self, name: str) -> str:
-        return f"{TASKS_DIR}/{self.task_ids[name]}/task.json"
+        return paths.fill(paths.TASK, task_id=self.task_ids[name])
 
     def task_files(self) -> dict[str, str]:
         return {name: self.task_file(name) for name in self.task_ids}

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lmablate import gpu
+from lmablate import gpu, paths
 from lmablate.errors import ConfigError
 from lmablate.study import accounting
 from lmablate.study.config import parse_size
@@ -63,15 +63,15 @@ def _vocab(run: Any, corpora: Mapping[str, Any] | None = None,
     return model_vocab(m, t) or math.ceil(t.vocab_size / m.vocab_multiple) * m.vocab_multiple
 
 
-def _store(run: Any, resources_root: str | Path,
+def _store(run: Any, workdir: str | Path,
            corpora: Mapping[str, Any] | None = None) -> dict[str, int]:
     """``vocab_size`` and ``train_tokens`` of the run's token store, once it is built
-    (``resources/tokens/<corpus>-<data_id>.h5``, as rules/common.smk names it). Before that, a
-    pre-tokenized (hdf5) corpus of fixed-length rows or one stream without a mask is counted in
-    its file; other corpora: {} (their size is known once tokenized)."""
+    (``resources/tokens/<corpus>-<data_id>.h5`` under ``workdir``, :data:`lmablate.paths.TOKENS`).
+    Before that, a pre-tokenized (hdf5) corpus of fixed-length rows or one stream without a mask
+    is counted in its file; other corpora: {} (their size is known once tokenized)."""
     import h5py
 
-    path = Path(resources_root) / "tokens" / f"{run.config.data.corpus}-{run.data_id}.h5"
+    path = Path(workdir) / paths.tokens(run.config.data.corpus, run.data_id)
     try:
         if path.is_file():
             with h5py.File(path, "r") as f:
@@ -118,9 +118,9 @@ def measured_rate(finals: dict[str, dict[str, Any]]) -> tuple[str, float] | None
 
 def planned_tokens(run: Any, train_tokens: int | None = None) -> int | None:
     """Tokens ``run`` trains on: its budget rounded up to whole steps, as training plans it
-    (:func:`lmablate.engine.train.make_plan`), ending at ``train.stop_tokens`` where that is set (a
-    phase-1 run that stops early on the full schedule). An epoch budget needs the train split's
-    size, ``train_tokens``; None without it."""
+    (:func:`lmablate.engine.schedule.make_plan`), ending at ``train.stop_tokens`` where that is
+    set (a phase-1 run that stops early on the full schedule). An epoch budget needs the train
+    split's size, ``train_tokens``; None without it."""
     t = run.config.train
     budget = t.tokens
     if t.epochs is not None:
@@ -307,7 +307,7 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
         *((r, 1) for r in ranking.phase1.values()), *((r, 2) for r in study.runs)]
     finals = _finals(study, results_root, [r.run_id for r, _ in planned])
     rate = ("tokens", tokens_per_second) if tokens_per_second else measured_rate(finals)
-    resources = Path(results_root).parent / "resources"
+    workdir = Path(results_root).parent
     shared = any(r.shared for r in study.runs)
     hdf5 = any(c.get("source") == "hdf5" for c in study.corpora.values())
     stores: dict[tuple[str, str], dict[str, int]] = {}  # one look per token store
@@ -315,7 +315,7 @@ def plan_table(study: Study, tokens_per_second: float | None = None,
     for r, phase in planned:
         key = (r.config.data.corpus, r.data_id)
         if key not in stores:
-            stores[key] = _store(r, resources, study.corpora) if (
+            stores[key] = _store(r, workdir, study.corpora) if (
                 hdf5 or r.config.train.epochs is not None) else {}
         store = stores[key]
         vocab, t = _vocab(r, study.corpora, store), r.config.train
