@@ -18,7 +18,9 @@ from conftest import write_run
 from lmablate import study_from_dict
 from lmablate.errors import ConfigError, DataError
 from lmablate.figures.plan import figure_lines, plan_figures, planned_rows
-from lmablate.results.harvest import collect, harvest, load_results, reference_group
+from lmablate.results.collect import collect
+from lmablate.results.harvest import harvest, load_results
+from lmablate.results.summary import reference_group
 from lmablate.results.shape import size_levels, spans_sizes
 
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
@@ -249,7 +251,7 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
     hold the centre once per sweep point, so the GLU axis has its two values, as harvested rows
     expanded by their memberships do."""
     from lmablate.figures.plan import _point_rows, figure_axes
-    from lmablate.results.harvest import shared_points
+    from lmablate.results.collect import shared_points
 
     study = study_from_dict(_study(
         {"variants": {"emb": {"grid": {"model.embedding_share": [0.25, 0.35]}},
@@ -310,9 +312,9 @@ def test_efficiency_and_convergence_by_hand(tmp_path):
     assert s["runs"]["b-s1"]["early_drop_per_mtok"] == pytest.approx(20.0)
     md = (out / "RESULTS.md").read_text()
     assert ("Data efficiency (training-loss drop per million training tokens, first logged step "
-            "to the end of the run; loss/token efficiency = final val loss per million tokens, "
-            "as seed 002 reports it, lower is better; mean over seeds): baseline 5.56 nats/M "
-            "tokens over 1M tokens, loss/token efficiency 3.2.") in md
+            "to the end of the run; loss/token efficiency = final val loss divided by the millions "
+            "of tokens trained on, lower is better, comparable between equal budgets; mean over "
+            "seeds): baseline 5.56 nats/M tokens over 1M tokens, loss/token efficiency 3.2.") in md
     assert ("Convergence (training loss; early phase = first 25% of tokens, late phase = last "
             "25%; mean over seeds): baseline fell 20 nats/M tokens early and 2 late (10.0x), "
             "60% of its drop in the early phase.") in md

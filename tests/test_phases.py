@@ -10,7 +10,8 @@ import pytest
 from conftest import planned, snakemake, write_yaml
 
 from lmablate import ConfigError, study_from_dict
-from lmablate.study.phases import ranking_of, select
+from lmablate.results.selection import select
+from lmablate.study.phases import ranking_of
 
 
 def _study(tiny_study, **ranking):

@@ -16,7 +16,8 @@ from conftest import write_run
 
 from lmablate.figures import plots
 from lmablate.figures.plan import FIGURE_KINDS, plan_figures
-from lmablate.results.harvest import collect, harvest, load_results
+from lmablate.results.collect import collect
+from lmablate.results.harvest import harvest, load_results
 from lmablate.workflow.steps import plot_study_step
 
 T975_DF1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1)

@@ -14,10 +14,12 @@ from conftest import REPO, planned, snakemake, write_yaml
 from lmablate import ConfigError, study_from_dict
 from lmablate.__main__ import main
 from lmablate.engine.train import EarlyStop
-from lmablate.results.harvest import RunData, summarize_runs, tables
+from lmablate.results.collect import RunData, tables
+from lmablate.results.selection import select
+from lmablate.results.summary import summarize_runs
 from lmablate.study import config as C
 from lmablate.study.load import read_study
-from lmablate.study.phases import ranking_of, select
+from lmablate.study.phases import ranking_of
 from lmablate.study.plan import plan_table, plan_totals
 from lmablate.study.sweep import written_settings
 

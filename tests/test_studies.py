@@ -14,10 +14,12 @@ import pytest
 from conftest import REPO, planned, snakemake
 
 from lmablate.figures.plan import figure_summary
-from lmablate.results.harvest import RunData, selection_finding, summarize_runs, tables
+from lmablate.results.collect import RunData, tables
+from lmablate.results.selection import select, selection_finding
+from lmablate.results.summary import summarize_runs
 from lmablate.study import accounting
 from lmablate.study.load import read_study
-from lmablate.study.phases import ranking_of, select
+from lmablate.study.phases import ranking_of
 from lmablate.study.solve import model_vocab
 
 STUDIES = REPO / "studies"

@@ -27,7 +27,8 @@ from typing import Any
 
 from lmablate.errors import ConfigError, DataError
 from lmablate.figures.plan import figure_lines, plan_figures
-from lmablate.results.harvest import RunData, tables, write_outputs
+from lmablate.results.collect import RunData, tables
+from lmablate.results.harvest import write_outputs
 
 __all__ = ["import_hf", "load_hf_run", "latest_state", "safetensors_params", "compile_pattern"]
 
@@ -140,7 +141,7 @@ def _history_blocks(history: Sequence[dict[str, Any]], tokens_per_step: int | No
 
 def load_hf_run(run_dir: str | Path, pattern: re.Pattern[str], *, study: str | None = None,
                 tokens_per_step: int | None = None) -> RunData:
-    """One Trainer output directory -> :class:`~lmablate.results.harvest.RunData`."""
+    """One Trainer output directory -> :class:`~lmablate.results.collect.RunData`."""
     d = Path(run_dir)
     name = d.resolve().name
     m = pattern.fullmatch(name)

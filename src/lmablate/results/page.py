@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from lmablate.io import atomic_write_text
-from lmablate.results.harvest import (
+from lmablate.results.text import (
     EPOCH_HEADER,
     EPOCH_NOTE,
     RANK_HEADER,
     TEST_HEADER,
     TEST_NOTE,
-    _epoch_rows,
-    _ranking_rows,
-    _test_rows,
+    epoch_rows,
     epoch_table,
+    ranking_rows,
+    test_rows,
 )
 from lmablate.units import fmt_count
 
@@ -106,7 +106,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[tuple[str, bool]]], cl
 
 def _ranking(summary: Mapping[str, Any]) -> str:
     """The ranking of analysis.txt as a table (numeric columns right-aligned)."""
-    rows = [[(c, i not in (1, 8)) for i, c in enumerate(r)] for r in _ranking_rows(summary)]
+    rows = [[(c, i not in (1, 8)) for i, c in enumerate(r)] for r in ranking_rows(summary)]
     return _table(RANK_HEADER, rows, "ranking")
 
 
@@ -135,14 +135,14 @@ def _split_tables(summary: Mapping[str, Any], epochs: Any) -> list[str]:
     """The test split's loss and perplexity per group and the losses per epoch, as RESULTS.md
     shows them (nothing for a study without a test source or an `epochs` budget)."""
     parts = []
-    if test := _test_rows(summary):
+    if test := test_rows(summary):
         parts += ["<h3>Test split</h3>",
                   _note(TEST_NOTE),
                   _numeric_table(TEST_HEADER, test, "test-split")]
     if epochs is not None and len(epochs):
         parts += ["<h3>Loss per epoch</h3>",
                   _note(EPOCH_NOTE),
-                  _numeric_table(EPOCH_HEADER, _epoch_rows(epochs), "epochs")]
+                  _numeric_table(EPOCH_HEADER, epoch_rows(epochs), "epochs")]
     return parts
 
 
@@ -172,7 +172,7 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
                  epochs: Any = None) -> str:
     """The results page as an HTML fragment. ``figures``: name -> {"path": PNG, "caption":
     report caption .rst (optional), "what": one-line summary (optional)}, in display order;
-    ``epochs``: the per-epoch losses (:func:`lmablate.results.harvest.epoch_table`) or None."""
+    ``epochs``: the per-epoch losses (:func:`lmablate.results.text.epoch_table`) or None."""
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',
              f"<h2>Results: study {_esc(study)}</h2>",

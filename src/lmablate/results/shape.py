@@ -9,8 +9,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["DERIVED_AXES", "is_number", "present", "ratio", "size_levels", "spans_sizes",
-           "size_bucket"]
+__all__ = ["DERIVED_AXES", "is_number", "present", "finite", "ratio", "size_levels",
+           "spans_sizes", "size_bucket"]
 
 DERIVED_AXES = {"d_ff/d_model": ("model.d_ff", "model.d_model"),
                 "n_layers/n_heads": ("model.n_layers", "model.n_heads"),
@@ -25,6 +25,11 @@ def is_number(x: Any) -> bool:
 def present(v: Any) -> bool:
     """Not None and not NaN."""
     return v is not None and not (isinstance(v, float) and math.isnan(v))  # NaN: "absent"
+
+
+def finite(x: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def ratio(row: Mapping[str, Any], num: str, den: str) -> float | None:

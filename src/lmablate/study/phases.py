@@ -46,11 +46,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmablate.dicts import flatten, run_hash, set_dotted, unflatten
-from lmablate.errors import ConfigError, did_you_mean
+from lmablate.errors import ConfigError
 from lmablate.study import config as C
 from lmablate.study.sweep import RUN_HASH_HEX, Run, format_value, identity
 
-__all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select", "select_top_k"]
+__all__ = ["RANKING_KEYS", "Ranking", "ranking_of", "select_top_k"]
 
 RANKING_KEYS = {
     "tokens": "Phase-1 budget in tokens: every run of the sweep trains this much first.",
@@ -201,26 +201,6 @@ def ranking_of(study: Any) -> Ranking | None:
                    early_stop=early)
 
 
-def select(ranking: Ranking | Mapping[str, Any], runs_table: Any) -> dict[str, Any]:
-    """Phase 2 from the harvested phase-1 table: ``{"selected": [study run IDs], "phase1": [...],
-    "metric", "top_k", "per"}``. The table's ``run_id`` column holds phase-1 IDs. ``ranking``: a
-    :class:`Ranking` or its :meth:`Ranking.selection` (what the workflow passes to its job)."""
-    p = ranking.selection() if isinstance(ranking, Ranking) else ranking
-    per = p.get("per")
-    if per is not None and hasattr(runs_table, "columns") and per not in runs_table.columns:
-        raise ConfigError(f"no column {per!r} in the phase-1 runs table"
-                          f"{did_you_mean(str(per), list(map(str, runs_table.columns)))}",
-                          key="ranking.per")
-    if hasattr(runs_table, "columns"):  # a shared run competes in each of its groups
-        from lmablate.results.harvest import group_rows
-
-        runs_table = group_rows(runs_table)
-    winners = list(dict.fromkeys(select_top_k(runs_table, p["top_k"], p["metric"],
-                                              maximize=p["maximize"], per=per)))
-    return {"selected": [p["phase2_of"][r] for r in winners], "phase1": winners,
-            "metric": p["metric"], "top_k": p["top_k"], "per": per}
-
-
 RANKED_STATUSES = ("completed",)  # diverged and stopped_early runs never go to the next phase
 
 
@@ -235,8 +215,9 @@ def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize:
     of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
     order. Fewer than ``k`` eligible runs: all of them.
 
-    Two-phase studies rank phase 1 with it (:func:`select`): the ``rank_phase1`` checkpoint
-    rule (rules/ranking.smk) writes the selection to ``results/<study>/phase1/selected.json``.
+    Two-phase studies rank phase 1 with it (:func:`lmablate.results.selection.select`): the
+    ``rank_phase1`` checkpoint rule (rules/ranking.smk) writes the selection to
+    ``results/<study>/phase1/selected.json``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"expected an integer k >= 1, got {k!r}", key="select.top_k")

@@ -30,7 +30,7 @@ from lmablate.dicts import canonical_json
 from lmablate.engine.integrity import MANIFEST_FILES, damage_message, scan_runs
 from lmablate.evaluation import study_eval
 from lmablate.figures.plan import figure_summary, plan_figures, planned_rows
-from lmablate.results.harvest import shared_points
+from lmablate.results.collect import shared_points
 from lmablate.study.corpus_spec import portable
 from lmablate.study.lrfind_spec import study_lr_find
 

@@ -265,14 +265,15 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
                      study: str, baseline: str, figure: str | None = None,
                      figures: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Harvest phase 1 beside ``selected_path`` (runs.csv, analysis.txt, ...), write the
-    selection (:func:`lmablate.study.phases.select`) to it and draw the ranking to ``figure``: each
-    configuration's phase-1 metric, best first, the selected runs starred. ``figures``: the plan
-    of the figures drawn from phase 1 (``plots/`` beside it), the ones its RESULTS.md links."""
+    selection (:func:`lmablate.results.selection.select`) to it and draw the ranking to
+    ``figure``: each configuration's phase-1 metric, best first, the selected runs starred.
+    ``figures``: the plan of the figures drawn from phase 1 (``plots/`` beside it), the ones its
+    RESULTS.md links."""
     from lmablate.figures import plots
     from lmablate.figures.plan import figure_lines
     from lmablate.io import atomic_write_json
-    from lmablate.results.harvest import harvest, load_results, selection_finding
-    from lmablate.study.phases import select
+    from lmablate.results.harvest import harvest, load_results
+    from lmablate.results.selection import select, selection_finding
 
     out = Path(selected_path).parent
     harvest([Path(f).parent for f in finals], out, study=f"{study} (phase 1)", baseline=baseline,
