@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from lmablate.study import config as C
 from lmablate.study.corpus_spec import SPEC_KEYS
+from lmablate.study.keys import TOP_KEYS
 from lmablate.study.logging_spec import BACKENDS
 from lmablate.study.lrfind_spec import LR_FIND_KEYS
-from lmablate.study.load import TOP_KEYS
 
 __all__ = ["study_schema"]
 
