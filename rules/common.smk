@@ -11,14 +11,16 @@ from lmablate.workflow.dag import (
     MANIFEST_FILES,
     canonical,
     damage_message,
+    figure_caption,
+    figure_subcategory,
     figure_summary,
     manifest_path,
-    plan_figures,
     planned_rows,
     portable,
     scan_runs,
     shared_points,
     study_eval,
+    study_figures,
     study_lr_find,
 )
 from snakemake.utils import min_version
@@ -203,46 +205,16 @@ def get_run_tokenizer(wildcards):
     return paths.fill(paths.TOKENIZER, dataset=dataset_of(RUNS[wildcards.run_id]))
 
 
-# The figure list is fixed at parse time from the study's runs (plan_figures):
-# every figure the sweep axes support, or the study's own `figures:` pick.
-FIGURES = plan_figures(planned_rows(STUDY), STUDY.doc.get("figures"))
-PHASE1_ONLY_FIGURES = (
-    "heatmap",
-    "lr_sensitivity",
-    "scaling_law",
-    "metric_vs_axis",
-    "pareto",
-    "best_per_size",
-)
-if RANKING is not None and not STUDY.doc.get("figures"):
-    # phase 2 holds only the selected configurations: no figures that need the whole sweep
-    FIGURES = {n: f for n, f in FIGURES.items() if f["kind"] not in PHASE1_ONLY_FIGURES}
-if EVAL is not None and not STUDY.doc.get("figures"):
-    FIGURES["tasks"] = {"kind": "tasks"}
+# The figure list is fixed at parse time from the study's runs (study_figures): every figure
+# the sweep axes support, or the study's own `figures:` pick; the task figure with `eval_tasks:`.
 # A two-phase study's whole sweep is its phase 1: the figures over the sweep axes are drawn from
 # it (results/<study>/phase1/plots/), planned from the phase-1 runs as FIGURES from the study's.
-PHASE1_FIGURES = {}
-if RANKING is not None and not STUDY.doc.get("figures"):
-    PHASE1_FIGURES = {
-        n: f
-        for n, f in plan_figures(planned_rows(STUDY, RANKING.phase1.values())).items()
-        if f["kind"] in PHASE1_ONLY_FIGURES
-    }
-FIGURE_SUBCATEGORY = {
-    "loss_curves": "Loss",
-    "final_metric": "Loss",
-    "params_vs_loss": "Model size and scaling",
-    "scaling_law": "Model size and scaling",
-    "heatmap": "Sweep axes",
-    "lr_sensitivity": "Sweep axes",
-    "metric_vs_axis": "Sweep axes",
-    "pareto": "Model size and scaling",
-    "best_per_size": "Model size and scaling",
-    "efficiency": "Efficiency and calibration",
-    "calibration": "Efficiency and calibration",
-    "moe_load": "Mixture of experts",
-    "tasks": "Downstream tasks",
-}
+FIGURES, PHASE1_FIGURES = study_figures(
+    planned_rows(STUDY),
+    STUDY.doc.get("figures"),
+    phase1_rows=planned_rows(STUDY, RANKING.phase1.values()) if RANKING is not None else None,
+    tasks=EVAL is not None,
+)
 
 
 def figure_path(name):
@@ -258,19 +230,12 @@ def get_figure_paths():
     return [figure_path(name) for name in FIGURES]
 
 
-def figure_caption(spec):
-    """The report caption of a figure: its kind's, or the training-loss one for loss curves of
-    the train split."""
-    train = spec["kind"] == "loss_curves" and spec.get("split") == "train"
-    return "loss_curves_train" if train else spec["kind"]
-
-
 def figure_outputs():
     return {
         name: report(
             figure_path(name),
             category="Figures",
-            subcategory=FIGURE_SUBCATEGORY[spec["kind"]],
+            subcategory=figure_subcategory(spec),
             caption=f"../report/{figure_caption(spec)}.rst",
             labels={"figure": name},
         )

@@ -250,7 +250,8 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
     """emb 0.25/0.35 and glu 2.0/2.66 around the centre (0.35, 2.66), one run: planned rows
     hold the centre once per sweep point, so the GLU axis has its two values, as harvested rows
     expanded by their memberships do."""
-    from lmablate.figures.plan import _point_rows, figure_axes
+    from lmablate.figures.axes import figure_axes
+    from lmablate.figures.plan import _point_rows
     from lmablate.results.collect import shared_points
 
     study = study_from_dict(_study(
@@ -271,7 +272,7 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
 
 
 def test_train_split_curves_are_not_called_validation_loss():
-    from lmablate.figures.plan import figure_summary
+    from lmablate.figures.registry import figure_summary
 
     assert figure_summary({"kind": "loss_curves", "split": "train"}).startswith("Training loss")
     assert figure_summary({"kind": "loss_curves"}).startswith("Validation loss")

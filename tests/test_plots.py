@@ -14,8 +14,9 @@ import pytest
 import yaml
 from conftest import write_run
 
-from lmablate.figures import plots
-from lmablate.figures.plan import FIGURE_KINDS, plan_figures
+from lmablate import figures
+from lmablate.figures.plan import plan_figures
+from lmablate.figures.registry import FIGURE_KINDS
 from lmablate.results.collect import collect
 from lmablate.results.harvest import harvest, load_results
 from lmablate.workflow.steps import plot_study_step
@@ -90,7 +91,7 @@ def test_wide_intervals_are_clipped_marked_and_printed(tmp_path):
     dirs += [write_run(root, f"v-s{s}", variant="v", seed=s, val_loss=v, diff={"x": 1})
              for s, v in enumerate([4.4, 4.6])]
     runs, _, _ = collect(dirs)
-    fig = plots.final_metric(runs, "baseline", "val_loss")
+    fig = figures.final_metric(runs, "baseline", "val_loss")
     ax = fig.axes[0]
     lo, hi = ax.get_xlim()
     assert 3.5 < lo < 4.0 and 6.0 < hi < 6.5
@@ -111,18 +112,18 @@ def test_selected_runs_are_starred_and_their_groups_green(tmp_path):
                       diff={} if g == "baseline" else {"x": g})
             for g, v in (("baseline", 3.0), ("a", 2.5), ("b", 2.8)) for s in (0, 1)]
     runs, _, _ = collect(dirs)
-    fig = plots.final_metric(runs, "baseline", "val_loss", selected=["a-s0"])
+    fig = figures.final_metric(runs, "baseline", "val_loss", selected=["a-s0"])
     ax = fig.axes[0]
     labels = {t.get_text(): t for t in ax.get_yticklabels()}
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "baseline"]
-    assert to_hex(labels["a"].get_color()) == plots.SELECTED_COLOR
+    assert to_hex(labels["a"].get_color()) == figures.SELECTED_COLOR
     assert labels["a"].get_fontweight() == "bold"
-    assert to_hex(labels["b"].get_color()) != plots.SELECTED_COLOR
+    assert to_hex(labels["b"].get_color()) != figures.SELECTED_COLOR
     stars = [c for c in ax.collections if c.get_offsets().shape[0] and
              c.get_paths()[0].vertices.shape[0] > 8 and c.get_sizes()[0] > 100]
     assert len(stars) == 1 and stars[0].get_offsets()[0][0] == pytest.approx(2.5)
     assert "star, label in green: selected" in _texts(fig)
-    fig = plots.final_metric(runs, "baseline", "val_loss", higher=True)
+    fig = figures.final_metric(runs, "baseline", "val_loss", higher=True)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["baseline", "b", "a"]
 
 
@@ -130,7 +131,7 @@ def test_perplexity_is_exp_of_the_loss_interval(tmp_path):
     root = tmp_path / "runs"
     dirs = [write_run(root, f"b-s{s}", seed=s, val_loss=v) for s, v in enumerate([1.0, 1.1, 1.2])]
     runs, _, _ = collect(dirs)
-    fig = plots.final_metric(runs, "baseline", "val_ppl")
+    fig = figures.final_metric(runs, "baseline", "val_ppl")
     half = 4.302652729749462 * 0.1 / math.sqrt(3)
     assert f"{math.exp(1.1):.3f} [{math.exp(1.1 - half):.3f}, {math.exp(1.1 + half):.3f}]" in \
         _texts(fig)
@@ -142,7 +143,7 @@ def test_loss_curves_follow_the_data_and_show_diverged_runs(sweep):
 
     runs = pd.read_parquet(sweep / "runs.parquet")
     curves = pd.read_parquet(sweep / "curves.parquet")
-    fig = plots.loss_curves(runs, curves, max_panels=12)
+    fig = figures.loss_curves(runs, curves, max_panels=12)
     ax = fig.axes[0]
     vals = curves[(curves.split == "val") & (curves.metric == "loss")].value
     vals = vals[np.isfinite(vals)]
@@ -151,7 +152,7 @@ def test_loss_curves_follow_the_data_and_show_diverged_runs(sweep):
     labels = [t.get_text() for a in fig.axes for t in a.get_legend().get_texts()]
     assert any("diverged" in t for t in labels)
     crosses = [ln for a in fig.axes for ln in a.lines if ln.get_marker() == "x"]
-    assert crosses and crosses[0].get_color() == plots.DIVERGED_COLOR
+    assert crosses and crosses[0].get_color() == figures.DIVERGED_COLOR
 
 
 def test_many_groups_give_one_panel_per_lr(sweep):
@@ -159,7 +160,7 @@ def test_many_groups_give_one_panel_per_lr(sweep):
 
     runs = pd.read_parquet(sweep / "runs.parquet")
     curves = pd.read_parquet(sweep / "curves.parquet")
-    fig = plots.loss_curves(runs, curves, max_panels=2)
+    fig = figures.loss_curves(runs, curves, max_panels=2)
     titles = sorted(a.get_title() for a in fig.axes if a.get_title())
     assert titles == ["lr = 0.001", "lr = 0.01"]
 
@@ -174,7 +175,7 @@ def test_heatmap_marks_cells_where_every_seed_failed(tmp_path):
                                   val_loss=2.0 + d_model / 100 + n_layers / 10,
                                   axes={"model.d_model": d_model, "model.n_layers": n_layers}))
     runs, _, _ = collect(dirs)
-    fig = plots.heatmap(runs)
+    fig = figures.heatmap(runs)
     texts = _texts(fig)
     assert "diverged" in texts and {"2.420", "2.520", "2.740"} <= set(texts.split("\n"))
 
@@ -187,7 +188,7 @@ def test_figures_without_data_say_why(tmp_path):
                        ("scaling_law", "no scaling law is fitted"),
                        ("calibration", "No completed run has reliability bins"),
                        ("lr_sensitivity", "does not vary")):
-        fig = plots.draw(kind, runs, curves, reliability=rel)
+        fig = figures.draw(kind, runs, curves, reliability=rel)
         assert text in _texts(fig), kind
 
 
@@ -195,7 +196,7 @@ def test_save_is_atomic_and_closes(tmp_path):
     import matplotlib.pyplot as plt
 
     fig, _ = plt.subplots()
-    plots.save(fig, tmp_path / "x" / "f.png")
+    figures.save(fig, tmp_path / "x" / "f.png")
     assert (tmp_path / "x" / "f.png").is_file()
     assert not list((tmp_path / "x").glob(".*tmp*"))
     assert not plt.fignum_exists(fig.number)
@@ -231,7 +232,7 @@ def test_metric_vs_axis_draws_each_one_axis_sweep_with_its_shared_centre(tmp_pat
     runs, curves = _alloc(tmp_path)
     plan = plan_figures(runs.to_dict("records"))
     assert plan["loss_vs_axis"] == {"kind": "metric_vs_axis"}
-    fig = plots.draw("metric_vs_axis", runs, curves, baseline="embedding")
+    fig = figures.draw("metric_vs_axis", runs, curves, baseline="embedding")
     panels = {ax.get_xlabel(): ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()}
     assert set(panels) == {"embedding_share", "glu_expansion"}
     means = {}
@@ -258,7 +259,7 @@ def test_metric_vs_axis_plots_derived_ratios_best_and_median(tmp_path):
                                   model={"d_model": d_model, "d_ff": ratio * d_model},
                                   axes={"model.d_model": d_model, "model.d_ff": ratio * d_model}))
     runs, curves, _ = collect(dirs)
-    fig = plots.metric_vs_axis(runs)
+    fig = figures.metric_vs_axis(runs)
     ax = next(a for a in fig.axes if a.get_xlabel() == "d_ff/d_model (ratio)")
     blue = next(ln for ln in ax.lines if ln.get_label() == "best configuration at each value")
     assert dict(zip(blue.get_xdata(), np.round(blue.get_ydata(), 6))) == \
@@ -266,9 +267,31 @@ def test_metric_vs_axis_plots_derived_ratios_best_and_median(tmp_path):
     assert any(ln.get_label() == "median over configurations" for ln in ax.lines)
 
 
+def test_metric_vs_axis_names_the_best_inside_its_panel(tmp_path):
+    """The best configuration's name stays inside its panel, whether its star is at the left
+    edge (d_model 32) or at the right edge (d_ff/d_model 4) of a panel of many configurations."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"d{d}-r{r}", val_loss=3.0 + d / 100 - 0.1 * r,
+                      model={"d_model": d, "d_ff": r * d},
+                      axes={"model.d_model": d, "model.d_ff": r * d})
+            for d in (32, 48, 64) for r in (1, 2, 4)]
+    runs, _, _ = collect(dirs)
+    fig = figures.metric_vs_axis(runs)
+    fig.canvas.draw()
+    named = 0
+    for ax in (a for a in fig.axes if a.get_visible() and a.get_xlabel()):
+        box = ax.get_window_extent()
+        for t in ax.texts:
+            if "d_model=32" in t.get_text() and "d_ff=128" in t.get_text():
+                named += 1
+                ext = t.get_window_extent()
+                assert box.x0 <= ext.x0 and ext.x1 <= box.x1, (ax.get_xlabel(), t.get_text())
+    assert named == 2
+
+
 def test_pareto_draws_and_names_the_frontier(tmp_path):
     runs, curves = _alloc(tmp_path)
-    fig = plots.pareto(runs, "embedding")
+    fig = figures.pareto(runs, "embedding")
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("training FLOPs per token")
     listing = next(t.get_text() for t in ax.texts if t.get_text().startswith("Pareto frontier"))
@@ -295,7 +318,7 @@ def test_best_per_size_compares_at_the_tokens_every_run_reached(tmp_path):
             write_run(root, "c", val_loss=0.5, tokens=4096, params=60_000, diff={"x": "c"},
                       variant="c")]
     runs, curves, _ = collect(dirs)
-    fig = plots.best_per_size(runs, curves)
+    fig = figures.best_per_size(runs, curves)
     texts = _texts(fig)
     # a at 2048 tokens: 1.0 + (4 - 2) * 0.5 = 2.0 > b's 1.8
     assert "b\n10.6k params, loss 1.800 after 2k tokens (n=1); best of 2" in texts
@@ -311,7 +334,7 @@ def test_plot_step_removes_figures_the_plan_no_longer_lists(sweep, tmp_path):
     folder = tmp_path / "plots"
     for name in ("heatmap_old", "lr_finder"):
         fig, _ = plt.subplots()
-        plots.save(fig, folder / f"{name}.png")
+        figures.save(fig, folder / f"{name}.png")
     fig, _ = plt.subplots()
     fig.savefig(folder / "mine.png")
     plt.close(fig)
@@ -328,7 +351,7 @@ def test_moe_load_shows_every_moe_group(tmp_path):
                       model={"num_experts": 4}, diff={"model.num_experts": 4, "k": k})
             for k in range(7)]
     runs, curves, _ = collect(dirs)
-    fig = plots.moe_load(runs, curves)
+    fig = figures.moe_load(runs, curves)
     titles = {a.get_title() for a in fig.axes}
     assert {f"moe{k} (seed 0)" for k in range(7)} <= titles
     assert "not shown" not in _texts(fig)
@@ -340,7 +363,7 @@ def test_lr_figure_draws_configurations_of_one_lr_as_points(tmp_path):
             write_run(root, "big", variant="big", val_loss=1.9, lr=5e-4,
                       diff={"train.batch_size": 16, "train.lr": 5e-4})]
     runs, _, _ = collect(dirs)
-    fig = plots.lr_sensitivity(runs)
+    fig = figures.lr_sensitivity(runs)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(t.startswith("big") and "one LR" in t for t in labels), labels
     diamonds = [ln for ln in fig.axes[0].lines if ln.get_marker() == "D"]
@@ -358,7 +381,7 @@ def test_a_run_that_diverged_before_its_first_evaluation_is_named_in_its_panel(t
     (dirs[1] / "metrics.jsonl").write_text(json_.dumps(
         {"step": 1, "tokens": 64, "split": "train", "loss": float("nan")}) + "\n")
     runs, curves, _ = collect(dirs)
-    fig = plots.loss_curves(runs, curves)
+    fig = figures.loss_curves(runs, curves)
     panel = next(a for a in fig.axes if a.get_title() == "boom")
     assert "No validation point: seed 0 diverged at step 4,\nbefore the first evaluation." in \
         [t.get_text() for t in panel.texts]
@@ -382,14 +405,14 @@ def test_a_two_phase_study_draws_its_sweep_figures_from_phase_1(tmp_path, tiny_s
         img = matplotlib.image.imread(tmp_path / f"results/tiny/phase1/plots/{name}.png")
         assert img.shape[0] > 300 and img[..., :3].std() > 0.05, name
     runs = pd.read_parquet(tmp_path / "results/tiny/phase1/runs.parquet")
-    fig = plots.metric_vs_axis(runs)
+    fig = figures.metric_vs_axis(runs)
     assert [a.get_xlabel() for a in fig.axes if a.get_xlabel()] == ["n_layers"]
 
 
 def test_heatmap_shows_a_relative_d_ff_sweep_as_the_ratio(tmp_path):
     """d_ff swept from d_model/2 to 2 * d_model (seed 000): in absolute d_ff the grid would be a
     sparse diagonal; as d_ff/d_model every cell is filled."""
-    from lmablate.figures.plan import heatmap_axes
+    from lmablate.figures.axes import heatmap_axes
 
     root = tmp_path / "runs"
     dirs = [write_run(root, f"d{d}-r{r}", val_loss=3.0 - d / 100 - r / 10,
@@ -398,7 +421,7 @@ def test_heatmap_shows_a_relative_d_ff_sweep_as_the_ratio(tmp_path):
             for d in (32, 64, 128) for r in (0.5, 1, 2)]
     runs, _, _ = collect(dirs)
     assert heatmap_axes(runs.to_dict("records"))[1][:2] == ["d_ff/d_model", "axis.model.d_model"]
-    fig = plots.heatmap(runs)
+    fig = figures.heatmap(runs)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "d_ff/d_model"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0.5", "1", "2"]
@@ -414,7 +437,7 @@ def test_metric_vs_axis_joins_an_axis_zipped_with_another(tmp_path):
                                                                  "train.seq_len": 512 // b})
             for b in (8, 16, 32)]
     runs, _, _ = collect(dirs)
-    fig = plots.metric_vs_axis(runs)
+    fig = figures.metric_vs_axis(runs)
     ax = next(a for a in fig.axes if a.get_xlabel().startswith("batch_size"))
     line = next(ln for ln in ax.lines if ln.get_marker() == "o")
     assert list(line.get_xdata()) == [8, 16, 32]
@@ -425,9 +448,9 @@ def test_efficiency_adds_the_data_efficiency_of_each_run(sweep):
     """The training-loss drop per million tokens (harvest.add_efficiency) is a panel beside
     throughput and memory, one dot per completed run at its value."""
     runs, _ = load_results(sweep)
-    fig = plots.efficiency(runs)
+    fig = figures.efficiency(runs)
     panels = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_visible()}
-    ax = panels[plots.METRIC_LABELS["loss_drop_per_mtok"]]
+    ax = panels[figures.METRIC_LABELS["loss_drop_per_mtok"]]
     done = runs[runs.status == "completed"]
     assert sorted(ax.collections[0].get_offsets()[:, 1]) == pytest.approx(
         sorted(done.loss_drop_per_mtok))

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY_STUDY, snakemake, write_yaml
 
-from lmablate.figures.plan import DEFAULT_FIGURES
+from lmablate.figures.registry import DEFAULT_FIGURES
 from lmablate.results.page import results_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

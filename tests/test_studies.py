@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, planned, snakemake
 
-from lmablate.figures.plan import figure_summary
+from lmablate.figures.registry import figure_summary
 from lmablate.results.collect import RunData, tables
 from lmablate.results.selection import select, selection_finding
 from lmablate.results.summary import summarize_runs

@@ -32,12 +32,12 @@ from lmablate.evaluation import (
     load_prepared,
     load_run_model,
     parse_eval_tasks,
-    plot_tasks,
     prepare_task,
     tasks_to_columns,
 )
 from lmablate.evaluation.prompts import build_examples
 from lmablate.evaluation.scoring import Scorer, score_multiple_choice
+from lmablate.figures.tasks import plot_tasks
 
 HUB_TASKS = ("sst2", "rte", "mrpc", "boolq")
 
@@ -405,7 +405,7 @@ def test_columns_and_task_figure(workspace, scored, tmp_path: Path) -> None:
     assert joined.loc[joined.run_id == "untrained-s1", "task.rte_ft"].item() == \
         scored["untrained-s1"]["tasks"]["rte_ft"]["value"]
     fig = plot_tasks(joined, baseline="trained")
-    from lmablate.figures.plots import save
+    from lmablate.figures.style import save
 
     path = tmp_path / "tasks.png"
     save(fig, path)

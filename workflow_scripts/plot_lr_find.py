@@ -6,7 +6,7 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 
 import json
 
-from lmablate.figures.plots import lr_finder
+from lmablate.figures.sweeps import lr_finder
 from lmablate.workflow.steps import run_step
 
 

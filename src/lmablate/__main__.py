@@ -283,7 +283,7 @@ def _tokens_file(run: Any, given: Path | None) -> Path:
 
 def _lr_find(args: argparse.Namespace) -> int:
     from lmablate.engine.lrfind import lr_range_test
-    from lmablate.figures.plots import lr_finder
+    from lmablate.figures.sweeps import lr_finder
     from lmablate.study.load import read_study
 
     study = read_study(args.study, _overrides(args.config))

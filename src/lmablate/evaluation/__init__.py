@@ -8,9 +8,8 @@
     finetune  a classification head (or full fine-tuning) on the train split
     runner    one run's tasks.json, and tasks.json -> runs-table columns
     steps     what the workflow rules call (the study's task plan, prepare, evaluate)
-    figure    per-task accuracy per group with seed intervals and the chance line
 
-The Snakefile imports this package while it parses, so torch, pandas and matplotlib load only
+The Snakefile imports this package while it parses, so torch and pandas load only
 when a name that needs them is first used (module ``__getattr__``).
 """
 
@@ -40,7 +39,6 @@ _LAZY = {
     "prepare_task": "sources", "load_prepared": "sources", "continuation_rows": "sources",
     "evaluate_run": "runner", "evaluate_task": "runner", "tasks_to_columns": "runner",
     "join_tasks": "runner",
-    "plot_tasks": ".figures.tasks",
 }
 
 __all__ = ["BUILTIN_TASKS", "TASK_PRESETS", "EvalConfig", "EvalPlan", "FinetuneConfig",

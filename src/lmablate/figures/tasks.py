@@ -17,6 +17,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
+
+from lmablate.figures.style import DIVERGED_COLOR, group_palette, style
+from lmablate.results.columns import INCLUDED_STATUSES
+from lmablate.results.stats import summarize
+from lmablate.results.summary import reference_group
+
 __all__ = ["plot_tasks", "task_names"]
 
 MIN_SPAN = 0.1  # narrowest accuracy range an axis shows
@@ -39,15 +46,6 @@ def _first(runs: Any, column: str) -> Any:
 def plot_tasks(runs: Any, baseline: str = "baseline", *, tasks: Sequence[str] | None = None,
                title: str | None = None, ncols: int = 4) -> Any:
     """Figure of per-task accuracy per group (``runs``: a runs table with task columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmablate.figures.plots import DIVERGED_COLOR, group_palette, style
-    from lmablate.results.harvest import INCLUDED_STATUSES, reference_group
-    from lmablate.results.stats import summarize
-
     style()
     names = list(tasks) if tasks is not None else task_names(runs)
     ok = runs[runs.status.isin(INCLUDED_STATUSES)] if "status" in runs else runs

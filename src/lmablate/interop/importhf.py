@@ -216,10 +216,11 @@ def import_hf(run_dirs: Sequence[str | Path], out_dir: str | Path, *, name_patte
     summary = write_outputs(runs, curves, reliability, out_dir, study=study, baseline=baseline,
                             figures=figure_lines(figures))
     if plots:
-        from lmablate.figures import plots as P
+        from lmablate.figures.registry import draw
+        from lmablate.figures.style import save
 
         for name, spec in figures.items():
             opts = {k: v for k, v in spec.items() if k != "kind"}
-            P.save(P.draw(spec["kind"], runs, curves, baseline=baseline, summary=summary,
-                          reliability=reliability, **opts), Path(out_dir) / "plots" / f"{name}.png")
+            save(draw(spec["kind"], runs, curves, baseline=baseline, summary=summary,
+                      reliability=reliability, **opts), Path(out_dir) / "plots" / f"{name}.png")
     return summary

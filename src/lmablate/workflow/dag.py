@@ -9,8 +9,11 @@ they need from data, engine, evaluation and results to build the DAG comes throu
     study_lr_find      the runs of a study's `lr_find:` block and the test's options
     study_eval         a study's downstream-task plan (`eval_tasks:`), or None
     planned_rows       one row per planned run, as the harvest will see it
-    plan_figures       the figures those rows support (or the study's own `figures:` pick)
+    study_figures      the figures those rows support (or the study's own `figures:` pick),
+                       and a two-phase study's figures of phase 1
     figure_summary     a figure's one-line summary on the results page
+    figure_caption     a figure's report caption (report/<caption>.rst)
+    figure_subcategory a figure's section of the report
     shared_points      runs several sweep points share
     scan_runs          finished runs checked at each parse: damaged files, runs to recheck
     damage_message     the one line a damaged run stops the parse with
@@ -29,13 +32,15 @@ from lmablate.data.corpora import manifest_path
 from lmablate.dicts import canonical_json
 from lmablate.engine.integrity import MANIFEST_FILES, damage_message, scan_runs
 from lmablate.evaluation import study_eval
-from lmablate.figures.plan import figure_summary, plan_figures, planned_rows
+from lmablate.figures.plan import planned_rows, study_figures
+from lmablate.figures.registry import figure_caption, figure_subcategory, figure_summary
 from lmablate.results.collect import shared_points
 from lmablate.study.corpus_spec import portable
 from lmablate.study.lrfind_spec import study_lr_find
 
-__all__ = ["MANIFEST_FILES", "canonical", "damage_message", "figure_summary", "manifest_path",
-           "plan_figures", "planned_rows", "portable", "scan_runs", "shared_points",
+__all__ = ["MANIFEST_FILES", "canonical", "damage_message", "figure_caption",
+           "figure_subcategory", "figure_summary", "manifest_path", "planned_rows", "portable",
+           "scan_runs", "shared_points", "study_figures",
            "study_eval", "study_lr_find"]
 
 

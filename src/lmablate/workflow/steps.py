@@ -269,8 +269,9 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
     ``figure``: each configuration's phase-1 metric, best first, the selected runs starred.
     ``figures``: the plan of the figures drawn from phase 1 (``plots/`` beside it), the ones its
     RESULTS.md links."""
-    from lmablate.figures import plots
+    from lmablate.figures.finals import final_metric
     from lmablate.figures.plan import figure_lines
+    from lmablate.figures.style import save
     from lmablate.io import atomic_write_json
     from lmablate.results.harvest import harvest, load_results
     from lmablate.results.selection import select, selection_finding
@@ -287,12 +288,12 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
                         f"{chosen['metric']}: nothing to train in phase 2 (see {out}/runs.csv)")
     if figure:
         per = f" per {chosen['per']}" if chosen["per"] else ""
-        fig = plots.final_metric(
+        fig = final_metric(
             runs, baseline, metric=chosen["metric"], selected=chosen["phase1"],
             higher=bool(ranking.get("maximize")),
             title=f"Phase 1 of {study}: {len(chosen['selected'])} of {len(runs)} runs go on "
                   f"(top {chosen['top_k']}{per} by {chosen['metric']})")
-        plots.save(fig, figure)
+        save(fig, figure)
     said = selection_finding(runs, chosen, bool(ranking.get("maximize")))
     if said:  # the selection, stated beside phase 1's findings
         with open(out / "RESULTS.md", "a", encoding="utf-8") as f:
@@ -371,18 +372,19 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
 
     ``figures`` maps output names to ``{"kind": ..., options}`` (the plan the Snakefile made with
     :func:`lmablate.figures.plan.plan_figures`); without it the plan is rebuilt from the runs
-    table,
-    which gives the same names because it reads the same config columns. The calibration bins and
-    the scaling fit are read from reliability.parquet and summary.json beside the runs table.
+    table, which gives the same names because it reads the same config columns. The calibration
+    bins and the scaling fit are read from reliability.parquet and summary.json beside the runs
+    table.
     lmablate's PNGs in the output folders that the plan no longer lists are removed
-    (:func:`lmablate.figures.plots.remove_stale`).
+    (:func:`lmablate.figures.style.remove_stale`).
     """
     import json
 
     import pandas as pd
 
-    from lmablate.figures import plots
-    from lmablate.figures.plan import DEFAULT_FIGURES, plan_figures
+    from lmablate.figures.plan import plan_figures
+    from lmablate.figures.registry import DEFAULT_FIGURES, draw
+    from lmablate.figures.style import remove_stale, save
     from lmablate.results.harvest import load_reliability
 
     runs, curves = pd.read_parquet(runs_path), pd.read_parquet(curves_path)
@@ -400,12 +402,12 @@ def plot_study_step(runs_path: str, curves_path: str, outputs: Mapping[str, str]
         if spec is None:
             raise ValueError(f"figure {name!r} is not in the figure plan {sorted(plan)}")
         opts = {k: v for k, v in spec.items() if k != "kind"}
-        fig = plots.draw(spec["kind"], runs, curves, baseline=baseline, summary=summary,
-                         reliability=reliability, **opts)
-        plots.save(fig, path)
+        fig = draw(spec["kind"], runs, curves, baseline=baseline, summary=summary,
+                   reliability=reliability, **opts)
+        save(fig, path)
         log.info("%s: %s -> %s", study, name, path)
     folders = {Path(p).parent for p in outputs.values()}  # the LR range test has its own rule
     keep = [*outputs.values(), *(f / "lr_finder.png" for f in folders)]
     for folder in folders:
-        for stale in plots.remove_stale(folder, keep):
+        for stale in remove_stale(folder, keep):
             log.info("%s: removed %s, a figure the current plan does not list", study, stale)
