@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import matplotlib.image
 import pandas as pd
@@ -95,5 +96,8 @@ def test_two_phase_study_through_snakemake(tmp_path, tiny_study):
     assert (tmp_path / "checkpoints" / "tiny" / "phase1-cohort.jsonl").stat().st_size > 0
     ranking = matplotlib.image.imread(res / "phase1" / "ranking.png")  # the phase-1 figure
     assert ranking.shape[0] > 200 and ranking[..., :3].std() > 0.05
+    md = (res / "phase1" / "RESULTS.md").read_text()  # links the figures drawn from phase 1
+    linked = set(re.findall(r"\]\(plots/([\w-]+)\.png\)", md))
+    assert linked and linked == {p.stem for p in (res / "phase1" / "plots").glob("*.png")}
     rules, _ = planned(tmp_path)
     assert not rules  # finished: nothing re-plans
