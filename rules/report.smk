@@ -49,14 +49,20 @@ rule plot_lr_find:
 
 
 # The results page: findings, ranking, the test split and losses per epoch (where the study has
-# them), runs and every figure with its caption, one self-contained HTML file that the report's
-# landing page shows (report/workflow.rst inserts it).
+# them), a two-phase study's phase 1, runs and every figure with its caption, one self-contained
+# HTML file that the report's landing page shows (report/workflow.rst inserts it).
 rule write_results_page:
     input:
         runs_csv=f"{STUDY_DIR}/runs.csv",
         summary=f"{STUDY_DIR}/summary.json",
         curves=f"{STUDY_DIR}/curves.parquet",
         figures=[spec["path"] for spec in results_page_figures().values()],
+        # a two-phase study's phase 1: what it ranked, the selection, its ranking figure
+        phase1=(
+            [f"{PHASE1_DIR}/{f}" for f in ("runs.csv", "selected.json", "ranking.png")]
+            if RANKING
+            else []
+        ),
     output:
         report(
             f"{STUDY_DIR}/results.html",
@@ -73,5 +79,7 @@ rule write_results_page:
     params:
         study=NAME,
         figures=results_page_figures(),
+        phase1_dir=PHASE1_DIR if RANKING else None,
+        maximize=bool(RANKING and RANKING.maximize),
     script:
         "../workflow_scripts/write_results_page.py"

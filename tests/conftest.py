@@ -82,24 +82,30 @@ def snakemake(workdir: Path, *args: str, configfile: str | None = "study.yaml",
     return proc
 
 
-def planned(workdir: Path, *args: str, **kw) -> tuple[Counter, set[str]]:
-    """(jobs per rule, run IDs of planned train_model jobs) of ``snakemake -n``."""
-    proc = snakemake(workdir, "-n", *args, **kw)
-    out = proc.stdout + proc.stderr
+def jobs(out: str) -> tuple[Counter, dict[str, set[str]]]:
+    """(jobs per rule, run IDs per rule) of the jobs snakemake lists in ``out``: the output of a
+    dry run (planned) or of a real one (ran)."""
     rules: Counter = Counter()
-    run_ids: set[str] = set()
+    run_ids: dict[str, set[str]] = {}
     current = None
     for line in out.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):", line.strip())
+        m = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):", line.strip())
         if m:
             current = m.group(1)
             rules[current] += 1
             continue
         m = re.search(r"wildcards: .*run_id=([^,\s]+)", line)
-        if m and current == "train_model":
-            run_ids.add(m.group(1))
+        if m and current:
+            run_ids.setdefault(current, set()).add(m.group(1))
     rules.pop("all", None)
     return rules, run_ids
+
+
+def planned(workdir: Path, *args: str, **kw) -> tuple[Counter, set[str]]:
+    """(jobs per rule, run IDs of planned train_model jobs) of ``snakemake -n``."""
+    proc = snakemake(workdir, "-n", *args, **kw)
+    rules, run_ids = jobs(proc.stdout + proc.stderr)
+    return rules, run_ids.get("train_model", set())
 
 
 class LocalServer(ThreadingHTTPServer):

@@ -110,7 +110,7 @@ def test_results_page_shows_the_test_split_and_the_losses_per_epoch(harvested: P
                        curves=harvested / "curves.parquet")
     html = out.read_text()
     page = tables(html)
-    assert "the corpus' <code>test</code> source" in html  # RESULTS.md's note, code as code
+    assert "<code>test</code> source" in html  # RESULTS.md's note, its code spans as code
     # the same sections, in the same order, as RESULTS.md
     md = (harvested / "RESULTS.md").read_text()
     assert page.headings[:4] == ["Findings", "Ranking by final validation loss", "Test split",

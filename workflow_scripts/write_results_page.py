@@ -1,5 +1,5 @@
-"""Write the results page (findings, ranking, test split, losses per epoch, runs, figures with
-captions) the report shows."""
+"""Write the results page (findings, ranking, test split, losses per epoch, a two-phase study's
+phase 1, runs, figures with captions) the report shows."""
 
 import sys
 
@@ -11,4 +11,6 @@ from lmablate.workflow.steps import run_step
 run_step(lambda: write_results_page(snakemake.input.runs_csv, snakemake.input.summary,
                                     snakemake.output[0], study=snakemake.params.study,
                                     figures=snakemake.params.figures,
-                                    curves=snakemake.input.curves))
+                                    curves=snakemake.input.curves,
+                                    phase1_dir=snakemake.params.phase1_dir,
+                                    maximize=snakemake.params.maximize))

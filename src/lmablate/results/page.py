@@ -8,7 +8,7 @@ to them. The file also opens on its own in any browser: figures are embedded as 
 the styles are scoped to the fragment's ``#lmablate-results`` section.
 
 The findings, the ranking, the test-split and the per-epoch tables are those of ``analysis.txt``
-and RESULTS.md (:mod:`lmablate.results.harvest` shares their code); captions are the report's
+and RESULTS.md (:mod:`lmablate.results.text` shares their code); captions are the report's
 ``report/<kind>.rst`` files rendered by docutils.
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lmablate.io import atomic_write_text
+from lmablate.results.columns import INCLUDED_STATUSES
+from lmablate.results.selection import selection_finding
 from lmablate.results.text import (
     EPOCH_HEADER,
     EPOCH_NOTE,
@@ -30,6 +32,7 @@ from lmablate.results.text import (
     TEST_HEADER,
     TEST_NOTE,
     epoch_rows,
+    ended_at,
     epoch_table,
     ranking_rows,
     test_rows,
@@ -110,13 +113,31 @@ def _ranking(summary: Mapping[str, Any]) -> str:
     return _table(RANK_HEADER, rows, "ranking")
 
 
+def _task_columns(runs: Any) -> dict[str, tuple[str, str]]:
+    """The downstream-task columns of a runs table (``task.<name>``, ``harness.<name>``: the
+    value of the task's metric) -> (heading "<name> <metric>", format)."""
+    cols = {}
+    for c in runs.columns:
+        prefix, _, name = str(c).partition(".")
+        if prefix in ("task", "harness") and name and "." not in name and runs[c].notna().any():
+            metric = runs.get(f"{c}.metric")
+            metric = metric.dropna().iloc[0] if metric is not None and metric.notna().any() \
+                else "acc"
+            cols[c] = (f"{name} {metric}", "3f")
+    return cols
+
+
 def _runs_table(runs: Any) -> str:
-    """One row per run: ID, group, seed, status, what differs, size and the final metrics."""
-    cols = [c for c in RUN_COLUMNS if c in runs and runs[c].notna().any()]
+    """One row per run: ID, group, seed, status, what differs, size, the final metrics and the
+    downstream tasks' scores (before throughput and time)."""
+    shown = {c: f for c, f in RUN_COLUMNS.items() if c in runs and runs[c].notna().any()}
+    tail = [c for c in ("tokens_per_s", "wall_s") if c in shown]
+    shown = {**{c: f for c, f in shown.items() if c not in tail}, **_task_columns(runs),
+             **{c: shown[c] for c in tail}}
     order = [c for c in ("group", "seed", "run_id") if c in runs]
     records = runs.sort_values(order).to_dict("records") if order else runs.to_dict("records")
-    rows = [[_cell(r.get(c), RUN_COLUMNS[c][1]) for c in cols] for r in records]
-    return _table([RUN_COLUMNS[c][0] for c in cols], rows, "runs")
+    rows = [[_cell(r.get(c), f[1]) for c, f in shown.items()] for r in records]
+    return _table([f[0] for f in shown.values()], rows, "runs")
 
 
 def _note(text: str) -> str:
@@ -167,18 +188,47 @@ def _figure(name: str, spec: Mapping[str, Any]) -> str:
             f"<figcaption>{what}\n{caption}</figcaption>\n</figure>")
 
 
+def _phase1_section(phase1: Mapping[str, Any]) -> list[str]:
+    """A two-phase study's phase 1: the configurations it ranked and at what budget, the
+    selection (as phase1/RESULTS.md states it), the runs it stopped early or lost, and its
+    ranking figure. ``phase1``: {"runs": phase 1's runs table, "chosen": its selected.json,
+    "maximize": bool, "figure": ranking.png or None}."""
+    runs, chosen = phase1["runs"], phase1["chosen"]
+    counts = ", ".join(f"{v} {k}" for k, v in runs.status.value_counts(sort=False).items())
+    budget = runs.planned_tokens.max() if "planned_tokens" in runs else math.nan
+    each = f" for {fmt_count(float(budget))} tokens each" if math.isfinite(budget) else ""
+    said = selection_finding(runs, chosen, bool(phase1.get("maximize")))
+    items = [said] if said else []
+    items += [f"{r['run_id']} ({r['group']}, seed {r['seed']}): {r['status']}{ended_at(r)}"
+              for r in runs[~runs.status.isin(INCLUDED_STATUSES)].to_dict("records")]
+    parts = ["<h3>Phase 1: every configuration, short</h3>",
+             f"<p>Phase 1 trained {len(runs)} configurations ({_esc(counts)}){each}; the "
+             "ranking, runs and figures of this page are phase 2's, the selected configurations "
+             "at the full budget, except the figures named phase1/. Phase 1's tables and "
+             "RESULTS.md are in <code>phase1/</code>.</p>",
+             "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"]
+    if phase1.get("figure"):
+        parts.append(_figure("phase1/ranking", {"path": phase1["figure"], "what": (
+            f"Phase 1: each configuration's {chosen['metric']}, best first (mean over seeds "
+            "with a 95% interval); the configurations that go on to phase 2 are starred, their "
+            "labels green; runs that stopped early or diverged have no final value.")}))
+    return parts
+
+
 def results_html(runs: Any, summary: Mapping[str, Any], study: str,
                  figures: Mapping[str, Mapping[str, Any]] | None = None,
-                 epochs: Any = None) -> str:
+                 epochs: Any = None, phase1: Mapping[str, Any] | None = None) -> str:
     """The results page as an HTML fragment. ``figures``: name -> {"path": PNG, "caption":
     report caption .rst (optional), "what": one-line summary (optional)}, in display order;
-    ``epochs``: the per-epoch losses (:func:`lmablate.results.text.epoch_table`) or None."""
+    ``epochs``: the per-epoch losses (:func:`lmablate.results.text.epoch_table`) or None;
+    ``phase1``: a two-phase study's phase 1 (see :func:`_phase1_section`) or None."""
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',
              f"<h2>Results: study {_esc(study)}</h2>",
              f"<p>{summary['n_runs']} runs ({_esc(counts)}) in {len(summary['groups'])} groups. "
              f"Deltas and tests are against <b>{_esc(summary['reference'])}</b> "
              f"({_esc(summary['reference_is'])}).</p>",
+             *(_phase1_section(phase1) if phase1 else []),
              "<h3>Findings</h3>",
              "<ul>" + "".join(f"<li>{_esc(f)}</li>" for f in summary["findings"]) + "</ul>",
              "<h3>Ranking by final validation loss</h3>",
@@ -190,7 +240,8 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
     if summary.get("excluded_runs"):
         parts.append("<h3>Runs left out of the statistics</h3><ul>" + "".join(
             f"<li>{_esc(rid)} ({_esc(e['group'])}, seed {_esc(e['seed'])}): "
-            f"{_esc(e['status'])}</li>" for rid, e in summary["excluded_runs"].items()) + "</ul>")
+            f"{_esc(e['status'] + ended_at(e))}</li>"
+            for rid, e in summary["excluded_runs"].items()) + "</ul>")
     parts += [f"<h3>Runs ({len(runs)})</h3>",
               '<p class="note">Final metrics of every run; runs.csv has these and every resolved '
               "configuration column.</p>", _runs_table(runs)]
@@ -203,13 +254,21 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
 
 def write_results_page(runs_csv: str | Path, summary_json: str | Path, out: str | Path, *,
                        study: str, figures: Mapping[str, Mapping[str, Any]] | None = None,
-                       curves: str | Path | None = None) -> Path:
+                       curves: str | Path | None = None, phase1_dir: str | Path | None = None,
+                       maximize: bool = False) -> Path:
     """Read a harvested study's runs.csv and summary.json (and curves.parquet, for the losses
-    per epoch) and write its results page to ``out``."""
+    per epoch; a two-phase study's ``phase1_dir`` with its runs.csv, selected.json and
+    ranking.png, ranked higher first with ``maximize``) and write its results page to ``out``."""
     import pandas as pd
 
     runs = pd.read_csv(runs_csv)
     summary = json.loads(Path(summary_json).read_text())
     epochs = epoch_table(pd.read_parquet(curves)) if curves is not None else None
-    atomic_write_text(Path(out), results_html(runs, summary, study, figures, epochs))
+    phase1 = None
+    if phase1_dir is not None:
+        d = Path(phase1_dir)
+        phase1 = {"runs": pd.read_csv(d / "runs.csv"), "maximize": maximize,
+                  "chosen": json.loads((d / "selected.json").read_text()),
+                  "figure": d / "ranking.png" if (d / "ranking.png").is_file() else None}
+    atomic_write_text(Path(out), results_html(runs, summary, study, figures, epochs, phase1))
     return Path(out)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RANK_HEADER", "TEST_HEADER", "TEST_NOTE", "EPOCH_COLUMNS", "EPOCH_HEADER",
            "EPOCH_NOTE", "ranking_rows", "test_rows", "epoch_table", "epoch_rows",
-           "analysis_text", "results_markdown"]
+           "analysis_text", "results_markdown", "ended_at"]
 
 RANK_HEADER = ["#", "group", "n", "val loss", "95% CI (mean)", "ppl*", "delta vs reference",
                "95% CI (delta)", "p (test)", "p Holm"]
@@ -168,7 +168,7 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     if summary["excluded_runs"]:
         lines.append("Runs excluded from the statistics:")
         for rid, e in summary["excluded_runs"].items():
-            at = _ended_at(e)
+            at = ended_at(e)
             lines.append(f"  {rid} ({e['group']}, seed {e['seed']}): {e['status']}{at}")
         lines.append("")
     if summary["findings"]:
@@ -179,9 +179,9 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     return "\n".join(lines)
 
 
-def _ended_at(e: Mapping[str, Any]) -> str:
+def ended_at(e: Mapping[str, Any]) -> str:
     """" at step N" of an excluded run that diverged or stopped early there (summary.json's
-    excluded_runs entry), else ""."""
+    excluded_runs entry or a runs-table row), else ""."""
     steps = [e.get(k) for k in ("diverged_at_step", "stopped_early_at_step")]
     return next((f" at step {int(v)}" for v in steps if present(v)), "")
 
@@ -241,7 +241,7 @@ def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     if summary["excluded_runs"]:
         lines += ["## Runs left out of the statistics", ""]
         for rid, e in summary["excluded_runs"].items():
-            at = _ended_at(e)
+            at = ended_at(e)
             lines.append(f"- `{rid}` ({e['group']}, seed {e['seed']}): {e['status']}{at}")
         lines.append("")
     if figures:
