@@ -1,5 +1,6 @@
 """What every figure shares: one seaborn style, the colours, the layout of titles and
-notes, axis limits that follow the data, clipped interval whiskers, and saving.
+notes, axis limits that follow the data, clipped interval whiskers, and saving. The helpers
+with a leading underscore are shared by the family modules of this package, not public API.
 
 Honest intervals: with two seeds the 95% t-interval of a mean is +-12.7 standard errors, far
 wider than the spread of the data. Axes are therefore scaled to the data (seeds and means), never
