@@ -3,6 +3,7 @@ shrunk (clipped ends are marked and printed), runs that did not complete are sho
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import write_run
+from conftest import REPO, write_run
 
 from lmablate import figures
 from lmablate.figures.plan import plan_figures
@@ -63,6 +64,17 @@ def test_the_sweep_gets_every_figure(sweep):
     # every kind the runs themselves support; "tasks" is planned from the study's eval_tasks
     assert {spec["kind"] for spec in plan_figures(runs.to_dict("records")).values()} == \
         set(FIGURE_KINDS) - {"tasks"}
+
+
+def test_every_figure_kind_has_its_caption_and_a_draw_function_that_takes_its_inputs():
+    """A kind is complete: its report caption exists, and its draw function takes the kind's
+    inputs in order, then a title."""
+    for kind in FIGURE_KINDS.values():
+        for caption in [kind.name, *(kind.train_split[:1] if kind.train_split else [])]:
+            assert (REPO / "report" / f"{caption}.rst").read_text().strip(), caption
+        params = list(inspect.signature(kind.function()).parameters)
+        assert params[:len(kind.inputs)] == list(kind.inputs), kind.name
+        assert "title" in params, kind.name
 
 
 def test_plot_step_writes_every_planned_figure(sweep, tmp_path):
