@@ -33,8 +33,9 @@ def heatmap_axes(rows: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[st
     The grid is the variant with the most configurations (other variants are single points
     beside it); y and x are its first two numeric axes that form a real grid, i.e. more
     combinations than either has values (zipped axes such as seq_len with batch_size do not).
-    An axis swept relative to another (seed 000's d_ff from d_model/2 to 2 * d_model) is shown
-    as that ratio (``d_ff/d_model``, :data:`DERIVED_AXES`) when the ratio takes fewer values.
+    An axis swept relative to another (a shape sweep's d_ff from d_model/2 to 2 * d_model) is
+    shown as that ratio (``d_ff/d_model``, :data:`DERIVED_AXES`) when the ratio takes fewer
+    values.
     """
     counts: dict[Any, set] = {}
     for r in rows:

@@ -303,7 +303,7 @@ def _loss_at(curves: pd.DataFrame, run_ids: Sequence[str], at: float, x: str
 
 def best_per_size(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline", *,
                   at: float | None = None, title: str | None = None) -> plt.Figure:
-    """Seed 000's choice of a model per size: the configurations grouped into parameter-count
+    """Which model to train at each size: the configurations grouped into parameter-count
     buckets (1-2.5-5 series), each bucket one row; every configuration's validation loss after
     N training tokens (``at``; default: the furthest point every run of the bucket reached) as a
     grey dot, the lowest starred and named with its size, loss and N."""
