@@ -22,6 +22,7 @@ from lmablate.workflow.dag import (
     study_eval,
     study_figures,
     study_lr_find,
+    swept_axes,
 )
 from snakemake.utils import min_version
 

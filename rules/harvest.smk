@@ -65,5 +65,7 @@ rule harvest_metrics:
         shared=canonical(shared_points(STUDY.runs)),
         # the settings each variant writes (the findings name variants that change two at once)
         settings=canonical(lmablate.study.sweep.written_settings(STUDY.doc)),
+        # the axes the study varies: a two-phase study's phase 2 names its groups as phase 1 did
+        swept=swept_axes(STUDY.runs),
     script:
         "../workflow_scripts/harvest_metrics.py"

@@ -93,6 +93,8 @@ def test_two_phase_study_with_early_stopping_and_tasks(tmp_path, tiny_study):
     assert scored == set(selected["selected"])
     runs = pd.read_csv(res / "runs.csv")
     assert list(runs.run_id) == selected["selected"] and set(runs.status) == {"completed"}
+    # named as phase 1 named it (not "baseline": its LR is not the default one)
+    assert runs.group.iloc[0] == phase1.loc[chosen, "group"] == f"lr={runs['train.lr'].iloc[0]:g}"
     assert runs.tokens.iloc[0] == 8192 and runs.test_ppl.notna().all()
     for task in ("task.continuation", "task.sentiment", "task.sentiment_ft"):
         assert 0 <= runs[task].iloc[0] <= 1 and runs[f"{task}.metric"].iloc[0] == "acc", task

@@ -12,4 +12,5 @@ from lmablate.workflow.steps import harvest_step, run_step
 run_step(lambda: harvest_step(snakemake.input.finals, Path(snakemake.output.summary).parent,
                               study=snakemake.params.study, baseline=snakemake.params.baseline,
                               figures=snakemake.params.figures, shared=snakemake.params.shared,
-                              settings=snakemake.params.settings))
+                              settings=snakemake.params.settings,
+                              swept=snakemake.params.swept))

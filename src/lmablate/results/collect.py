@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["RunData", "curve_blocks", "load_run", "collect", "short_names", "group_rows",
-           "tables", "shared_points", "lr_lines"]
+           "tables", "shared_points", "swept_axes", "lr_lines"]
 
 
 @dataclass
@@ -169,23 +169,23 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def collect(run_dirs: Iterable[str | Path], workers: int | None = None,
-            shared: Mapping[str, Sequence[Sequence[Any]]] | None = None
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            shared: Mapping[str, Sequence[Sequence[Any]]] | None = None,
+            swept: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, curves, reliability) tables of lmablate run directories.
 
     Parsing YAML and JSON is most of a large harvest; from 200 runs on it is spread over
     ``workers`` forked processes (default: the CPUs this process may use, at most 8).
-    ``shared``: run ID -> the other sweep points ``(variant, axes)`` it stands for (see
-    :func:`tables`).
+    ``shared``: run ID -> the other sweep points ``(variant, axes)`` it stands for, ``swept``:
+    the axes the study sweeps (see :func:`tables`).
     """
     dirs = list(run_dirs)
     workers = workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else os.cpu_count() or 1)
     if workers < 2 or len(dirs) < 200 or "fork" not in mp.get_all_start_methods():
-        return tables([load_run(d) for d in dirs], shared)
+        return tables([load_run(d) for d in dirs], shared, swept)
     with mp.get_context("fork").Pool(workers) as pool:
         return tables(pool.map(load_run, dirs, chunksize=max(1, len(dirs) // (4 * workers))),
-                      shared)
+                      shared, swept)
 
 
 def short_names(columns: Sequence[str]) -> dict[str, str]:
@@ -196,12 +196,15 @@ def short_names(columns: Sequence[str]) -> dict[str, str]:
     return short
 
 
-def _group_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _group_labels(rows: Sequence[Mapping[str, Any]], swept: Sequence[str] = ()) -> list[str]:
     """A readable name per configuration: the variant and the grid values that vary in this
-    study (``post_norm``; ``n_heads=8, d_model=256``; ``moe, d_model=64``)."""
+    study (``post_norm``; ``n_heads=8, d_model=256``; ``moe, d_model=64``). ``swept``: axes the
+    study varies, named even where the rows at hand share one value (a two-phase study's
+    phase 2 keeps the names phase 1 gave its configurations)."""
     axis_keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("axis.")))
-    varying = [k for k in axis_keys
-               if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in rows}) > 1]
+    always = {f"axis.{k}" for k in swept}
+    varying = [k for k in axis_keys if k in always
+               or len({json.dumps(r.get(k), sort_keys=True, default=str) for r in rows}) > 1]
     short = short_names(varying)
     show_variant = len({r.get("variant") for r in rows}) > 1 or not varying
     labels = []
@@ -222,12 +225,12 @@ def _member_row(row: Mapping[str, Any], variant: str, axes: Mapping[str, Any]) -
 
 
 def _memberships(rows: list[dict[str, Any]],
-                 shared: Mapping[str, Sequence[Sequence[Any]]]) -> None:
+                 shared: Mapping[str, Sequence[Sequence[Any]]], swept: Sequence[str] = ()) -> None:
     """Group labels of every row, and for a shared run the ``groups`` (labels, ``; ``) and
     ``memberships`` (JSON: group, variant, axes of each point, its own first) columns."""
     extra = [(i, _member_row(r, str(v), a)) for i, r in enumerate(rows)
              for v, a in shared.get(r["run_id"], ())]
-    labels = _group_labels(rows + [m for _, m in extra])
+    labels = _group_labels(rows + [m for _, m in extra], swept)
     for r, label in zip(rows, labels):
         r["group"] = label
     members: dict[int, list[dict[str, Any]]] = {}
@@ -266,12 +269,13 @@ def group_rows(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=runs.columns)
 
 
-def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]] | None = None
-           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]] | None = None,
+           swept: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Assemble (runs, curves, reliability) DataFrames; curves are built column-wise (a few
     million points for a 1,000-run sweep), never as a list of dicts. ``shared``: run ID -> the
     other sweep points (variant, axes) it stands for: its row's ``groups`` column lists every
-    group it belongs to (:func:`group_rows` expands it; curves carry its own group)."""
+    group it belongs to (:func:`group_rows` expands it; curves carry its own group).
+    ``swept``: the axes the study varies (:func:`swept_axes`), in every group name."""
     import numpy as np
     import pandas as pd
 
@@ -282,7 +286,7 @@ def tables(data: Sequence[RunData], shared: Mapping[str, Sequence[Sequence[Any]]
     if len(set(ids)) < len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"run {dup!r} appears twice (two directories with the same run_id)")
-    _memberships(rows, shared or {})
+    _memberships(rows, shared or {}, swept)
     runs = pd.DataFrame(rows)
     front = [c for c in FRONT_COLUMNS if c in runs.columns]
     runs = runs[front + [c for c in runs.columns if c not in front]]
@@ -347,6 +351,15 @@ def shared_points(runs: Iterable[Any]) -> dict[str, list[list[Any]]]:
     (:attr:`lmablate.study.sweep.Run.shared`), as plain data for
     :func:`lmablate.results.harvest.harvest`."""
     return {r.run_id: [[v, dict(a)] for v, a in r.shared] for r in runs if r.shared}
+
+
+def swept_axes(runs: Iterable[Any]) -> list[str]:
+    """The axes (``train.lr``, ``model.d_model``) whose value differs between the study's planned
+    runs (:class:`lmablate.study.sweep.Run`), for :func:`lmablate.results.harvest.harvest`."""
+    runs = list(runs)
+    keys = dict.fromkeys(k for r in runs for k in r.axes)
+    return [k for k in keys
+            if len({json.dumps(r.axes.get(k), sort_keys=True, default=str) for r in runs}) > 1]
 
 
 def lr_lines(runs: pd.DataFrame) -> pd.Series:

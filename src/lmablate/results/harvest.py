@@ -87,7 +87,8 @@ def harvest(run_dirs: Sequence[str | Path], out_dir: str | Path, *, study: str,
             figures: Mapping[str, str] | Callable[[list[dict[str, Any]]], Mapping[str, str]]
             | None = None,
             shared: Mapping[str, Sequence[Sequence[Any]]] | None = None,
-            settings: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+            settings: Mapping[str, Sequence[str]] | None = None,
+            swept: Sequence[str] = ()) -> dict[str, Any]:
     """Collect lmablate run directories and write every table and text output to ``out_dir``.
 
     ``figures``: RESULTS.md's figure links, figure name -> the line under it, or a function of
@@ -97,8 +98,10 @@ def harvest(run_dirs: Sequence[str | Path], out_dir: str | Path, *, study: str,
     (:func:`lmablate.results.collect.shared_points`); it counts in their groups.
     ``settings``: variant -> the settings the study writes for it
     (:func:`lmablate.study.sweep.written_settings`), for the findings' confound warnings.
+    ``swept``: the axes the study varies (:func:`lmablate.results.collect.swept_axes`): group
+    names show them even where the runs at hand share a value (a two-phase study's phase 2).
     """
-    runs, curves, reliability = collect(run_dirs, shared=shared)
+    runs, curves, reliability = collect(run_dirs, shared=shared, swept=swept)
     if callable(figures):
         figures = figures(runs.to_dict("records"))
     return write_outputs(runs, curves, reliability, out_dir, study=study, baseline=baseline,

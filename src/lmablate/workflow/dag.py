@@ -15,6 +15,7 @@ they need from data, engine, evaluation and results to build the DAG comes throu
     figure_caption     a figure's report caption (report/<caption>.rst)
     figure_subcategory a figure's section of the report
     shared_points      runs several sweep points share
+    swept_axes         the axes whose value differs between the study's runs
     scan_runs          finished runs checked at each parse: damaged files, runs to recheck
     damage_message     the one line a damaged run stops the parse with
     MANIFEST_FILES     the files a run's final.json vouches for
@@ -34,13 +35,13 @@ from lmablate.engine.integrity import MANIFEST_FILES, damage_message, scan_runs
 from lmablate.evaluation import study_eval
 from lmablate.figures.plan import planned_rows, study_figures
 from lmablate.figures.registry import figure_caption, figure_subcategory, figure_summary
-from lmablate.results.collect import shared_points
+from lmablate.results.collect import shared_points, swept_axes
 from lmablate.study.corpus_spec import portable
 from lmablate.study.lrfind_spec import study_lr_find
 
 __all__ = ["MANIFEST_FILES", "canonical", "damage_message", "figure_caption",
            "figure_subcategory", "figure_summary", "manifest_path", "planned_rows", "portable",
-           "scan_runs", "shared_points", "study_figures",
+           "scan_runs", "shared_points", "study_figures", "swept_axes",
            "study_eval", "study_lr_find"]
 
 
