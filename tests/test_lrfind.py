@@ -13,6 +13,7 @@ import torch
 from conftest import run_config, snakemake, write_yaml
 
 from lmablate.engine.lrfind import lr_range_test, overfit_check, suggest
+from lmablate.figures.sweeps import lr_finder
 
 
 def test_suggestions_from_a_known_curve():
@@ -39,6 +40,7 @@ def test_range_test_finds_a_minimum_then_stops_at_the_blow_up(tmp_path, tokens):
     saved = json.loads((tmp_path / "lr_find.json").read_text())
     assert saved["lr_valley"] == res["lr_valley"]
     assert saved["lr_suggested"] == res["lr_steepest"]
+    lr_finder([res], tmp_path / "lr_find.png")  # the caller draws it
     assert (tmp_path / "lr_find.png").stat().st_size > 10_000
 
 

@@ -13,7 +13,7 @@ from conftest import REPO, planned, snakemake, write_yaml
 
 from lmablate import ConfigError, study_from_dict
 from lmablate.__main__ import main
-from lmablate.engine.train import EarlyStop
+from lmablate.engine.earlystop import EarlyStop
 from lmablate.results.collect import RunData, tables
 from lmablate.results.selection import select
 from lmablate.results.summary import summarize_runs

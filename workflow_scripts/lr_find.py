@@ -7,9 +7,16 @@ sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 from pathlib import Path
 
 from lmablate.engine.lrfind import lr_range_test
+from lmablate.figures.sweeps import lr_finder
 from lmablate.workflow.steps import run_step
 
-run_step(lambda: lr_range_test(snakemake.params.run, snakemake.input.tokens,  # noqa: F821
-                               Path(snakemake.output.result).parent,
-                               run_id=snakemake.wildcards.run_id, threads=snakemake.threads,
-                               **snakemake.params.options))
+
+def lr_find():
+    result = lr_range_test(snakemake.params.run, snakemake.input.tokens,  # noqa: F821
+                           Path(snakemake.output.result).parent,  # noqa: F821
+                           run_id=snakemake.wildcards.run_id, threads=snakemake.threads,  # noqa: F821
+                           **snakemake.params.options)  # noqa: F821
+    lr_finder([result], snakemake.output.plot)  # noqa: F821
+
+
+run_step(lr_find)

@@ -1,4 +1,4 @@
-"""Sanity tools run before a study: the LR range test and the overfit-one-batch check (seed 003).
+"""Sanity tools run before a study: the LR range test and the overfit-one-batch check.
 
 ``lr_range_test``: Smith's range test (Smith 2017, as fastai's ``lr_find`` runs it). The run's
 model and optimiser train from their initialisation while the learning rate grows exponentially
@@ -36,6 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from lmablate.data.tokens import Batches, TokenStore
+from lmablate.engine.step import (
+    DeviceBatches,
+    StepParts,
+    build_step,
+    optimizer_step,
+    select_device,
+)
 
 from lmablate.errors import ConfigError
 from lmablate.io import atomic_write_json
@@ -54,51 +64,30 @@ def _config(run: RunConfig | Mapping[str, Any]) -> RunConfig:
 
 
 def _setup(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, device: str,
-           threads: int | None) -> tuple[Any, ...]:
-    """(cfg, model, optimiser, step function, batches, device) as train() builds them."""
-    import torch
-
-    from lmablate.data.tokens import Batches, TokenStore
-    from lmablate.engine.model import LM
-    from lmablate.engine.train import (
-        DeviceBatches,
-        _optimizer,
-        _precision,
-        loss_function,
-        select_device,
-    )
-
+           threads: int | None) -> tuple[RunConfig, StepParts, DeviceBatches, torch.device]:
+    """(cfg, the step's parts, batches, device) as train() builds them."""
     cfg = _config(run)
     if threads:
         torch.set_num_threads(threads)
     dev = select_device(device)
-    autocast, use_scaler = _precision(cfg, dev)
     with TokenStore(tokens_path) as store:
         vocab = store.vocab_size
-        padded = cfg.model.padded_vocab(vocab)
         batches = Batches(np.asarray(store.split("train")), cfg.train.seq_len,
                           cfg.train.batch_size, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    model = LM(cfg.model, padded, max_seq_len=cfg.model.context_length or cfg.train.seq_len).to(dev)
-    opt = _optimizer(model, cfg, dev)
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    step_loss, graphs = loss_function(model, cfg, dev, autocast)
-    return cfg, model, opt, scaler, step_loss, graphs, DeviceBatches(batches, dev), dev
+    parts = build_step(cfg, cfg.model.padded_vocab(vocab),
+                       cfg.model.context_length or cfg.train.seq_len, dev)
+    return cfg, parts, DeviceBatches(batches, dev), dev
 
 
-def _step(model: Any, opt: Any, scaler: Any, step_loss: Any, graphs: bool, windows: Any,
-          lr: float, grad_clip: float) -> float:
-    import torch
-
-    from lmablate.engine.train import optimizer_step
-
-    for group in opt.param_groups:
+def _step(parts: StepParts, windows: torch.Tensor, lr: float, grad_clip: float) -> float:
+    """One optimiser step at ``lr`` on ``windows``; its loss."""
+    for group in parts.optimizer.param_groups:
         group["lr"] = lr
-    if graphs:
+    if parts.graphs:
         torch.compiler.cudagraph_mark_step_begin()
-    loss, total = step_loss(windows)
-    (scaler.scale(total) if scaler is not None else total).backward()
-    optimizer_step(model, opt, scaler, grad_clip)
+    loss, total = parts.loss(windows)
+    (parts.scaler.scale(total) if parts.scaler is not None else total).backward()
+    optimizer_step(parts.model, parts.optimizer, parts.scaler, grad_clip)
     return float(loss.detach())
 
 
@@ -125,15 +114,15 @@ def lr_range_test(run: RunConfig | Mapping[str, Any], tokens_path: str | Path,
                   max_lr: float = 10.0, steps: int = 100, smooth: float = 0.9,
                   stop_factor: float = 4.0, device: str = "auto", threads: int | None = None,
                   run_id: str = "run", progress: bool = False) -> dict[str, Any]:
-    """Run the range test; write ``lr_find.json`` (and ``lr_find.png``) to ``out_dir``."""
+    """Run the range test; write ``lr_find.json`` to ``out_dir``. The caller draws it
+    (:func:`lmablate.figures.sweeps.lr_finder`)."""
     if not (0 < min_lr < max_lr):
         raise ConfigError(f"expected 0 < min_lr < max_lr, got {min_lr:g} and {max_lr:g}",
                           key="--min-lr")
     if steps < 10:
         raise ConfigError(f"expected at least 10 steps, got {steps}", key="--steps")
-    cfg, model, opt, scaler, step_loss, graphs, batches, dev = _setup(run, tokens_path, device,
-                                                                      threads)
-    model.train()
+    cfg, parts, batches, dev = _setup(run, tokens_path, device, threads)
+    parts.model.train()
     lrs, losses, smoothed = [], [], []
     avg, best = 0.0, math.inf
     stopped = "max_lr"
@@ -144,7 +133,7 @@ def lr_range_test(run: RunConfig | Mapping[str, Any], tokens_path: str | Path,
         it = tqdm(it, desc=f"lr-find {run_id[:30]}", unit="step")
     for i in it:
         lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
-        loss = _step(model, opt, scaler, step_loss, graphs, batches.get(i), lr, cfg.train.grad_clip)
+        loss = _step(parts, batches.get(i), lr, cfg.train.grad_clip)
         avg = smooth * avg + (1 - smooth) * loss
         s = avg / (1 - smooth ** (i + 1))
         lrs.append(lr)
@@ -169,9 +158,6 @@ def lr_range_test(run: RunConfig | Mapping[str, Any], tokens_path: str | Path,
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "lr_find.json", _finite_json(result))
-        from lmablate.figures.plots import lr_finder
-
-        lr_finder([result], out / "lr_find.png")
     return result
 
 
@@ -196,12 +182,9 @@ def overfit_check(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, *
     optimiser and LR (constant, no warmup) are used, without weight decay (decay fights
     memorisation and is not what the check is about).
     """
-    import torch
-
     cfg = _config(run)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=0.0))
-    cfg, model, opt, scaler, step_loss, graphs, batches, dev = _setup(cfg, tokens_path, device,
-                                                                      threads)
+    cfg, parts, batches, dev = _setup(cfg, tokens_path, device, threads)
     seq = cfg.train.seq_len
     n = max(1, tokens // seq)
     data = np.asarray(batches.batches.tokens[: n * seq + 1], dtype=np.int64)
@@ -209,11 +192,10 @@ def overfit_check(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, *
         raise ConfigError(f"the train split has {len(data)} tokens, fewer than {n * seq + 1}",
                           key="--tokens")
     windows = torch.from_numpy(data[np.arange(n)[:, None] * seq + np.arange(seq + 1)]).to(dev)
-    model.train()
+    parts.model.train()
     losses = []
     for _ in range(max_steps):
-        losses.append(_step(model, opt, scaler, step_loss, graphs, windows, cfg.train.lr,
-                            cfg.train.grad_clip))
+        losses.append(_step(parts, windows, cfg.train.lr, cfg.train.grad_clip))
         if losses[-1] <= target or not math.isfinite(losses[-1]):
             break
     passed = math.isfinite(losses[-1]) and losses[-1] <= target
