@@ -128,6 +128,8 @@ def test_workflow_reports_test_perplexity_and_losses_per_epoch(tmp_path: Path, t
     epochs = pd.read_csv(res / "epochs.csv")
     assert list(epochs.epoch) == [1, 2] and epochs.train_loss.notna().all()
     assert "## Loss per epoch" in md
+    html = (res / "results.html").read_text()  # the results page shows both tables too
+    assert '<table class="test-split">' in html and '<table class="epochs">' in html
 
 
 def test_a_pretokenized_corpus_takes_its_test_file_as_is(tmp_path: Path) -> None:
