@@ -26,7 +26,11 @@ def state_findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
     """Plain sentences stated from the numbers (analysis.txt and RESULTS.md share them)."""
     out = []
     groups, ranking, ref = s["groups"], s["ranking"], s["reference"]
-    if ranking:
+    if len(ranking) == 1:  # one group with a final value: nothing to be best or worst of
+        only = ranking[0]
+        out.append(f"One group has a final val loss: {only} (mean "
+                   f"{groups[only][PRIMARY]['mean']:.4f}, n={groups[only]['n']}).")
+    elif ranking:
         best, worst = ranking[0], ranking[-1]
         out.append(f"Best group: {best} (mean val loss {groups[best][PRIMARY]['mean']:.4f}, "
                    f"n={groups[best]['n']}); worst: {worst} "
