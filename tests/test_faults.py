@@ -577,6 +577,72 @@ def test_disk_full_while_writing_the_token_store_is_one_clear_line(
 
 
 # --------------------------------------------------------------------------------------------------
+# a read-only folder: a real read-only bind mount (root writes through chmod a-w, not through it)
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """``path`` bind-mounted read-only over itself while inside."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({proc.stderr.strip()}); a read-only folder needs it")
+    try:
+        proc = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot remount read-only here ({proc.stderr.strip()})")
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+RO_CASES = {  # the folder made read-only: the folder the one line names, and what it says
+    "results": ("results/tiny", "the workflow writes there"),
+    "resources": ("resources", "the workflow writes there"),
+    "checkpoints": ("checkpoints/tiny", "the workflow writes there"),
+    "fresh-results": ("results", "the workflow makes results/tiny/ there"),
+}
+
+
+@pytest.mark.parametrize("case", list(RO_CASES))
+def test_a_read_only_folder_is_one_line_before_any_job(tmp_path: Path, reference: Reference,
+                                                       case: str) -> None:
+    """A finished study with a new variant (or, fresh-, an empty directory) whose folder is
+    read-only: Snakemake would stop part-way with its own error (`Failed to create output
+    directory`, `ProtectedOutputException`); lmablate names the folder before any job. A dry run
+    is not refused: it still plans the fresh study, and finds nothing to do in the finished one."""
+    if case.startswith("fresh-"):
+        root = tmp_path / "fresh"
+        root.mkdir()
+        write_yaml(root / "study.yaml", TINY_STUDY)
+    else:
+        root = reference.copy(tmp_path / "ro", with_variants(nope={"model.pos_emb": "none"}))
+    folder = case.removeprefix("fresh-")
+    named, says = RO_CASES[case]
+    (root / folder).mkdir(exist_ok=True)
+    write_yaml(root / "finished.yaml", TINY_STUDY)
+    before = {str(p) for p in root.rglob("*")}
+    with read_only(root / folder):
+        status, out = snakemake(root, "-c1")
+        planned_status, planned = run(
+            [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(root),
+             "--configfile", str(root / "finished.yaml"), "-n"], root)
+    lines = [ln for ln in out.splitlines() if ln.startswith("lmablate:")]
+    assert status == 1 and len(lines) == 1, out[-3000:]
+    assert lines[0] == (f"lmablate: {named}: not writable (a read-only file system); {says}. "
+                        "Make it writable, or run in another directory"), lines[0]
+    assert TRACEBACK not in out and "Building DAG" not in out, out[-3000:]
+    made = sorted(str(p) for p in root.rglob("*") if str(p) not in before
+                  and "/.snakemake" not in str(p))
+    assert not made, made  # no job ran
+    assert planned_status == 0, planned[-3000:]
+    assert ("train_model" if case.startswith("fresh-") else "Nothing to be done") in planned
+
+
+# --------------------------------------------------------------------------------------------------
 # corrupt or truncated files
 
 
