@@ -210,6 +210,10 @@ CHAIN = "".join(f"a{i}: &a{i} " + "[" * 30 + (f"*a{i - 1}" if i else "1") + "]" 
                  id="yte-in-a-list"),
     pytest.param("a: 1\n---\nb: 2\n", r"invalid YAML: line 2, column 1: but found another document",
                  id="two-documents"),
+    pytest.param("x:\n  seed: " + "9" * 5000 + "\n", r"x\.seed: line 2: an integer of more than "
+                 "100 digits", id="integer-over-4300-digits"),
+    pytest.param("x: [0x" + "f" * 90 + "]\n", r"x\[0\]: line 1: an integer of more than 100 digits",
+                 id="hex-integer"),
 ])
 def test_loader_refuses_in_one_line(text: str, message: str) -> None:
     from lmablate.errors import ConfigError
@@ -246,6 +250,9 @@ def test_config_values_are_checked_as_file_text_is() -> None:
         deep = [deep]
     with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
         check_data({"description": deep})
+    with pytest.raises(ConfigError, match="an integer of more than 100 digits") as err:
+        check_data({"defaults": {"train": {"seed": 10**5000}}})
+    assert err.value.key == "defaults.train.seed"
 
 
 # --------------------------------------------------------------------------------------------------

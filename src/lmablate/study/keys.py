@@ -1,11 +1,12 @@
-"""The top-level keys a study file may hold, each with the help text the schema shows.
+"""The top-level keys a study file may hold, each with the help text the schema shows, and the
+``execution:`` keys with their bounds.
 
 :mod:`lmablate.study.load` refuses any other key; :mod:`lmablate.study.schema` describes each.
 """
 
 from __future__ import annotations
 
-__all__ = ["TOP_KEYS"]
+__all__ = ["EXECUTION_KEYS", "TOP_KEYS"]
 
 TOP_KEYS = {
     "study": "Name of the study; outputs go to results/<study>/.",
@@ -33,3 +34,10 @@ TOP_KEYS = {
     "logging": "Experiment trackers every run logs to (curves, config, final metrics): "
                "tensorboard, mlflow, wandb (true or their settings); not part of run identity.",
 }
+
+# `execution:` settings (rules/*.smk, workflow_scripts/train_model.py): their least and largest
+# values (a node's threads, GPUs and memory; a year of wall time; a throughput no GPU reaches)
+EXECUTION_KEYS = {"train_threads": (1, 1024), "gpus_per_run": (0, 64),
+                  "train_mem_mb": (1, 16 << 20), "train_runtime_min": (1, 366 * 24 * 60),
+                  "eval_runtime_min": (1, 366 * 24 * 60), "runs_per_gpu": (1, 64),
+                  "tokens_per_s": (1, 10**9)}

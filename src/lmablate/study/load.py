@@ -34,7 +34,7 @@ from lmablate.dicts import deep_merge
 from lmablate.errors import ConfigError, did_you_mean
 from lmablate.study import corpus_spec, yamlsafe
 from lmablate.study.config import unknown_key
-from lmablate.study.keys import TOP_KEYS
+from lmablate.study.keys import EXECUTION_KEYS, TOP_KEYS
 from lmablate.study.logging_spec import check_logging
 from lmablate.study.sweep import SWEEP_KEYS, VARIANT_KEYS, Run, expand, set_override
 
@@ -43,10 +43,6 @@ __all__ = ["Study", "parse_override", "read_study", "read_workflow_study", "stud
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SCHEMA_TYPES = {"array": "a list", "object": "a mapping", "string": "a string", "integer":
                 "an integer", "number": "a number", "boolean": "true/false", "null": "null"}
-# `execution:` settings (rules/*.smk, workflow_scripts/train_model.py) and their least value
-EXECUTION_KEYS = {"train_threads": 1, "gpus_per_run": 0, "train_mem_mb": 1,
-                  "train_runtime_min": 1, "eval_runtime_min": 1, "runs_per_gpu": 1,
-                  "tokens_per_s": 1}
 
 
 @dataclass
@@ -174,18 +170,21 @@ def _mapping(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def _execution(execution: Any) -> dict[str, Any]:
-    """The checked ``execution:`` block: known keys, whole numbers (strings from ``snakemake
-    --config`` read as numbers again)."""
+    """The checked ``execution:`` block: known keys, whole numbers within their bounds
+    (:data:`lmablate.study.keys.EXECUTION_KEYS`; strings from ``snakemake --config`` read as
+    numbers again)."""
     if not isinstance(execution, Mapping):
         raise ConfigError(f"expected a mapping, got {execution!r}", key="execution")
     out = {}
     for key, value in _reparsed(dict(execution)).items():
         if key not in EXECUTION_KEYS:
             raise unknown_key(str(key), EXECUTION_KEYS, f"execution.{key}")
-        least = EXECUTION_KEYS[key]
+        least, most = EXECUTION_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"expected an integer >= {least}, got {value!r}",
                               key=f"execution.{key}")
+        if value > most:
+            raise ConfigError(f"expected a value <= {most}, got {value}", key=f"execution.{key}")
         out[key] = value
     return out
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from lmablate.study import config as C
 from lmablate.study.corpus_spec import SPEC_KEYS
-from lmablate.study.keys import TOP_KEYS
+from lmablate.study.keys import EXECUTION_KEYS, TOP_KEYS
 from lmablate.study.logging_spec import BACKENDS
 from lmablate.study.lrfind_spec import LR_FIND_KEYS
 
@@ -125,6 +125,11 @@ def study_schema() -> dict[str, Any]:
                          "minimum": 0},
         "train_mem_mb": {"description": "Memory per training job (Slurm mem_mb).",
                          "type": "integer", "default": 4000},
+        "eval_runtime_min": {"description": "Wall-time limit per evaluation job in minutes "
+                                            "(Slurm runtime).", "type": "integer", "default": 60},
+        "runs_per_gpu": {"description": "Training runs that share one GPU (default: from the "
+                                        "model size, lmablate.gpu.default_runs_per_gpu; "
+                                        "LMABLATE_RUNS_PER_GPU wins).", "type": "integer"},
         "train_runtime_min": {"description": "Wall-time limit per training job in minutes "
                                              "(Slurm runtime); default: planned tokens / "
                                              "tokens_per_s x 2, at least 30.",
@@ -134,6 +139,8 @@ def study_schema() -> dict[str, Any]:
                                         "runs, else a slow default (lmablate.study.plan).",
                          "type": "integer", "minimum": 1},
     }, "additionalProperties": True})
+    for key, (least, most) in EXECUTION_KEYS.items():
+        p["execution"]["properties"][key].update({"minimum": least, "maximum": most})
     p["logging"].update({"type": "object", "additionalProperties": False, "properties": {
         backend: {"description": f"{backend} (pip install 'lmablate[{extra}]'): true, or "
                                  "its settings.",

@@ -10,6 +10,8 @@ tags) that also refuses, with one line naming the file, the key and the line:
   :mod:`lmablate.workflow.snakemake_guard` makes it read config files with this loader instead;
 - nesting deeper than :data:`MAX_DEPTH` and more than :data:`MAX_NODES` values once aliases are
   expanded (an alias bomb fits in a few hundred bytes and expands to billions of values);
+- integers of more than :data:`MAX_INT_DIGITS` digits (Python refuses to read or print integers
+  over 4,300 digits, with a traceback);
 - files over :data:`MAX_BYTES`.
 """
 
@@ -25,15 +27,17 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from lmablate.errors import ConfigError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "StudyLoader", "check_data", "load_file",
-           "load_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT_DIGITS", "MAX_NODES", "StudyLoader", "check_data",
+           "load_file", "load_text"]
 
 MAX_DEPTH = 64  # levels of nesting (a study uses about 6)
 MAX_NODES = 200_000  # values, aliases expanded (a large study holds a few thousand)
 MAX_BYTES = 8 << 20
+MAX_INT_DIGITS = 100  # decimal digits of an integer (the largest bound of any setting has 20)
 YTE_KEYS = ("__use_yte__", "__definitions__", "__variables__")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 STR_TAG = "tag:yaml.org,2002:str"
+INT_TAG = "tag:yaml.org,2002:int"
 NOT_CODE = "study files are data, not code (README: Trusted inputs)"
 
 
@@ -123,6 +127,7 @@ class StudyLoader(yaml.SafeLoader):
             size, height = self._measure[id(node)]
         elif isinstance(node, ScalarNode):
             self._refuse_yte(node)
+            self._refuse_long_int(node)
             size, height = 1, 1
             self._measure[id(node)] = (size, height)
         else:
@@ -147,6 +152,19 @@ class StudyLoader(yaml.SafeLoader):
         if node.tag == STR_TAG and isinstance(node.value, str) and node.value.startswith("?"):
             raise _Refused(f"{_short(node.value)} is a YTE template expression, which lmablate "
                            f"never evaluates: {NOT_CODE}", self._where(), node.start_mark)
+
+    def _refuse_long_int(self, node: ScalarNode) -> None:
+        """An integer of more than MAX_INT_DIGITS digits, whatever its notation (decimal, hex,
+        octal, binary, sexagesimal), refused before Python reads it as a number."""
+        if node.tag != INT_TAG:
+            return
+        digits = sum(c.isalnum() for c in node.value)
+        if digits <= MAX_INT_DIGITS + 2:  # a short text: read it (hex 0x... is the densest)
+            value = self.construct_yaml_int(node)
+            if abs(value) < 10**MAX_INT_DIGITS:
+                return
+        raise _Refused(f"an integer of more than {MAX_INT_DIGITS} digits", self._where(),
+                       node.start_mark)
 
     def compose_document(self) -> Node:
         node = super().compose_document()
@@ -188,7 +206,7 @@ def load_file(path: str | Path) -> Any:
 
 def check_data(value: Any, key: str = "") -> None:
     """Apply the loader's checks to a value that did not come from YAML text (``snakemake
-    --config``): no YTE keys or ``?expression`` strings, bounded depth and size."""
+    --config``): no YTE keys or ``?expression`` strings, bounded depth, size and integers."""
     budget = [MAX_NODES]
 
     def walk(v: Any, path: list[str]) -> None:
@@ -201,6 +219,8 @@ def check_data(value: Any, key: str = "") -> None:
         if isinstance(v, str) and v.startswith("?"):
             raise ConfigError(f"{_short(v)} is a YTE template expression, which lmablate never "
                               f"evaluates: {NOT_CODE}", key=where or None)
+        if isinstance(v, int) and abs(v) >= 10**MAX_INT_DIGITS:
+            raise ConfigError(f"an integer of more than {MAX_INT_DIGITS} digits", key=where or None)
         items = v.items() if isinstance(v, Mapping) else enumerate(v) \
             if isinstance(v, (list, tuple)) else ()
         for k, child in items:
