@@ -10,7 +10,13 @@ checkpoint rank_phase1:
         selected=f"{PHASE1_DIR}/selected.json",
         runs_csv=f"{PHASE1_DIR}/runs.csv",
         analysis=f"{PHASE1_DIR}/analysis.txt",
-        ranking=f"{PHASE1_DIR}/ranking.png",
+        ranking=report(
+            f"{PHASE1_DIR}/ranking.png",
+            category="Figures",
+            subcategory="Phase 1: every configuration",
+            caption="../report/phase1_ranking.rst",
+            labels={"figure": "phase1/ranking"},
+        ),
         runs=f"{PHASE1_DIR}/runs.parquet",
         curves=f"{PHASE1_DIR}/curves.parquet",
     log:

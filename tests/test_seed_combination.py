@@ -122,3 +122,6 @@ def test_two_phase_study_with_early_stopping_and_tasks(tmp_path, tiny_study):
         assert f'<img alt="{name}" src="data:image/png;base64,' in html, name
     rules, _ = planned(tmp_path)
     assert not rules, rules  # finished: nothing re-plans
+    snakemake(tmp_path, "--report", "results/tiny/report.html")  # phase 1's ranking filed too
+    report = (res / "report.html").read_text()
+    assert "diverged have no final value and are never selected" in report  # its caption
