@@ -104,6 +104,7 @@ def test_two_phase_study_with_early_stopping_and_tasks(tmp_path, tiny_study):
     md = (res / "RESULTS.md").read_text()
     assert "## Test split" in md and "### tasks" in md
     assert f"- One group has a final val loss: {runs.group.iloc[0]} (mean " in md  # no best/worst
+    assert f"against **{runs.group.iloc[0]}** (the baseline variant's only grid point here)" in md
     html = (res / "results.html").read_text()
     assert "<h3>Test split</h3>" in html
     # phase 1 on the results page: what it ranked, the selection, the stopped run and its step

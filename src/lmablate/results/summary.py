@@ -65,8 +65,9 @@ def reference_group(runs: pd.DataFrame, baseline: str = "baseline",
     ok = runs[runs.status.isin(INCLUDED_STATUSES)]
     base = ok[ok.variant == baseline]
     groups = list(dict.fromkeys(base.group))
-    if len(groups) == 1:
-        return groups[0], f"the {baseline} variant"
+    if len(groups) == 1:  # the variant, or the one point of its grid in these runs
+        grid = base[[c for c in base.columns if c.startswith("axis.")]].notna().any().any()
+        return groups[0], f"the {baseline} variant" + ("'s only grid point here" if grid else "")
     if "differs" in base:
         defaults = list(dict.fromkeys(base[base.differs.fillna("") == ""].group))
         if len(defaults) == 1:
