@@ -37,10 +37,11 @@ def _existing(path: Path) -> Path:
 
 def unwritable(path: str | Path) -> str | None:
     """Why the folder ``path`` (made if missing) cannot be written, or None if it can: the folder
-    itself, or the nearest one above it that exists, must take new files."""
+    itself, or the nearest one above it that exists, must take new files. (A file in its place
+    is left to the job that makes the folder, which names it.)"""
     path = Path(path)
     here = _existing(path)
-    if os.access(here, os.W_OK | os.X_OK):
+    if not here.is_dir() or os.access(here, os.W_OK | os.X_OK):
         return None
     readonly = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
     why = "a read-only file system" if readonly else "no write permission"
