@@ -1,4 +1,5 @@
-# Two-phase studies (`ranking:`, seed 003): harvest phase 1 and pick the runs phase 2 trains.
+# Two-phase studies (`ranking:`: rank every configuration on a short budget, train the best
+# long): harvest phase 1 and pick the runs phase 2 trains.
 # A checkpoint: once it has run, Snakemake re-evaluates the DAG and schedules the selected runs
 # (rules/common.smk: get_run_finals reads selected.json).
 
