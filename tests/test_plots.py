@@ -467,3 +467,44 @@ def test_efficiency_adds_the_data_efficiency_of_each_run(sweep):
     assert sorted(ax.collections[0].get_offsets()[:, 1]) == pytest.approx(
         sorted(done.loss_drop_per_mtok))
     assert "Data efficiency" in _texts(fig)
+
+
+def _stop_early(run_dir: Path, step: int) -> None:
+    """Make a written run one that stopped early at ``step`` (its final evaluation kept)."""
+    final_path = run_dir / "final.json"
+    final = json.loads(final_path.read_text())
+    final.update(status="stopped_early", steps=step, stopped_early_at_step=step)
+    final_path.write_text(json.dumps(final))
+
+
+def test_a_run_that_stopped_early_shows_its_last_value_and_step(tmp_path):
+    """A two-phase study's ranking with early stopping: the stopped configuration is drawn
+    hollow at its last evaluated value, ranked after the finished ones and marked with its step;
+    a group with one seed stopped and one finished keeps its mean of the finished seed."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "base", val_loss=3.0),
+            write_run(root, "good", variant="good", val_loss=2.5, diff={"train.lr": 3e-3}),
+            write_run(root, "slow", variant="slow", val_loss=4.2, diff={"train.lr": 1e-5}),
+            write_run(root, "mixed-s0", variant="mixed", val_loss=2.9, diff={"x": 1}),
+            write_run(root, "mixed-s1", variant="mixed", seed=1, val_loss=3.8, diff={"x": 1})]
+    _stop_early(dirs[2], 12)
+    _stop_early(dirs[4], 14)
+    runs, _, _ = collect(dirs)
+    fig = figures.final_metric(runs, "baseline", "val_loss", selected=["good"],
+                               title="Phase 1")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["good", "mixed", "baseline", "slow"]
+    texts = _texts(fig)
+    assert "stopped early at step 12: 4.200" in texts
+    assert "stopped early at step 14: 3.800" in texts
+    assert "no final value" not in texts
+    subtitle = " ".join(t.get_text() for t in reversed(fig.texts) if t.get_fontsize() == 9)
+    assert "hollow dot: the last evaluated value of a run that stopped early (in no mean, " \
+        "never selected)" in subtitle
+    hollow = [c for c in ax.collections if len(c.get_offsets())
+              and tuple(c.get_facecolor()[0]) == (1.0, 1.0, 1.0, 1.0)]
+    assert sorted(tuple(p) for c in hollow for p in c.get_offsets()) == [(3.8, 1.0), (4.2, 3.0)]
+    assert ax.get_xlim()[1] > 4.2  # the stopped value is inside the axes
+    assert "1.000 (n=1, no interval)" not in texts  # mixed: the mean of its finished seed only
+    assert "2.900  (n=1, no interval)" in texts
+    figures.save(fig, tmp_path / "ranking.png")

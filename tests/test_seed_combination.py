@@ -112,6 +112,8 @@ def test_two_phase_study_with_early_stopping_and_tasks(tmp_path, tiny_study):
     assert "Phase 1 trained 3 configurations (" in html and "for 4.1k tokens each" in html
     assert "<li>Phase 2 trains 1 configuration, the top 1 by phase-1 val_loss: " in html
     assert f"<li>{slow} (lr=1e-05, seed 0): stopped_early at step {step}</li>" in html
+    # its ranking figure shows the stopped run at its last value (figures.final_metric)
+    assert "a run that stopped early is a hollow dot at its last evaluated value" in html
     for heading in ("continuation acc", "sentiment acc", "sentiment_ft acc", "test ppl"):
         assert f"<th>{heading}</th>" in html, heading
     figures = {"plots/tasks.png": "tasks", "plots/loss_curves.png": "loss_curves",
@@ -125,4 +127,4 @@ def test_two_phase_study_with_early_stopping_and_tasks(tmp_path, tiny_study):
     assert not rules, rules  # finished: nothing re-plans
     snakemake(tmp_path, "--report", "results/tiny/report.html")  # phase 1's ranking filed too
     report = (res / "report.html").read_text()
-    assert "diverged have no final value and are never selected" in report  # its caption
+    assert "A run that stopped early is a hollow dot at its last evaluated value" in report

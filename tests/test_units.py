@@ -14,6 +14,7 @@ from lmablate.units import (
     fmt_params,
     fmt_seconds,
     fmt_tokens,
+    plural,
 )
 
 
@@ -62,3 +63,19 @@ def test_plan_columns_show_a_missing_value_as_a_dash_and_nan_stays_nan():
     assert fmt_count(math.nan) == "nan"
     assert fmt_count(-2_048) == "-2.05k"
 
+
+
+@pytest.mark.parametrize(("n", "noun", "many", "text"), [
+    pytest.param(1, "run", None, "1 run", id="one"),
+    pytest.param(0, "run", None, "0 runs", id="zero"),
+    pytest.param(3, "seed", None, "3 seeds", id="many"),
+    pytest.param(1.0, "configuration", None, "1 configuration", id="whole-float"),
+    pytest.param(12_345, "token", None, "12,345 tokens", id="thousands"),
+    pytest.param(1, "degree of freedom", "degrees of freedom", "1 degree of freedom",
+                 id="irregular-one"),
+    pytest.param(2, "degree of freedom", "degrees of freedom", "2 degrees of freedom",
+                 id="irregular-many"),
+    pytest.param("1.2k", "run", None, "1.2k runs", id="formatted"),
+])
+def test_plural_is_singular_for_exactly_one(n, noun, many, text):
+    assert plural(n, noun, many) == text

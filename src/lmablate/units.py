@@ -22,13 +22,16 @@ function        used for                                     prefixes   digits  
 
 A value that rounds up to 1000 of one prefix is written with the next (999,999 -> "1.00M", not
 "1000.00k"). ``None`` is "-" for the plan's columns (``fmt_amount``, ``fmt_flops``,
-``fmt_bytes``, ``fmt_seconds``), whose rows may lack an estimate.
+``fmt_bytes``, ``fmt_seconds``), whose rows may lack an estimate. ``plural`` writes a count with
+its noun ("1 run", "3 runs").
 """
 
 from __future__ import annotations
 
+import numbers
+
 __all__ = ["fmt_amount", "fmt_bytes", "fmt_count", "fmt_flops", "fmt_params", "fmt_seconds",
-           "fmt_tokens"]
+           "fmt_tokens", "plural"]
 
 COUNT = ("k", "M", "B", "T")  # thousand, million, billion, trillion
 COUNT_K = ("K", "M", "B", "T")  # the solver's and the train log's spelling of thousand
@@ -52,6 +55,15 @@ def _scaled(n: float, prefixes: tuple[str, ...], spec: str, small: str) -> str:
         if not abs(float(text)) >= 1000 or exp == len(prefixes):
             return text + prefixes[exp - 1]
         exp += 1
+
+
+def plural(n: float, noun: str, many: str | None = None) -> str:
+    """A count and its noun, singular for exactly one: ``plural(1, "run")`` -> "1 run",
+    ``plural(3, "run")`` -> "3 runs", ``plural(2, "degree of freedom", "degrees of freedom")``;
+    ``n`` may be a formatted number ("1.2k runs"). lmablate's "N things" go through it."""
+    word = noun if n == 1 else (many or noun + "s")
+    whole = isinstance(n, numbers.Integral) or (isinstance(n, float) and n.is_integer())
+    return f"{int(n):,} {word}" if whole else f"{n} {word}"
 
 
 def fmt_count(n: float) -> str:

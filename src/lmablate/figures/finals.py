@@ -19,10 +19,12 @@ from lmablate.figures.style import (
     METRIC_LABELS,
     REFERENCE_COLOR,
     SELECTED_COLOR,
+    STOPPED_COLOR,
     _ci_text,
     _empty,
     _finish,
     _limits_with_intervals,
+    _num,
     _ok,
     _order,
     _palette_for,
@@ -34,6 +36,7 @@ from lmablate.figures.style import (
 from lmablate.results.columns import INCLUDED_STATUSES
 from lmablate.results.stats import summarize
 from lmablate.results.summary import reference_group
+from lmablate.units import plural
 
 __all__ = ["final_metric", "calibration"]
 
@@ -50,7 +53,10 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     geometric mean exp(mean loss) with exp of the loss's t-interval, on a log axis; a symmetric
     interval on perplexity itself would run below zero. ``selected``: run IDs drawn as stars,
     their groups' labels in green (a two-phase study's phase-1 ranking: the runs phase 2 trains).
-    ``higher``: whether higher is better (default: known metrics such as accuracy).
+    ``higher``: whether higher is better (default: known metrics such as accuracy). A run that
+    stopped early (early stopping, ``stop_tokens``) is a hollow dot at its last evaluated value,
+    marked with the step it stopped at: never in a mean, and its group ranked after the groups
+    with a final value.
     """
     style()
     geometric = metric == "val_ppl" if geometric is None else geometric
@@ -58,17 +64,23 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     ref, _ = reference_group(runs, baseline)
     ok = _ok(runs)
     ok = ok[ok[metric].notna()] if metric in ok else ok.iloc[0:0]
+    stopped = _stopped(runs, metric)
     order = _order(runs, metric, higher)
+    ended = stopped.groupby("group", observed=True)[metric].mean()
+    ended = [g for g in ended.sort_values(ascending=not higher).index if g not in set(ok.group)]
+    order = [g for g in order if g in set(ok.group)] + ended + \
+        [g for g in order if g not in set(ok.group) and g not in ended]
     hidden = max(0, len(order) - max_groups)
     order = order[:max_groups]
     label = METRIC_LABELS.get(metric, metric)
-    if not len(ok):
+    if not len(ok) and not len(stopped):
         return _empty(title or label.capitalize(), f"No run has a final {metric}.")
     pal = group_palette(runs.group, ref)
     starred = ok[ok.run_id.isin(list(selected))]  # the selected runs (stars), once
     fig, ax = _subplots(figsize=(10, 0.42 * len(order) + 2.2))
     stats = {g: _summary(ok[ok.group == g][metric].tolist(), geometric) for g in order}
-    values = ok[ok.group.isin(order)][metric].tolist()
+    values = ok[ok.group.isin(order)][metric].tolist() + \
+        stopped[stopped.group.isin(order)][metric].tolist()
     if geometric:
         ax.set_xscale("log")
     bounds = [v for st_ in stats.values() if st_ is not None and st_.n > 1
@@ -81,11 +93,24 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
     ax.set_ylim(len(order) - 0.5, -0.5)
     trans = blended_transform_factory(ax.transAxes, ax.transData)
     clipped = False
-    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES) & ~runs.run_id.isin(stopped.run_id)]
     for i, g in enumerate(order):
         s = stats[g]
         nb = bad[bad.group == g]
         fail = (f"  +{len(nb)} {'/'.join(sorted(set(nb.status)))}" if len(nb) else "")
+        early = stopped[stopped.group == g]
+        if len(early):
+            ax.scatter(early[metric], [i] * len(early), s=46, facecolor="white",
+                       edgecolor=pal[g], lw=1.6, zorder=5)
+            said = _stopped_text(early, metric)
+            fail = f"{said}; {fail.strip()}" if fail else said
+            if s is None:
+                ax.text(1.04, i, said, transform=trans, va="center", fontsize=8,
+                        color=STOPPED_COLOR)
+                if len(nb):
+                    ax.text(1.04, i + 0.32, f"+{len(nb)} {'/'.join(sorted(set(nb.status)))}",
+                            transform=trans, va="center", fontsize=7.5, color=DIVERGED_COLOR)
+                continue
         if s is not None:
             if s.n > 1:
                 clipped |= _whisker(ax, s.mean, s.ci_low, s.ci_high, i, pal[g])
@@ -100,10 +125,11 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
             ax.text(1.04, i, _ci_text(s), transform=trans, va="center", fontsize=8)
             if fail:
                 ax.text(1.04, i + 0.32, fail.strip(), transform=trans, va="center", fontsize=7.5,
-                        color=DIVERGED_COLOR)
+                        color=STOPPED_COLOR if len(early) and not len(nb) else DIVERGED_COLOR)
         else:
-            ax.text(0.5, i, f"all {len(nb)} seed(s) {'/'.join(sorted(set(nb.status)))}: "
-                    "no final value", transform=trans, ha="center", va="center", fontsize=8.5,
+            seeds = "the seed" if len(nb) == 1 else f"all {len(nb)} seeds"
+            ax.text(0.5, i, f"{seeds} {'/'.join(sorted(set(nb.status)))}: no final value",
+                    transform=trans, ha="center", va="center", fontsize=8.5,
                     color=DIVERGED_COLOR)
     if ref is not None and stats.get(ref) is not None:
         ax.axvline(stats[ref].mean, color=REFERENCE_COLOR, ls="--", lw=1, zorder=1)
@@ -128,13 +154,36 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
                      "the data; its full range is printed at the right. With few seeds the "
                      "t-interval is very wide (n=2: ±12.7 standard errors).")
     if hidden:
-        notes.append(f"{hidden} more group(s) not shown; all are in analysis.txt and runs.csv.")
+        notes.append(f"{plural(hidden, 'more group')} not shown; all are in analysis.txt and "
+                     "runs.csv.")
     sub = ("dot: geometric mean over seeds (exp of the mean loss); small dots: seeds; whisker: "
            "exp of the 95% Student-t interval of the mean loss" if geometric else
            "dot: mean over seeds; small dots: seeds; whisker: 95% Student-t interval of the mean")
     if chosen_groups:
         sub += "; star, label in green: selected"
+    if len(stopped):
+        sub += ("; hollow dot: the last evaluated value of a run that stopped early (in no mean, "
+                "never selected)")
     return _finish(fig, title or f"{name[0].upper()}{name[1:]} per group, best first", sub, notes)
+
+
+def _stopped(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The runs that stopped early and have a value of ``metric`` (their last evaluation)."""
+    if metric not in runs:
+        return runs.iloc[0:0]
+    return runs[(runs.status == "stopped_early") & runs[metric].notna()]
+
+
+def _stopped_text(early: pd.DataFrame, metric: str) -> str:
+    """"stopped early at step 12: 3.456" (one run) or "2 seeds stopped early at steps 12,
+    14": what the figure says beside a group's runs that stopped early."""
+    steps = [int(v) for v in early.get("stopped_early_at_step", pd.Series(dtype=float))
+             if pd.notna(v)]
+    at = f" at step{'s' if len(steps) > 1 else ''} {', '.join(f'{v:,}' for v in steps)}" \
+        if steps else ""
+    if len(early) == 1:
+        return f"stopped early{at}: {_num(float(early[metric].iloc[0]))}"
+    return f"{plural(len(early), 'seed')} stopped early{at}"
 
 
 def _summary(values: Sequence[float], geometric: bool) -> Any:
@@ -190,8 +239,8 @@ def calibration(runs: pd.DataFrame, reliability: pd.DataFrame, baseline: str = "
     hx.set_yscale("log")
     hx.set_ylabel("share of tokens (log)")
     hx.set_xlabel("confidence of the top-1 prediction (bin mean)")
-    notes = [f"{hidden} more group(s) not shown (the reference and the best by loss are); every "
-             "run's bins are in reliability.parquet."] if hidden else []
+    notes = [f"{plural(hidden, 'more group')} not shown (the reference and the best by loss "
+             "are); every run's bins are in reliability.parquet."] if hidden else []
     return _finish(fig, title or "Calibration: reliability diagram of the final evaluation",
                    "seeds pooled per group, weighted by tokens per bin; points above the "
                    "diagonal: under-confident; ECE = token-weighted |accuracy - confidence|",

@@ -32,11 +32,12 @@ from lmablate.results.columns import INCLUDED_STATUSES, PRIMARY
 from lmablate.results.stats import summarize
 
 __all__ = ["style", "group_palette", "save", "remove_stale", "REFERENCE_COLOR", "DIVERGED_COLOR",
-           "SELECTED_COLOR", "METRIC_LABELS", "SOFTWARE"]
+           "SELECTED_COLOR", "STOPPED_COLOR", "METRIC_LABELS", "SOFTWARE"]
 
 REFERENCE_COLOR = "#3a3a3a"
 DIVERGED_COLOR = "#c0392b"
 SELECTED_COLOR = "#1e8449"
+STOPPED_COLOR = "#b9770e"  # a run that stopped early: ended, not failed
 METRIC_LABELS = {
     "loss": "validation loss (nats/token)", "val_loss": "final validation loss (nats/token)",
     "best_val_loss": "best validation loss (nats/token)",

@@ -211,7 +211,9 @@ def _phase1_section(phase1: Mapping[str, Any]) -> list[str]:
         parts.append(_figure("phase1/ranking", {"path": phase1["figure"], "what": (
             f"Phase 1: each configuration's {chosen['metric']}, best first (mean over seeds "
             "with a 95% interval); the configurations that go on to phase 2 are starred, their "
-            "labels green; runs that stopped early or diverged have no final value.")}))
+            "labels green; a run that stopped early is a hollow dot at its last evaluated "
+            "value, marked with its step; runs that stopped early or diverged are never "
+            "selected.")}))
     return parts
 
 
