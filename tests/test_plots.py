@@ -199,7 +199,7 @@ def test_figures_without_data_say_why(tmp_path):
                        ("moe_load", "No run logged expert load"),
                        ("scaling_law", "no scaling law is fitted"),
                        ("calibration", "No completed run has reliability bins"),
-                       ("lr_sensitivity", "does not vary")):
+                       ("lr_sensitivity", "One learning rate (0.003): no trend to show")):
         fig = figures.draw(kind, runs, curves, reliability=rel)
         assert text in _texts(fig), kind
 
@@ -508,3 +508,58 @@ def test_a_run_that_stopped_early_shows_its_last_value_and_step(tmp_path):
     assert "1.000 (n=1, no interval)" not in texts  # mixed: the mean of its finished seed only
     assert "2.900  (n=1, no interval)" in texts
     figures.save(fig, tmp_path / "ranking.png")
+
+
+def test_an_lr_figure_at_one_lr_draws_the_point_and_says_there_is_no_trend(tmp_path):
+    """A study at one LR (a figure picked by name): the configurations are diamonds with their
+    seeds and intervals, and the panel says why there is no line."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"base-s{s}", seed=s, val_loss=2.0 + 0.1 * s) for s in (0, 1)]
+    dirs += [write_run(root, f"wide-s{s}", variant="wide", seed=s, val_loss=1.8 + 0.1 * s,
+                       diff={"model.d_model": 64}) for s in (0, 1)]
+    runs, _, _ = collect(dirs)
+    fig = figures.lr_sensitivity(runs)
+    ax = fig.axes[0]
+    assert "One learning rate (0.003): no trend to show. Sweep train.lr to see one." in \
+        " ".join(_texts(fig).split())
+    diamonds = sorted((float(ln.get_xdata()[0]), round(float(ln.get_ydata()[0]), 6))
+                      for ln in ax.lines if ln.get_marker() == "D")
+    assert [y for _, y in diamonds] == [2.05, 1.85]  # side by side at the one LR
+    assert diamonds[0][0] < 3e-3 < diamonds[1][0] < 3.5e-3
+    lo, hi = ax.get_xlim()
+    assert lo == pytest.approx(1e-3) and hi == pytest.approx(9e-3)
+    seeds = sorted(round(float(y), 6) for c in ax.collections for _, y in c.get_offsets())
+    assert seeds == [1.8, 1.9, 2.0, 2.1]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["baseline (one LR, n=2)", "wide (one LR, n=2)"]
+    figures.save(fig, tmp_path / "one_lr.png")
+
+
+def test_an_lr_sweep_with_one_finished_lr_says_there_is_no_trend(tmp_path):
+    """Three LRs of which only the lowest finished: its point, the other two as crosses, and
+    the panel says the trend is missing and why."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"lr{lr}", lr=lr, val_loss=2.0 if lr == 1e-3 else None,
+                      status="completed" if lr == 1e-3 else "diverged",
+                      diff={} if lr == 1e-3 else {"train.lr": lr}) for lr in (1e-3, 1e-2, 1e-1)]
+    runs, _, _ = collect(dirs)
+    fig = figures.lr_sensitivity(runs)
+    ax = fig.axes[0]
+    assert "One learning rate with a result per configuration: no trend to show; 2 runs at " \
+        "other LRs did not finish (crosses at the top edge)." in " ".join(_texts(fig).split())
+    assert not [ln for ln in ax.lines if ln.get_marker() == "*" and len(ln.get_xdata())]
+    lo, hi = ax.get_ylim()
+    assert lo < 2.0 < hi
+    figures.save(fig, tmp_path / "one_finished_lr.png")
+
+
+def test_a_loss_vs_axis_panel_with_one_finished_value_says_there_is_no_trend(tmp_path):
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"d{d}", model={"d_model": d}, axes={"model.d_model": d},
+                      diff={"model.d_model": d}, val_loss=2.5 if d == 32 else None,
+                      status="completed" if d == 32 else "diverged") for d in (32, 64, 128)]
+    runs, _, _ = collect(dirs)
+    fig = figures.metric_vs_axis(runs)
+    assert "Only d_model = 32 has a result: no trend to show; 2 runs at other values did not " \
+        "finish (crosses at the top edge)." in " ".join(_texts(fig).split())
+    figures.save(fig, tmp_path / "one_value.png")

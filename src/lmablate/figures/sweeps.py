@@ -41,6 +41,7 @@ from lmablate.results.columns import INCLUDED_STATUSES
 from lmablate.results.shape import DERIVED_AXES
 from lmablate.results.stats import summarize
 from lmablate.results.summary import reference_group
+from lmablate.units import plural
 
 __all__ = ["heatmap", "lr_sensitivity", "lr_finder", "metric_vs_axis"]
 
@@ -117,7 +118,8 @@ def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
     if rest:
         sub += "; best over " + ", ".join(_axis_name(a) for a in rest)
     if others:
-        sub += f"; not shown: variant(s) {', '.join(others)}"
+        sub += f"; not shown: {'variant' if len(others) == 1 else 'variants'} " \
+            f"{', '.join(others)}"
     return _finish(fig, title or f"Final validation loss over {_axis_name(y)} x {_axis_name(x)}"
                    + (f" by {_axis_name(facet)}" if facet else ""), sub)
 
@@ -125,13 +127,14 @@ def heatmap(runs: pd.DataFrame, *, x: str | None = None, y: str | None = None,
 def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: str = "val_loss",
                    max_whiskers: int = 6, title: str | None = None) -> plt.Figure:
     """Final ``metric`` against the learning rate (log x), one line per configuration (runs that
-    differ only in LR, :func:`lmablate.results.harvest.lr_lines`); each line's best LR starred; runs
-    that
-    did not complete as crosses on the top edge at their LR. Interval whiskers (slightly offset
-    per line) up to ``max_whiskers`` lines; beyond that only the seeds are drawn."""
+    differ only in LR, :func:`lmablate.results.harvest.lr_lines`); each line's best LR starred;
+    runs that did not complete as crosses on the top edge at their LR. Interval whiskers
+    (slightly offset per line) up to ``max_whiskers`` lines; beyond that only the seeds are
+    drawn. A configuration at one LR is a diamond with its seeds and interval; where no
+    configuration has results at two LRs, the panel says there is no trend to show."""
     style()
-    if "train.lr" not in runs or runs["train.lr"].nunique() < 2:
-        return _empty(title or "Learning-rate sensitivity", "The learning rate does not vary.")
+    if "train.lr" not in runs or not runs["train.lr"].notna().any():
+        return _empty(title or "Learning-rate sensitivity", "No run has a learning rate.")
     ref, _ = reference_group(runs, baseline)
     runs = runs_all = runs.assign(line=lr_lines(runs))
     ok = ok_all = _ok(runs)
@@ -141,12 +144,17 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     single = sorted(n_lr[n_lr < 2].index)
     runs = runs[runs.line.isin(n_lr[n_lr >= 2].index)]
     ok = ok[ok.line.isin(runs.line)]
+    with_result = ok_all.groupby("line")["train.lr"].nunique()
+    flat = bool(len(with_result) and with_result.max() < 2)  # no line has two LRs with results
     fig, ax = _subplots(figsize=(10.5, 6))
     ax.set_xscale("log")
-    show_ref = bool(np.isfinite(ref_mean) and not (ok.group == ref).any())
-    if len(ok):  # the reference line must stay inside the axes, however far from the sweep
-        ax.set_ylim(*_data_limits(ok[metric].tolist() + ([ref_mean] if show_ref else []),
-                                  pad=0.1))
+    show_ref = bool(np.isfinite(ref_mean) and len(ok) and not (ok.group == ref).any())
+    if show_ref:  # drawn as the reference line, not as a point of its own
+        single = [k for k in single if not (runs_all[runs_all.line == k].group == ref).all()]
+    shown = ok if len(ok) else ok_all  # the reference line stays inside the axes, however far
+    if len(shown):
+        limits = _data_limits(shown[metric].tolist() + ([ref_mean] if show_ref else []), pad=0.1)
+        ax.set_ylim(*(_room_below(limits) if flat else limits))
     if show_ref:
         ref_lr = runs_all.loc[runs_all.group == ref, "train.lr"].dropna().unique()
         ax.axhline(ref_mean, color=REFERENCE_COLOR, ls="--", lw=1,
@@ -179,8 +187,9 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                     lw=1.8, ms=5, zorder=4,
                     label=f"{key} (n={'/'.join(map(str, ns))} per LR)")
             best = min(pts, key=lambda p: p[1].mean)
-            ax.plot(best[0] * dodge, best[1].mean, "*", color=pal[key], ms=15, mec="black",
-                    mew=0.6, zorder=5)
+            if len(pts) > 1:  # a best LR needs two LRs with a result
+                ax.plot(best[0] * dodge, best[1].mean, "*", color=pal[key], ms=15,
+                        mec="black", mew=0.6, zorder=5)
     bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
     if len(bad):
         trans = blended_transform_factory(ax.transData, ax.transAxes)
@@ -189,20 +198,33 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                        color=pal.get(key, DIVERGED_COLOR), transform=trans, clip_on=False,
                        zorder=6)
         ax.scatter([], [], marker="x", color=DIVERGED_COLOR, label=f"did not complete "
-                   f"({len(bad)} runs; top edge, colour of their line)")
+                   f"({plural(len(bad), 'run')}; top edge, colour of their line)")
         lo, hi = ax.get_xlim()  # the markers do not autoscale: keep their LRs in view
         lrs = bad["train.lr"][bad["train.lr"] > 0]
         if len(lrs):
             ax.set_xlim(min(lo, lrs.min() / 1.25), max(hi, lrs.max() * 1.25))
-    for k, key in enumerate(single[:10]):  # one LR only: a point, not a line
+    shared = ok_all[ok_all.line.isin(single[:10])].groupby("train.lr").line.nunique()
+    for k, key in enumerate(single[:10]):  # one LR only: a point with its seeds, not a line
         sel = ok_all[ok_all.line == key]
         if len(sel):
             color = sns.color_palette("dark", 10)[k]
-            ax.plot(sel["train.lr"].mean(), sel[metric].mean(), "D", color=color, ms=7,
-                    mec="black", mew=0.6, zorder=5, label=f"{key} (one LR, n={len(sel)})")
-            if not len(ok):
-                ax.set_ylim(*_data_limits(ok_all[metric].tolist(), pad=0.1))
-    ax.plot([], [], "*", color="grey", ms=12, mec="black", label="best LR of the line")
+            s = summarize(sel[metric].tolist())
+            lr = float(sel["train.lr"].iloc[0])
+            if shared.get(lr, 1) > 1:  # configurations at the same LR side by side
+                lr *= 10 ** (0.03 * (k - (min(len(single), 10) - 1) / 2))
+            ax.scatter([lr] * len(sel), sel[metric], color=color, s=12, alpha=0.6, zorder=3)
+            if s.n > 1:
+                clipped |= _whisker(ax, s.mean, s.ci_low, s.ci_high, lr, color,
+                                    horizontal=False)
+            ax.plot(lr, s.mean, "D", color=color, ms=7, mec="black", mew=0.6, zorder=5,
+                    label=f"{key} (one LR, n={s.n})")
+    if runs_all["train.lr"].nunique() < 2:  # one LR: half a decade either side of it
+        lr = float(runs_all["train.lr"].dropna().iloc[0])
+        ax.set_xlim(lr / 3, lr * 3)
+    if flat:
+        _no_trend(ax, _one_lr_text(runs_all, ok_all))
+    elif len(lines):
+        ax.plot([], [], "*", color="grey", ms=12, mec="black", label="best LR of the line")
     ax.set_xlabel("peak learning rate (log scale)")
     _log_ticks(ax.xaxis, eng=False)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -216,8 +238,38 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
         notes.append(f"{len(lines)} lines: intervals are left out for legibility (seeds are "
                      "drawn); analysis.txt has every group's interval.")
     return _finish(fig, title or "Learning-rate sensitivity",
-                   "line: mean over seeds per LR; dots: seeds"
+                   ("line: mean over seeds per LR; " if len(lines) else "diamond: mean over "
+                    "seeds; ") + "dots: seeds"
                    + ("; whisker: 95% Student-t interval" if whiskers else ""), notes)
+
+
+def _one_lr_text(runs: pd.DataFrame, ok: pd.DataFrame) -> str:
+    """Why an LR figure has no trend: the study ran one LR, each configuration ran at one, or
+    only one LR of each configuration has a result."""
+    if runs["train.lr"].nunique() < 2:
+        return (f"One learning rate ({_num(float(runs['train.lr'].dropna().iloc[0]))}): no trend "
+                "to show. Sweep train.lr to see one.")
+    if runs.groupby("line")["train.lr"].nunique().max() < 2:
+        return ("Each configuration ran at one learning rate: no trend to show. Sweep train.lr "
+                "within a configuration to see one.")
+    lost = len(runs) - len(ok)
+    return (f"One learning rate with a result per configuration: no trend to show; "
+            f"{plural(lost, 'run')} at other LRs did not finish (crosses at the top edge).")
+
+
+def _room_below(limits: tuple[float, float]) -> tuple[float, float]:
+    """Y limits grown downward by a band for :func:`_no_trend`'s text, so it covers no point
+    (set before anything is drawn: whiskers are clipped to the limits they meet)."""
+    lo, hi = limits
+    return lo - 0.45 * (hi - lo), hi
+
+
+def _no_trend(ax: plt.Axes, text: str) -> None:
+    """Say inside the axes, in the band :func:`_room_below` made, that a figure of a trend has
+    one point per line."""
+    ax.text(0.5, 0.04, "\n".join(textwrap.wrap(text, 60)), transform=ax.transAxes,
+            ha="center", va="bottom", fontsize=9.5, color="#333333", zorder=7,
+            bbox={"boxstyle": "round,pad=0.4", "fc": "#f4f4f4", "ec": "#bbbbbb"})
 
 
 def lr_finder(results: Sequence[Mapping[str, Any]], path: str | Path | None = None, *,
@@ -345,8 +397,8 @@ def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: s
                     out["clipped"] |= _whisker(ax, e.mean, e.lo, e.hi, e.x, color,
                                                horizontal=False)
             best = s.loc[s["mean"].idxmin()]
-            ax.plot(best.x, best["mean"], "*", color=color, ms=15, mec="black", mew=0.6,
-                    zorder=5)
+            ax.plot(best.x, best["mean"], "*" if len(s) > 1 else "o", color=color,
+                    ms=15 if len(s) > 1 else 6, mec="black", mew=0.6, zorder=5)
     elif len(st):
         ax.scatter(st.x, st["mean"], s=16, color="#9a9a9a", alpha=0.6, lw=0, zorder=2,
                    label=f"configuration mean ({len(st)})")
@@ -373,6 +425,11 @@ def _axis_panel(ax: plt.Axes, rows: pd.DataFrame, axis: str, metric: str, ref: s
         ax.scatter(bad["_x"], [0.98] * len(bad), marker="x", s=50, lw=2, color=DIVERGED_COLOR,
                    transform=trans, clip_on=False, zorder=6)
         out["bad"] = len(bad)
+    if len(st) and st.x.nunique() < 2:  # a trend needs results at two values of the axis
+        lost = f"; {plural(len(bad), 'run')} at other values did not finish (crosses at the " \
+            "top edge)" if len(bad) else ""
+        _no_trend(ax, f"Only {_axis_name(axis)} = {st.x.iloc[0]:.4g} has a result: no trend "
+                  f"to show{lost}.")
     _set_value_ticks(ax, xs.tolist(), log)
     ax.set_xlabel(_axis_label(axis) + (" (log scale)" if log else ""))
     if ax.get_legend_handles_labels()[0]:
@@ -425,6 +482,9 @@ def metric_vs_axis(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                          sharey=True, squeeze=False)
     vals = ok[metric].tolist() + ok.groupby("group", observed=True)[metric].mean().tolist()
     ylim = _data_limits(vals, pad=0.1)
+    recs = ok.to_dict("records")
+    if any(len({axis_value(r, a) for r in recs} - {None}) < 2 for a in axes):
+        ylim = _room_below(ylim)  # a panel says it has no trend (one value with results)
     info = []
     for ax, axis in zip(axs.flat, axes):
         ax.set_ylim(*ylim)
