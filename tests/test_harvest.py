@@ -101,7 +101,7 @@ def test_text_outputs_state_the_numbers(ablation, tmp_path):
     md = (out / "RESULTS.md").read_text()
     assert "| 3 | wider | 3 | 1.4000 |" in md
     assert "![loss_curves](plots/loss_curves.png)" in md
-    assert "1 run(s) did not complete" in md
+    assert "1 run did not complete and is left out of the statistics" in md
     for name in ("runs.parquet", "runs.csv", "curves.parquet", "reliability.parquet",
                  "summary.json"):
         assert (out / name).is_file()
@@ -339,3 +339,23 @@ def test_expert_load_gini_and_entropy_start_and_end(tmp_path):
     assert ("Expert load of baseline (mean of 2 seeds, 4 experts): the Gini coefficient "
             "started at 0.210 and finished at 0.240 (0 = even, 1 = one expert takes all); the "
             "Shannon entropy started at 1.790 and finished at 1.760 bits (2.000 = even).") in md
+
+
+def test_one_run_is_written_in_the_singular(tmp_path):
+    """RESULTS.md, analysis.txt and the findings say "1 run", "1 group", never "1 runs"."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "base", val_loss=2.0),
+            write_run(root, "boom", variant="boom", status="diverged", val_loss=None,
+                      diff={"train.lr": 1.0})]
+    harvest(dirs[:1], tmp_path / "one", study="one")
+    md = (tmp_path / "one" / "RESULTS.md").read_text()
+    assert "1 run (1 completed) in 1 group. " in md
+    assert "1 run in 1 group: 1 completed." in (tmp_path / "one" / "analysis.txt").read_text()
+    harvest(dirs, tmp_path / "two", study="two")
+    md = (tmp_path / "two" / "RESULTS.md").read_text()
+    assert "2 runs (1 completed, 1 diverged) in 2 groups. " in md
+    assert "1 run did not complete and is left out of the statistics: boom: 1 diverged." in md
+    texts = [(tmp_path / d / f).read_text() for d in ("one", "two")
+             for f in ("RESULTS.md", "analysis.txt")]
+    for bad in ("1 runs", "1 groups", "1 seeds", "1 configurations", "(s)"):
+        assert not any(bad in t for t in texts), bad

@@ -220,9 +220,9 @@ SEED_ANSWERS = {
           for g in CS336_GROUPS),
         r"\| baseline \| 1 \| [0-9.]+ \| \(one seed\) \| [0-9.]+ \| \(reference\) \|",
         # the no-norm LR sweep: the best LR that trains, the one that diverged
-        rf"Learning rate: of 1 configurations run at two or more LRs, the lowest mean val loss "
+        rf"Learning rate: of 1 configuration run at two or more LRs, the lowest mean val loss "
         rf"is at lr = {NUM} for 1 \(no_layer_norm\)\. Did not complete at lr = 0\.1\.",
-        r"1 run\(s\) did not complete and are left out of the statistics: no_layer_norm, "
+        r"1 run did not complete and is left out of the statistics: no_layer_norm, "
         r"lr=0\.1: 1 diverged\.",
     ]),
     "quick_ablations": ({"plots/final_val_loss": "final_metric",
@@ -288,7 +288,7 @@ def test_shape_at_equal_size_is_stated():
     findings = summarize_runs(runs, curves, "baseline")["findings"]
     assert ("Shape at equal size, over the parameter buckets whose configurations differ in it: "
             "the best configuration of a bucket has the highest d_ff/d_model of its bucket in 0 "
-            "of 1 buckets (the lowest in 1); the highest n_layers/n_heads of its bucket in 2 of 2 "
+            "of 1 bucket (the lowest in 1); the highest n_layers/n_heads of its bucket in 2 of 2 "
             "buckets (the lowest in 0).") in findings  # d_model/n_layers never differs in one
 
 

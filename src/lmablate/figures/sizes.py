@@ -41,7 +41,7 @@ from lmablate.results.scaling import fit_study, predict
 from lmablate.results.shape import size_bucket
 from lmablate.results.stats import pareto_front, summarize
 from lmablate.results.summary import reference_group
-from lmablate.units import fmt_count, fmt_tokens
+from lmablate.units import fmt_count, fmt_tokens, plural
 
 __all__ = ["params_vs_loss", "scaling_law", "pareto", "best_per_size", "X_LABELS"]
 
@@ -81,7 +81,7 @@ def params_vs_loss(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     front = pareto_front(g.p.tolist(), g["mean"].tolist())
     fx, fy = g.p.to_numpy()[front], g["mean"].to_numpy()[front]
     ax.step(fx, fy, where="post", color="black", lw=1.3, ls="--", zorder=4,
-            label=f"Pareto frontier ({len(front)} groups)")
+            label=f"Pareto frontier ({plural(len(front), 'group')})")
     if len(front) <= 12:
         for k, i in enumerate(front):
             ax.annotate(g.group.iloc[i], (fx[k], fy[k]), xytext=(6, -12 if k % 2 else 6),
@@ -93,14 +93,15 @@ def params_vs_loss(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
         trans = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(bad[params], [0.985] * len(bad), marker="x", color=DIVERGED_COLOR, s=40,
                    transform=trans, clip_on=False, zorder=5,
-                   label=f"did not complete ({len(bad)} runs, top edge)")
+                   label=f"did not complete ({plural(len(bad), 'run')}, top edge)")
     ax.set_xlabel(("total" if params == "params_total" else "non-embedding")
                   + " parameters (log scale)")
     _log_ticks(ax.xaxis)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.legend(loc="upper right")
     return _finish(fig, title or "Parameters vs final validation loss",
-                   f"{len(g)} groups, {len(ok)} completed runs; dashed: Pareto frontier"
+                   f"{plural(len(g), 'group')}, {plural(len(ok), 'completed run')}; dashed: Pareto "
+                   "frontier"
                    + (f"; colour: {_axis_name(color_by)}" if color_by else ""))
 
 
@@ -124,7 +125,8 @@ def scaling_law(runs: pd.DataFrame, fit: Mapping[str, Any] | None = None, *,
     ax.set_xscale("log")
     if len(rest):
         ax.scatter(rest[col], rest[metric], s=14, color="#bbbbbb", zorder=2,
-                   label=f"other settings at the same sizes ({len(rest)} runs, not fitted)")
+                   label=f"other settings at the same sizes ({plural(len(rest), 'run')}, not "
+                         "fitted)")
     budgets = fit.get("budgets") or []
     pal = dict(zip(budgets, sns.color_palette("crest", max(len(budgets), 1))))
     if len(budgets) > 1:
@@ -134,7 +136,7 @@ def scaling_law(runs: pd.DataFrame, fit: Mapping[str, Any] | None = None, *,
                        label=f"seeds of fitted groups, D = {fmt_tokens(d)} tokens")
     else:
         ax.scatter(used[col], used[metric], s=14, color="#4c72b0", alpha=0.6, zorder=3, lw=0,
-                   label=f"seeds of the fitted groups ({len(used)} runs)")
+                   label=f"seeds of the fitted groups ({plural(len(used), 'run')})")
     means = used.groupby("group", observed=True).agg(n=(col, "mean"), loss=(metric, "mean"))
     ax.scatter(means.n, means.loss, s=55, color="#4c72b0", edgecolor="black", lw=0.8, zorder=4,
                label=f"fitted points: best group per size, mean over seeds ({len(means)})")
@@ -232,7 +234,7 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
     ax.set_ylim(*_data_limits(ok[metric].tolist(), pad=0.12))
     ax.set_xlim(*_data_limits(ok["_x"].tolist(), pad=0.1, log=log))
     ax.scatter(ok["_x"], ok[metric], s=12, color="#9a9a9a", alpha=0.5, lw=0, zorder=2,
-               label=f"seeds ({len(ok)} runs)")
+               label=f"seeds ({plural(len(ok), 'run')})")
     off = st[~st.index.isin(on.index)]
     if len(off):
         ax.scatter(off.x, off["mean"], s=40, color="#bcbcbc", edgecolor="#666666", lw=0.6,
@@ -266,7 +268,7 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
         trans = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(bad[x], [0.98] * len(bad), marker="x", color=DIVERGED_COLOR, s=45, lw=2,
                    transform=trans, clip_on=False, zorder=6,
-                   label=f"did not complete ({len(bad)} runs, top edge)")
+                   label=f"did not complete ({plural(len(bad), 'run')}, top edge)")
     ax.set_xlabel(what + ("; log scale" if log else ""))
     if log:
         _log_ticks(ax.xaxis)
@@ -281,7 +283,8 @@ def pareto(runs: pd.DataFrame, baseline: str = "baseline", *, x: str | None = No
         notes.append(f"{len(on)} frontier points: their intervals are listed at the right, not "
                      "drawn.")
     if len(on) > max_labels:
-        notes.append(f"{len(on) - max_labels} more frontier configurations are not named.")
+        notes.append(f"{plural(len(on) - max_labels, 'more frontier configuration')} not "
+                     "named.")
     return _finish(fig, title or f"Compute vs quality: {what.split(' (')[0]} against "
                    f"{METRIC_LABELS.get(metric, metric).split(' (')[0]}",
                    "green: the Pareto frontier, each configuration no cheaper one beats (mean "

@@ -23,6 +23,7 @@ from lmablate.figures.style import DIVERGED_COLOR, group_palette, style
 from lmablate.results.columns import INCLUDED_STATUSES
 from lmablate.results.stats import summarize
 from lmablate.results.summary import reference_group
+from lmablate.units import plural
 
 __all__ = ["plot_tasks", "task_names"]
 
@@ -120,7 +121,8 @@ def plot_tasks(runs: Any, baseline: str = "baseline", *, tasks: Sequence[str] | 
                      "data (n=2 seeds: +-12.7 standard errors).")
     bad = runs[~runs.status.isin(INCLUDED_STATUSES)] if "status" in runs else runs.iloc[0:0]
     if len(bad):
-        notes.append(f"{len(bad)} run(s) not scored ({', '.join(sorted(set(bad.status)))}).")
+        notes.append(f"{plural(len(bad), 'run')} not scored "
+                     f"({', '.join(sorted(set(bad.status)))}).")
     fig.suptitle(title or "Downstream tasks per group", x=0.01, ha="left", fontweight="bold")
     fig.supxlabel("\n".join(textwrap.fill(n, 150) for n in notes), fontsize=7.5, x=0.01,
                   ha="left", color="#555555")

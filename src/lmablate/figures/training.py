@@ -33,7 +33,7 @@ from lmablate.figures.style import (
 from lmablate.results.columns import INCLUDED_STATUSES, progress_column
 from lmablate.results.shape import spans_sizes
 from lmablate.results.summary import reference_group
-from lmablate.units import fmt_tokens
+from lmablate.units import fmt_tokens, plural
 
 __all__ = ["efficiency", "moe_load"]
 
@@ -208,7 +208,7 @@ def moe_load(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str = "baseline
         ax.set_ylabel(label)
         if k == 1:  # one legend for both, beside them: it hides no curve
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    notes = [f"{hidden} more MoE group(s) not shown."] if hidden else []
+    notes = [f"{plural(hidden, 'more MoE group')} not shown."] if hidden else []
     notes.append("Bands extend beyond the axes where the 95% interval is wider than the data "
                  "(few seeds).")
     return _finish(fig, title or "Mixture-of-experts routing load",

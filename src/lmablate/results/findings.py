@@ -14,7 +14,7 @@ from lmablate.results.columns import INCLUDED_STATUSES, PRIMARY
 from lmablate.results.efficiency import PHASE
 from lmablate.results.shape import DERIVED_AXES, finite, ratio, size_bucket
 from lmablate.study.sweep import format_value
-from lmablate.units import fmt_count
+from lmablate.units import fmt_count, plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,9 +39,11 @@ def state_findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
     if cmps:
         raw = [k for k, c in cmps.items() if c["p_value"] is not None and c["p_value"] < 0.05]
         adj = [k for k, c in cmps.items() if c.get("p_holm") is not None and c["p_holm"] < 0.05]
-        out.append(f"{len(raw)} of {len(cmps)} groups differ from {ref} in val loss at p < 0.05"
-                   + (f" ({', '.join(raw)})" if raw else "")
-                   + f"; {len(adj)} after Holm's correction for {len(cmps)} comparisons"
+        out.append(f"{len(raw)} of {plural(len(cmps), 'group')} "
+                   f"{'differs' if len(raw) == 1 else 'differ'} from {ref} in val loss at "
+                   "p < 0.05" + (f" ({', '.join(raw)})" if raw else "")
+                   + f"; {len(adj)} after Holm's correction for "
+                   f"{plural(len(cmps), 'comparison')}"
                    + (f" ({', '.join(adj)})." if adj else "."))
     ns = [e["n"] for e in groups.values() if e.get("n")]
     if ns and min(ns) <= 3:
@@ -51,7 +53,8 @@ def state_findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
         if n >= 2:
             out.append(f"Some groups have only n={n} seeds: the 95% t-interval of a mean is then "
                        f"±{t.ppf(0.975, n - 1) / math.sqrt(n):.2f} standard deviations wide "
-                       f"(t = {t.ppf(0.975, n - 1):.2f}, {n - 1} degree(s) of freedom); more seeds "
+                       f"(t = {t.ppf(0.975, n - 1):.2f}, "
+                       f"{plural(n - 1, 'degree of freedom', 'degrees of freedom')}); more seeds "
                        "narrow it faster than anything else.")
         else:
             out.append("Some groups have a single seed: they have no interval and no test.")
@@ -99,7 +102,8 @@ def state_findings(runs: pd.DataFrame, s: Mapping[str, Any]) -> list[str]:
     bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
     if len(bad):
         per = bad.groupby("group", observed=True).status.agg(lambda v: f"{len(v)} {v.iloc[0]}")
-        out.append(f"{len(bad)} run(s) did not complete and are left out of the statistics: "
+        out.append(f"{plural(len(bad), 'run')} did not complete and "
+                   f"{'is' if len(bad) == 1 else 'are'} left out of the statistics: "
                    + "; ".join(f"{g}: {v}" for g, v in per.items()) + ".")
     sc = s.get("scaling")
     if sc:
@@ -148,7 +152,7 @@ def _shape_finding(runs: pd.DataFrame, s: Mapping[str, Any]) -> str | None:
             best = round(of[b["group"]], 6)
             n, high, low = n + 1, high + (best == max(values)), low + (best == min(values))
         if n:
-            parts.append(f"the highest {name} of its bucket in {high} of {n} buckets "
+            parts.append(f"the highest {name} of its bucket in {high} of {plural(n, 'bucket')} "
                          f"(the lowest in {low})")
     if not parts:
         return None
@@ -172,8 +176,8 @@ def _lr_finding(runs: pd.DataFrame) -> str | None:
     if not best:
         return None
     n = sum(len(v) for v in best.values())
-    txt = (f"Learning rate: of {n} configurations run at two or more LRs, the lowest mean val "
-           "loss is at " + "; ".join(f"lr = {lr:g} for {len(v)}" + (f" ({' | '.join(v)})"
+    txt = (f"Learning rate: of {plural(n, 'configuration')} run at two or more LRs, the lowest "
+           "mean val loss is at " + "; ".join(f"lr = {lr:g} for {len(v)}" + (f" ({' | '.join(v)})"
                                                                     if len(v) <= 3 else "")
                                      for lr, v in sorted(best.items())) + ".")
     bad = runs[~runs.status.isin(INCLUDED_STATUSES)]

@@ -37,7 +37,7 @@ from lmablate.results.text import (
     ranking_rows,
     test_rows,
 )
-from lmablate.units import fmt_count
+from lmablate.units import fmt_count, plural
 
 __all__ = ["RUN_COLUMNS", "caption_html", "results_html", "write_results_page"]
 
@@ -202,9 +202,10 @@ def _phase1_section(phase1: Mapping[str, Any]) -> list[str]:
     items += [f"{r['run_id']} ({r['group']}, seed {r['seed']}): {r['status']}{ended_at(r)}"
               for r in runs[~runs.status.isin(INCLUDED_STATUSES)].to_dict("records")]
     parts = ["<h3>Phase 1: every configuration, short</h3>",
-             f"<p>Phase 1 trained {len(runs)} configurations ({_esc(counts)}){each}; the "
-             "ranking, runs and figures of this page are phase 2's, the selected configurations "
-             "at the full budget, except the figures named phase1/. Phase 1's tables and "
+             f"<p>Phase 1 trained {plural(len(runs), 'configuration')} ({_esc(counts)}){each}; "
+             "the ranking, runs and figures of this page are phase 2's, the selected "
+             "configurations at the full budget, except the figures named phase1/. Phase 1's "
+             "tables and "
              "RESULTS.md are in <code>phase1/</code>.</p>",
              "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"]
     if phase1.get("figure"):
@@ -227,7 +228,8 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',
              f"<h2>Results: study {_esc(study)}</h2>",
-             f"<p>{summary['n_runs']} runs ({_esc(counts)}) in {len(summary['groups'])} groups. "
+             f"<p>{plural(summary['n_runs'], 'run')} ({_esc(counts)}) in "
+             f"{plural(len(summary['groups']), 'group')}. "
              f"Deltas and tests are against <b>{_esc(summary['reference'])}</b> "
              f"({_esc(summary['reference_is'])}).</p>",
              *(_phase1_section(phase1) if phase1 else []),

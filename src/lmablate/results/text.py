@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmablate.results.columns import INCLUDED_STATUSES, PRIMARY
 from lmablate.results.shape import finite, present
+from lmablate.units import plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,7 +139,8 @@ def analysis_text(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     lines = [title, "=" * len(title), ""]
     counts = summary["status_counts"]
     n_ok = sum(v for k, v in counts.items() if k in INCLUDED_STATUSES)
-    lines.append(f"{summary['n_runs']} runs in {len(summary['groups'])} groups: " + ", ".join(
+    lines.append(f"{plural(summary['n_runs'], 'run')} in "
+                 f"{plural(len(summary['groups']), 'group')}: " + ", ".join(
         f"{v} {k}" for k, v in counts.items()) + ("." if n_ok == summary["n_runs"] else
                                                    f" ({summary['n_runs'] - n_ok} excluded)."))
     if "tokens" in runs and runs.tokens.notna().any():
@@ -194,8 +196,8 @@ def _replaced_lines(runs: pd.DataFrame) -> list[str]:
     if not (n > 0).any():
         return []
     most = int(n.max())
-    return [f"Data: the corpus of {int((n > 0).sum())} of {len(runs)} runs had bytes that were "
-            f"not UTF-8: up to {most:,} characters became U+FFFD (runs.csv column "
+    return [f"Data: the corpus of {int((n > 0).sum())} of {plural(len(runs), 'run')} had bytes "
+            f"that were not UTF-8: up to {most:,} characters became U+FFFD (runs.csv column "
             "data_replaced_chars; the tokenize_corpus log names the first offset).", ""]
 
 
@@ -218,7 +220,8 @@ def results_markdown(runs: pd.DataFrame, summary: Mapping[str, Any], study: str,
     last line says how to load them; default ``results/<study>``)."""
     lines = [f"# Results: study `{study}`", ""]
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
-    lines += [f"{summary['n_runs']} runs ({counts}) in {len(summary['groups'])} groups. "
+    lines += [f"{plural(summary['n_runs'], 'run')} ({counts}) in "
+              f"{plural(len(summary['groups']), 'group')}. "
               f"Deltas and tests are against **{summary['reference']}** "
               f"({summary['reference_is']}).", ""]
     lines += ["## Findings", ""] + [f"- {f}" for f in summary["findings"]] + [""]

@@ -30,7 +30,7 @@ from lmablate.study import accounting
 from lmablate.study.config import parse_size
 from lmablate.study.load import Study
 from lmablate.study.solve import model_vocab
-from lmablate.units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds
+from lmablate.units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds, plural
 
 __all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
            "device_memory", "measured_rate", "plan_table", "plan_totals",
@@ -236,10 +236,12 @@ def memory_warning(study: Study) -> str | None:
     if not over:
         return None
     run, need = over[0]
-    return (f"lmablate: warning: {study.source}: {len(over)} of {len(study.runs)} runs need more "
-            f"memory than {what} ({fmt_bytes(size)}), up to {fmt_bytes(need)} (run "
-            f"{run.run_id}): they cannot train here; LMABLATE_DEVICE_MEMORY=80G lmablate plan "
-            "... checks them against another device")
+    one = len(over) == 1
+    return (f"lmablate: warning: {study.source}: {len(over)} of "
+            f"{plural(len(study.runs), 'run')} {'needs' if one else 'need'} more memory than "
+            f"{what} ({fmt_bytes(size)}), up to {fmt_bytes(need)} (run {run.run_id}): "
+            f"{'it cannot' if one else 'they cannot'} train here; LMABLATE_DEVICE_MEMORY=80G "
+            f"lmablate plan ... checks {'it' if one else 'them'} against another device")
 
 
 def _flops_per_token(run: Any) -> float:
@@ -406,21 +408,22 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
                      "measured rate")
     else:
         time_note = "; no throughput measured yet (pass --tokens-per-second)"
-    variants = f"{totals['variants']} variant{'s' if totals['variants'] != 1 else ''}"
+    variants = plural(totals["variants"], "variant")
     lines += [f"{r['run_id']} also stands for {r['also']}" for r in rows if r.get("also")]
     if ranking:
         n1 = sum(r.get("phase") == 1 for r in rows)
         n2 = sum(r.get("phase") == 2 for r in rows)
         per = f" per {ranking.per}" if ranking.per else ""
-        lines.append(f"total: {n1} phase-1 runs + at most {at_most} of the {n2} phase-2 runs "
+        lines.append(f"total: {plural(n1, 'phase-1 run')} + at most {at_most} of the "
+                     f"{plural(n2, 'phase-2 run')} "
                      f"(top {ranking.top_k}{per}){done} in study {study.name!r}: at most "
                      f"{fmt_amount(totals['tokens'])} tokens, {fmt_flops(totals['flops'])} "
                      f"FLOPs{time_note}")
         return "\n".join(lines)
     unknown = sum(r["tokens"] is None for r in rows)
-    epochs = (f" (+ {unknown} epoch-budget run(s) whose tokens are known once the token store "
-              "is built)") if unknown else ""
-    lines.append(f"total: {totals['runs']} runs ({variants}){done} in study "
+    epochs = (f" (+ {plural(unknown, 'epoch-budget run')} whose tokens are known once the "
+              "token store is built)") if unknown else ""
+    lines.append(f"total: {plural(totals['runs'], 'run')} ({variants}){done} in study "
                  f"{study.name!r}: {fmt_amount(totals['tokens'])} tokens, "
                  f"{fmt_flops(totals['flops'])} FLOPs{epochs}{time_note}")
     return "\n".join(lines)
