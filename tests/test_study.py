@@ -152,3 +152,24 @@ def test_schema_file_is_regenerated_from_the_dataclasses():
     on_disk = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     assert on_disk == json.loads(json.dumps(study_schema())), \
         "run: lmablate schema -o schemas/config.schema.yaml"
+
+
+@pytest.mark.parametrize("study", ["config.yaml", "studies/shape_sweep.yaml", "studies/moe.yaml",
+                                   "studies/cs336_ablations.yaml"])
+def test_to_dict_is_asdict_with_fresh_containers(study):
+    """lmablate.study.config.to_dict (the fast path the Snakefile's parse uses) gives what
+    dataclasses.asdict gives for every run of the example studies, with containers of its own."""
+    import dataclasses
+
+    from conftest import REPO
+
+    from lmablate.study.config import to_dict
+
+    runs = read_study(str(REPO / study)).runs
+    for run in runs[:200]:
+        got = to_dict(run.config)
+        assert got == dataclasses.asdict(run.config)
+        for name, section in got.items():
+            for key, value in section.items():
+                if isinstance(value, (list, dict)):
+                    assert value is not getattr(getattr(run.config, name), key)

