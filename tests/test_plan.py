@@ -294,3 +294,69 @@ def test_select_top_k_reads_the_harvested_table():
 def test_select_top_k_rejects_bad_arguments(k, metric, message):
     with pytest.raises(ConfigError, match=message):
         select_top_k(PHASE1, k, metric)
+
+
+TASKS = {"tasks": ["sst2", {"name": "continuation", "limit": 300}], "mode": "both",
+         "limit": 500, "harness": {"tasks": ["arc_easy"], "limit": 100}}
+
+
+def test_plan_lists_the_downstream_tasks_and_the_runs_they_score(tmp_path, capsys):
+    """eval_tasks: every score a run gets (zero-shot, fine-tuned, harness) with its rows, on
+    every run; once runs are scored, the rows they scored and the median time per run, and the
+    scoring time left; the json holds the same."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "eval_tasks": TASKS}))
+    results = tmp_path / "results"
+    out = plan(capsys, path, "--results", results)
+    section = out[out.index("downstream tasks"):].splitlines()
+    assert section[0] == "downstream tasks (eval_tasks): scored on every run once it has " \
+                         "trained (4 runs)"
+    assert [line.split()[:2] for line in section[1:6]] == [
+        ["task", "evaluation"], ["sst2", "zero-shot"], ["sst2_ft", "fine-tuned,"],
+        ["continuation", "zero-shot"], ["arc_easy", "lm-eval"]]
+    assert "fine-tuned, 3 epochs on <= 2,000 train rows  <= 500" in section[3]
+    assert section[4].split()[-3:] == ["<=", "300", "-"]  # its own limit
+    # two runs scored: the rows they scored, the median time per run
+    study = read_study(path)
+    for run, wall in zip(study.runs[:2], (2.0, 4.0)):
+        d = results / "p" / "runs" / run.run_id
+        d.mkdir(parents=True)
+        (d / "tasks.json").write_text(json.dumps({"status": "completed", "tasks": {
+            "sst2": {"n": 500, "wall_s": wall}, "sst2_ft": {"n": 500, "wall_s": 10 * wall},
+            "continuation": {"n": 120, "wall_s": wall / 2}}}))
+    out = plan(capsys, path, "--results", results)
+    section = out[out.index("downstream tasks"):].splitlines()
+    assert section[0].endswith("(4 runs); 2 already scored")
+    rows = {line.split()[0]: line for line in section[2:6]}
+    assert rows["sst2"].endswith("500          3s (n=2)")
+    assert rows["sst2_ft"].endswith("500          30s (n=2)")
+    assert rows["continuation"].endswith("120          2s (n=2)")  # 1.5 s, its corpus's rows
+    assert rows["arc_easy"].endswith("<= 100       -")  # the harness has not run
+    assert section[6] == "  time per run: the median over the runs already scored (n); - " \
+                         "until one is"
+    doc = json.loads(plan(capsys, path, "--results", results, "--format", "json"))
+    tasks = {t["key"]: t for t in doc["eval_tasks"]["tasks"]}
+    assert tasks["sst2"]["seconds"] == 3.0 and tasks["continuation"]["rows"] == 120
+    assert doc["eval_tasks"]["runs"] == 4 and doc["eval_tasks"]["scored"] == 2
+    # every score measured (no harness): the time the two unscored runs will take
+    path.write_text(yaml.safe_dump({**STUDY, "eval_tasks": {**TASKS, "harness": {}}}))
+    out = plan(capsys, path, "--results", results)
+    assert out.splitlines()[-1] == "  about 69s of task scoring left (2 runs at the measured times)"
+
+
+def test_plan_of_a_two_phase_study_scores_tasks_on_the_selected_runs_only(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "eval_tasks": {"tasks": ["continuation"]},
+                                    "ranking": {"tokens": 2048, "top_k": 1}}))
+    out = plan(capsys, path, "--results", tmp_path / "results")
+    assert "downstream tasks (eval_tasks): scored only on the phase-2 runs phase 1 selects (at " \
+           "most 1 of 4 phase-2 runs), never on phase-1 runs" in out
+    assert out.splitlines()[-2].split() == ["continuation", "zero-shot", "all", "-"]
+    # once its rows are prepared (resources/ beside results/), the plan counts them
+    from lmablate.evaluation.steps import study_eval
+
+    prepared = tmp_path / study_eval(read_study(path)).task_file("continuation")
+    prepared.parent.mkdir(parents=True)
+    prepared.write_text(json.dumps({"name": "continuation", "rows": {"eval": 1234}}))
+    out = plan(capsys, path, "--results", tmp_path / "results")
+    assert out.splitlines()[-2].split() == ["continuation", "zero-shot", "1,234", "-"]

@@ -25,6 +25,7 @@ from typing import Any
 
 from lmablate import paths
 from lmablate.errors import LmablateError, missing_extra
+from lmablate.units import plural
 
 __all__ = ["main", "entrypoint"]
 
@@ -199,7 +200,8 @@ def _migrate_ids(args: argparse.Namespace) -> int:
         print(f"{base}/{r.old} -> {r.new}" if r.ok else f"{base}/{r.old}: not renamed ({r.why})")
     n = sum(r.ok for r in plan)
     verb = "renamed" if args.apply else "to rename (dry run; --apply renames them)"
-    print(f"{n} runs {verb}" + (f", {len(plan) - n} not renamed" if len(plan) > n else ""))
+    rest = f", {len(plan) - n} not renamed" if len(plan) > n else ""
+    print(f"{plural(n, 'run')} {verb}{rest}")
     return 0
 
 
@@ -210,8 +212,16 @@ def _overrides(items: Sequence[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from lmablate.evaluation.steps import study_eval
     from lmablate.study.load import read_study
-    from lmablate.study.plan import ANY_DEVICE, check_memory, memory_warning, plan_table, render
+    from lmablate.study.plan import (
+        ANY_DEVICE,
+        check_memory,
+        memory_warning,
+        plan_table,
+        render,
+        task_plan,
+    )
 
     study = read_study(args.study, _overrides(args.config))
     # a study is often planned where it will not train (a laptop, a login node): runs too big
@@ -221,7 +231,9 @@ def _plan(args: argparse.Namespace) -> int:
     warning = memory_warning(study)
     table = plan_table(study, tokens_per_second=args.tokens_per_second,
                        results_root=args.results)
-    print(render(table, args.format, study))
+    evaluation = study_eval(study)  # the downstream tasks (eval_tasks:), listed after the runs
+    tasks = task_plan(study, evaluation.evaluations(), args.results) if evaluation else None
+    print(render(table, args.format, study, tasks))
     if warning:
         print(warning, file=sys.stderr)
     return 0
@@ -367,7 +379,8 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     summary = import_hf(args.dirs, args.out, name_pattern=args.name_pattern, study=args.study,
                         tokens_per_step=args.tokens_per_step, plots=not args.no_plots)
-    print(f"{summary['n_runs']} runs -> {args.out}/ (runs.csv, curves.parquet, summary.json, "
+    print(f"{plural(summary['n_runs'], 'run')} -> {args.out}/ (runs.csv, curves.parquet, "
+          "summary.json, "
           f"analysis.txt, RESULTS.md{', plots/' if not args.no_plots else ''})")
     return 0
 

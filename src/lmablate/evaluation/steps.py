@@ -17,11 +17,13 @@ from typing import Any
 from lmablate import paths
 from lmablate.data.corpora import manifest_path
 from lmablate.errors import ConfigError
+from lmablate.evaluation.runner import FT_SUFFIX
 from lmablate.evaluation.specs import (
     DATA_FIELDS,
     EvalConfig,
     TaskSpec,
     data_identity,
+    modes,
     parse_eval_tasks,
     resolve_path,
     task_id,
@@ -69,6 +71,27 @@ class EvalPlan:
     @property
     def harness(self) -> bool:
         return bool(self.config.harness.tasks)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """What each run is scored on, one dict per tasks.json (or harness.json) entry: its
+        ``key``, ``task``, ``mode`` (zeroshot, finetune, harness), ``limit`` (rows scored; None:
+        all), ``num_fewshot``, fine-tuning ``epochs`` and ``max_train``, and ``task_file`` (the
+        prepared rows' task.json; None for harness tasks). ``lmablate plan`` lists them."""
+        cfg, out = self.config, []
+        for spec in cfg.tasks:
+            for mode in modes(spec, cfg):
+                entry = {"key": spec.name + (FT_SUFFIX if mode == "finetune" else ""),
+                         "task": spec.name, "mode": mode, "limit": spec.limit or cfg.limit,
+                         "num_fewshot": cfg.num_fewshot if spec.num_fewshot is None
+                         else spec.num_fewshot, "task_file": self.task_file(spec.name)}
+                if mode == "finetune":
+                    entry |= {"num_fewshot": None, "epochs": cfg.finetune.epochs,
+                              "max_train": cfg.finetune.max_train}
+                out.append(entry)
+        h = cfg.harness
+        out += [{"key": name, "task": name, "mode": "harness", "limit": h.limit,
+                 "num_fewshot": h.num_fewshot, "task_file": None} for name in h.tasks]
+        return out
 
 
 def study_eval(study: Any) -> EvalPlan | None:

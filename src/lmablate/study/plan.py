@@ -8,7 +8,9 @@ device), the tokens it trains on, its training FLOPs
 wall
 time. The estimate uses the training FLOP rate this study measured on runs
 that finished (``final.json``: tokens/s x FLOPs/token, median), so a bigger model gets a longer
-estimate; without finished runs, pass a throughput or go without. Totals close the table.
+estimate; without finished runs, pass a throughput or go without. Totals close the table;
+a study with ``eval_tasks:`` then lists its downstream scores and the runs they score
+(:func:`task_plan`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import json
 import math
 import os
+import statistics
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,7 +37,7 @@ from lmablate.units import fmt_amount, fmt_bytes, fmt_flops, fmt_seconds, plural
 
 __all__ = ["ANY_DEVICE_BYTES", "check_memory", "memory_warning", "runs_over_memory",
            "device_memory", "measured_rate", "plan_table", "plan_totals",
-           "planned_tokens", "render", "study_train_rate", "train_memory_bytes",
+           "planned_tokens", "render", "study_train_rate", "task_plan", "train_memory_bytes",
            "train_runtime_min"]
 
 # The throughput a Slurm time limit assumes when a study neither sets `execution.tokens_per_s`
@@ -369,15 +372,100 @@ def plan_totals(rows: list[dict[str, Any]], phase2_at_most: int | None = None) -
             "est_seconds": sum(secs) if secs else None}
 
 
-def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
-    """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals)."""
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def task_plan(study: Study, evaluations: list[Mapping[str, Any]],
+              results_root: str | Path = "results") -> dict[str, Any]:
+    """What ``lmablate plan`` says of a study's downstream evaluation (``eval_tasks:``).
+
+    ``evaluations``: :meth:`lmablate.evaluation.steps.EvalPlan.evaluations`, one per score a
+    run gets. Each comes back with ``rows`` (rows scored: the prepared rows under ``resources/``
+    or a scored run's count, capped by its limit; None while unknown) and ``seconds`` (median
+    time per run over the runs already scored, from their tasks.json; None before). Runs scored:
+    every run of the study, or in a two-phase study only the phase-2 runs phase 1 selects
+    (``at_most`` of them); phase-1 runs are ranked, never scored."""
+    from lmablate.study.phases import ranking_of
+
+    ranking = ranking_of(study)
+    runs_dir, workdir = Path(results_root) / study.name / "runs", Path(results_root).parent
+    done: dict[str, dict[str, Any]] = {}  # run ID -> tasks.json + harness.json entries
+    for r in study.runs:
+        for name in ("tasks.json", "harness.json"):
+            data = _read_json(runs_dir / r.run_id / name)
+            if data.get("status") == "completed" and isinstance(data.get("tasks"), dict):
+                done.setdefault(r.run_id, {}).update(data["tasks"])
+    tasks = []
+    for e in evaluations:
+        entries = [t[e["key"]] for t in done.values() if isinstance(t.get(e["key"]), dict)]
+        walls = [float(t["wall_s"]) for t in entries if t.get("wall_s")]
+        prepared = _read_json(workdir / e["task_file"]).get("rows", {}) if e["task_file"] else {}
+        rows = prepared.get("eval") or next((t["n"] for t in entries if t.get("n")), None)
+        if rows is not None and e["limit"]:
+            rows = min(int(rows), int(e["limit"]))
+        tasks.append({**e, "rows": rows, "seconds": statistics.median(walls) if walls else None,
+                      "measured_on": len(walls)})
+    n_runs = len(study.runs)
+    at_most = min(ranking.phase2_at_most(), n_runs) if ranking else n_runs
+    todo = max(0, at_most - len(done))
+    secs = [t["seconds"] for t in tasks]
+    return {"two_phase": ranking is not None, "runs": n_runs, "at_most": at_most,
+            "scored": len(done), "tasks": tasks,
+            "est_seconds": todo * sum(secs) if secs and None not in secs else None}
+
+
+def _task_lines(plan: Mapping[str, Any]) -> list[str]:
+    """The plan's downstream-task section: which runs are scored, then a table of the scores
+    each gets (rows scored, time per run where measured)."""
+    if plan["two_phase"]:
+        who = (f"scored only on the phase-2 runs phase 1 selects (at most {plan['at_most']} of "
+               f"{plural(plan['runs'], 'phase-2 run')}), never on phase-1 runs")
+    else:
+        who = f"scored on every run once it has trained ({plural(plan['runs'], 'run')})"
+    done = f"; {plan['scored']} already scored" if plan["scored"] else ""
+    modes = {"zeroshot": "zero-shot", "finetune": "fine-tuned", "harness": "lm-eval harness"}
+    table = [("task", "evaluation", "rows scored", "time per run")]
+    for t in plan["tasks"]:
+        how = modes[t["mode"]]
+        if t["mode"] == "finetune":
+            how += f", {plural(t['epochs'], 'epoch')} on <= {t['max_train']:,} train rows"
+        elif t["num_fewshot"]:
+            how += f", {t['num_fewshot']}-shot"
+        rows = (f"{t['rows']:,}" if t["rows"] is not None else
+                f"<= {t['limit']:,}" if t["limit"] else "all")
+        cost = f"{fmt_seconds(t['seconds'])} (n={t['measured_on']})" if t["seconds"] else "-"
+        table.append((t["key"], how, rows, cost))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = ["", f"downstream tasks (eval_tasks): {who}{done}"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    left = plan["at_most"] - plan["scored"]
+    if plan["est_seconds"] is not None and left > 0:
+        lines.append(f"  about {fmt_seconds(plan['est_seconds'])} of task scoring left "
+                     f"({plural(left, 'run')} at the measured times)")
+    else:
+        lines.append("  time per run: the median over the runs already scored (n); - until one "
+                     "is")
+    return lines
+
+
+def render(rows: list[dict[str, Any]], fmt: str, study: Study,
+           tasks: Mapping[str, Any] | None = None) -> str:
+    """``table`` (aligned text + totals), ``csv`` (rows) or ``json`` (rows + totals). ``tasks``:
+    the study's downstream evaluation (:func:`task_plan`), listed after the totals (json: its
+    ``eval_tasks`` key)."""
     from lmablate.study.phases import ranking_of
 
     ranking = ranking_of(study)
     at_most = ranking.phase2_at_most() if ranking else None
     totals = plan_totals(rows, at_most)
     if fmt == "json":
-        return json.dumps({"study": study.name, "runs": rows, "totals": totals}, indent=2)
+        return json.dumps({"study": study.name, "runs": rows, "totals": totals,
+                           **({"eval_tasks": tasks} if tasks else {})}, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -419,11 +507,11 @@ def render(rows: list[dict[str, Any]], fmt: str, study: Study) -> str:
                      f"(top {ranking.top_k}{per}){done} in study {study.name!r}: at most "
                      f"{fmt_amount(totals['tokens'])} tokens, {fmt_flops(totals['flops'])} "
                      f"FLOPs{time_note}")
-        return "\n".join(lines)
+        return "\n".join(lines + (_task_lines(tasks) if tasks else []))
     unknown = sum(r["tokens"] is None for r in rows)
     epochs = (f" (+ {plural(unknown, 'epoch-budget run')} whose tokens are known once the "
               "token store is built)") if unknown else ""
     lines.append(f"total: {plural(totals['runs'], 'run')} ({variants}){done} in study "
                  f"{study.name!r}: {fmt_amount(totals['tokens'])} tokens, "
                  f"{fmt_flops(totals['flops'])} FLOPs{epochs}{time_note}")
-    return "\n".join(lines)
+    return "\n".join(lines + (_task_lines(tasks) if tasks else []))
