@@ -9,7 +9,12 @@
     machine is shared). Target: lmablate >= 1.3x.
 (b) ``study``: ``snakemake -c2`` of the default study (config.yaml) in a temporary directory,
     from nothing to the report's inputs, wall time. Target: <= 3 minutes. Run it on a quiet
-    machine: every other process on the 2 cores slows it.
+    machine: every other process on the 2 cores slows it. Where the wall goes, from what the
+    workflow already writes (Snakemake's log and benchmark files, each training job's log,
+    final.json and metrics.jsonl): the timeline (parse, data, training, aggregates), each rule's
+    summed job wall, and per training job its start-up (process start and exit, imports and
+    device claim, setup: model, optimizer, data) against its training steps, periodic
+    evaluations and the rest (final evaluation, checkpoints, outputs).
 
     PYTHONPATH=src python3 bench/cpu_study.py --part tokens
     PYTHONPATH=src python3 bench/cpu_study.py --part paired   # (a) in one process, paired chunks
@@ -22,11 +27,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,48 +95,154 @@ def part_paired(steps: int, rounds: int) -> dict[str, Any]:
 
 
 def part_study(cores: int) -> dict[str, Any]:
-    """``snakemake -c<cores>`` of config.yaml in a fresh temporary directory, with every job's
-    wall (Snakemake's benchmark files) and, for training jobs, what of it was start-up (job wall
-    minus ``train()``'s own wall: interpreter, imports, Snakemake's job wrapper), training steps
-    and evaluation (``final.json``'s ``train_wall_s``; the rest of ``wall_s``)."""
+    """``snakemake -c<cores>`` of config.yaml in a fresh temporary directory: its wall, the
+    phases of its timeline and every job's share (:func:`job_breakdown`)."""
     with tempfile.TemporaryDirectory(prefix="lmablate-study-") as tmp:
         work = Path(tmp)
         (work / "config.yaml").write_text((REPO / "config.yaml").read_text())
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
                "--configfile", str(work / "config.yaml"), f"-c{cores}"]
+        started = time.time()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
         wall = time.perf_counter() - t0
         out = {"cores": cores, "wall_s": wall, "returncode": proc.returncode,
-               "jobs": job_breakdown(work)}
+               "jobs": job_breakdown(work, started, wall)}
     if proc.returncode != 0:
         out["error"] = (proc.stdout + proc.stderr)[-2000:]
     return out
 
 
-def job_breakdown(work: Path) -> dict[str, Any]:
-    """Per rule: jobs and their summed wall; per training job: start-up, steps, evaluation."""
+def job_breakdown(work: Path, started: float, wall: float) -> dict[str, Any]:
+    """What the study's wall is made of, from what the workflow already writes: Snakemake's log
+    (each job's start and end, to the second), its benchmark files (each job's wall and CPU
+    time) and, per training job, its log's timestamps, final.json and metrics.jsonl
+    (:func:`train_parts`)."""
+    jobs = snakemake_jobs(work)
+    for job in jobs:
+        tsv = (work / job["benchmark"]) if job.get("benchmark") else None
+        if tsv and tsv.is_file():
+            head, row = tsv.read_text().splitlines()[:2]
+            values = dict(zip(head.split("\t"), row.split("\t")))
+            job["wall_s"], job["cpu_s"] = float(values["s"]), float(values["cpu_time"])
+        if job["rule"] == "train_model" and "wall_s" in job:
+            job.update(train_parts(work, job["wildcards"]["run_id"], job["wall_s"]))
     rules: dict[str, dict[str, float]] = {}
-    runs = []
-    for tsv in sorted(work.glob("benchmarks/*/**/*.tsv")):
-        rows = tsv.read_text().splitlines()
-        job_s = float(rows[1].split("\t")[0])
-        # benchmarks/<rule>/<x>.tsv, benchmarks/<study>/<rule>/<x>.tsv,
-        # benchmarks/<study>/<rule>.tsv
-        study_level = (work / "results" / tsv.parent.name).is_dir()
-        rule = tsv.stem if study_level else tsv.parent.name
-        r = rules.setdefault(rule, {"jobs": 0, "wall_s": 0.0})
+    for job in jobs:
+        r = rules.setdefault(job["rule"], {"jobs": 0, "wall_s": 0.0})
         r["jobs"] += 1
-        r["wall_s"] += job_s
-        if rule == "train_model":
-            final = json.loads(next(work.glob(f"results/*/runs/{tsv.stem}/final.json")).read_text())
-            runs.append({"run_id": tsv.stem, "job_s": job_s,
-                         "startup_s": job_s - final["wall_s"], "train_s": final["train_wall_s"],
-                         "eval_and_save_s": final["wall_s"] - final["train_wall_s"]})
-    total = {k: sum(r[k] for r in runs) for k in ("job_s", "startup_s", "train_s",
-                                                 "eval_and_save_s")} if runs else {}
-    return {"rules": rules, "train_runs": runs, "train_totals": total}
+        r["wall_s"] += job.get("wall_s", 0.0)
+    trains = [j for j in jobs if j["rule"] == "train_model" and "steps_s" in j]
+    total = {k: sum(j[k] for j in trains) for k in TRAIN_PARTS} if trains else {}
+    return {"rules": rules, "timeline": timeline(jobs, started, wall), "jobs": jobs,
+            "train_totals": total}
+
+
+# a training job's wall, in order: the process (interpreter start, Snakemake's script
+# preamble, exit), imports (torch, the engine) and device claim, setup (model build, data open,
+# compile where enabled, checkpoint lookup), the training steps, the periodic evaluations, and
+# the rest of the loop (final evaluation, latency, checkpoints, outputs)
+TRAIN_PARTS = ("wall_s", "process_s", "imports_s", "setup_s", "steps_s", "evals_s", "final_s")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+
+
+def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
+    """One training job's wall split into :data:`TRAIN_PARTS` from its log lines (``device``,
+    ``starting``/``resumed``, ``done``, ``step finished in``), final.json's ``train_wall_s`` and
+    metrics.jsonl's ``eval_s``."""
+    events: dict[str, float] = {}
+    step_s = None
+    for line in next(work.glob(f"logs/*/train_model/{run_id}.log")).read_text().splitlines():
+        m = LOG_TIME.match(line)
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        msg = m.group(2)
+        for key in ("device", "starting", "resumed", "done", "step finished in"):
+            if msg.startswith(key):
+                events[key] = t
+        if msg.startswith("step finished in"):
+            step_s = float(msg.split()[3])
+    run_dir = next(work.glob(f"results/*/runs/{run_id}"))
+    final = json.loads((run_dir / "final.json").read_text())
+    evals = sum(json.loads(ln).get("eval_s", 0.0)
+                for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip())
+    begin = events["step finished in"] - step_s
+    loop_start = events.get("starting", events.get("resumed"))
+    loop = events["done"] - loop_start
+    return {"process_s": wall - step_s, "imports_s": events["device"] - begin,
+            "setup_s": loop_start - events["device"], "steps_s": final["train_wall_s"],
+            "evals_s": evals, "final_s": loop - final["train_wall_s"] - evals}
+
+
+JOB_START = re.compile(r"^(local)?rule (\w+):$")
+JOB_END = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$")
+
+
+def snakemake_jobs(work: Path) -> list[dict[str, Any]]:
+    """Every job of the run in Snakemake's log: rule, jobid, wildcards, benchmark file, start and
+    end (epoch seconds, to the second)."""
+    log = sorted(work.glob(".snakemake/log/*.snakemake.log"))[-1]
+    jobs: dict[str, dict[str, Any]] = {}
+    stamp, current = None, None
+    for line in log.read_text().splitlines():
+        text = line.strip()
+        if text.startswith("[") and text.endswith("]"):
+            stamp = datetime.strptime(text[1:-1], "%a %b %d %H:%M:%S %Y").timestamp()
+        elif m := JOB_START.match(text):
+            current = {"rule": m.group(2), "start": stamp, "wildcards": {}}
+        elif current is not None and text.startswith("jobid: "):
+            jobs[text.split()[1]] = current
+        elif current is not None and text.startswith("benchmark: "):
+            current["benchmark"] = text.split(": ", 1)[1]
+        elif current is not None and text.startswith("wildcards: "):
+            current["wildcards"] = dict(kv.split("=", 1)
+                                        for kv in text.split(": ", 1)[1].split(", "))
+        elif m := JOB_END.match(text):
+            jobs[m.group(1)]["end"] = stamp
+            current = None
+    return list(jobs.values())
+
+
+def timeline(jobs: list[dict[str, Any]], started: float, wall: float) -> dict[str, float]:
+    """The study's wall in phases (to the second): parse and DAG until the first job, data
+    preparation, training (first training job's start to the last one's end), the aggregate
+    jobs after it, and the exit after the last job."""
+    def span(rules: tuple[str, ...]) -> tuple[float, float]:
+        sel = [j for j in jobs if j["rule"] in rules]
+        return min(j["start"] for j in sel), max(j["end"] for j in sel)
+
+    data = span(("prepare_corpus", "train_tokenizer", "tokenize_corpus"))
+    train = span(("train_model",))
+    first, last = min(j["start"] for j in jobs), max(j["end"] for j in jobs)
+    return {"parse_and_dag_s": first - started, "data_s": data[1] - data[0],
+            "training_s": train[1] - train[0], "after_training_s": last - train[1],
+            "exit_s": started + wall - last}
+
+
+def print_breakdown(jobs: dict[str, Any]) -> None:
+    """The study's timeline, each rule's summed job wall, and the training jobs' parts."""
+    line = jobs["timeline"]
+    print("    timeline: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f} s"
+                                       for k, v in line.items()))
+    for rule, r in jobs["rules"].items():
+        print(f"    {rule:<20} {r['jobs']:3d} jobs {r['wall_s']:8.1f} s summed")
+    t = jobs["train_totals"]
+    if not t:
+        return
+    startup = t["process_s"] + t["imports_s"] + t["setup_s"]
+    print(f"    training jobs, summed: {t['wall_s']:.1f} s = start-up {startup:.1f} s "
+          f"({startup / t['wall_s']:.0%}: process start/exit {t['process_s']:.1f}, imports "
+          f"{t['imports_s']:.1f}, setup {t['setup_s']:.1f}) + steps {t['steps_s']:.1f} s "
+          f"({t['steps_s'] / t['wall_s']:.0%}) + periodic evaluation {t['evals_s']:.1f} s + "
+          f"final evaluation, checkpoints, outputs {t['final_s']:.1f} s")
+    print(f"    {'run':<28} {'job s':>6} {'process':>8} {'imports':>8} {'setup':>6} "
+          f"{'steps':>6} {'evals':>6} {'final':>6}")
+    for j in jobs["jobs"]:
+        if "steps_s" in j:
+            print(f"    {j['wildcards']['run_id'][:28]:<28} " + " ".join(
+                f"{j[k]:{w}.1f}" for k, w in zip(TRAIN_PARTS, (6, 8, 8, 6, 6, 6, 6))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"benchmark": "cpu_study", "date": time.strftime("%Y-%m-%d"),
                               "torch": torch.__version__, "cpu": platform.processor() or
                               platform.machine(), "cpu_count": os.cpu_count(),
+                              "platform": platform.platform(), "python": platform.python_version(),
                               "load_avg_at_start": os.getloadavg(), "targets": TARGETS}
     if args.part in ("tokens", "all"):
         result["tokens"] = t = part_tokens(args.steps, args.rounds)
@@ -162,14 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         result["study"] = s = part_study(args.cores)
         print(f"(b) snakemake -c{args.cores} default study: {s['wall_s']:.1f} s "
               f"(target <= {TARGETS['study_wall_s']} s)" + (" FAILED" if "error" in s else ""))
-        for rule, r in s["jobs"]["rules"].items():
-            print(f"    {rule:<20} {r['jobs']:3d} jobs {r['wall_s']:8.1f} s summed")
-        if s["jobs"]["train_totals"]:
-            t = s["jobs"]["train_totals"]
-            print(f"    training jobs: start-up {t['startup_s']:.1f} s, "
-                  f"steps {t['train_s']:.1f} s, "
-                  f"evaluation + saving {t['eval_and_save_s']:.1f} s "
-                  f"(summed over jobs; {t['startup_s'] / t['job_s']:.0%} start-up)")
+        print_breakdown(s["jobs"])
     result["load_avg_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{result['date']}-cpu-cpu_study-{args.part}.json"
