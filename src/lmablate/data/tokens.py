@@ -17,7 +17,7 @@ Two writers fill it. :func:`encode_corpus` streams the documents of a prepared t
 the whole corpus in memory) in batches through ``Tokenizer.encode_batch_fast`` (parallel in Rust)
 and appends them to chunked, resizable datasets, in whole chunks; reading and storing overlap the
 encoding. :func:`import_hdf5` converts the token ids of a pre-tokenized corpus (``source: hdf5``,
-seed 000's ``-p train.h5 -e valid.h5``) without any tokenizer training. Both write under a
+a Trainer script's ``-p train.h5 -e valid.h5``) without any tokenizer training. Both write under a
 temporary name and rename when complete.
 
 The loader draws random contiguous windows of ``seq_len + 1`` tokens; window starts for step ``s``
@@ -328,8 +328,8 @@ def _hdf5_blocks(path: Path, spec: Mapping[str, Any]) -> Iterator[tuple[np.ndarr
     """``(ids, document starts)`` blocks of one pre-tokenized file, in order.
 
     Layouts: a 1-D integer dataset is one token stream (one document); a 2-D one holds a document
-    per row; a 1-D ragged (vlen) one too (seed 000's ``input_ids``). ``mask`` drops padding,
-    ``eot_id`` is appended after each document."""
+    per row; a 1-D ragged (vlen) one too (a Hugging Face dataset's ``input_ids``). ``mask``
+    drops padding, ``eot_id`` is appended after each document."""
     name, eot = spec["dataset"], spec.get("eot_id")
     with _open_h5(path, "hdf5 corpus file") as f:
         ds = _dataset(f, name, path)

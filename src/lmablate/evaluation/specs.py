@@ -12,7 +12,8 @@ list) and the ``label`` field (an index into the choices, or the answer string).
 
 Built-in tasks copy lm-evaluation-harness's prompts (``glue/sst2``, ``glue/rte``, ``glue/mrpc``,
 ``super_glue/boolq``), so zero-shot numbers compare with the harness's; ``smallbench`` is the four
-of them (seed 003). A study names tasks, presets and its own definitions::
+of them (the parameter-allocation study's benchmark). A study names tasks, presets and its
+own definitions::
 
     eval_tasks:
       tasks:

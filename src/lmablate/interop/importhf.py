@@ -1,15 +1,15 @@
-"""Import Hugging Face Trainer output directories as a study (seed 000's layout).
+"""Import Hugging Face Trainer output directories as a study (the shape sweep's layout).
 
     10_22_160_240/checkpoint-20000/trainer_state.json      (+ config.json, model.safetensors)
     10_22_160_240/checkpoint-40000/trainer_state.json
     14_24_448_896/...
 
-Seed 000 copied each run's latest ``trainer_state.json`` by hand and parsed the directory name with
-a bash regex. Here the latest checkpoint's ``log_history`` becomes the run's curves (train loss,
-learning rate, grad norm; every ``eval_*`` metric), the named groups of ``--name-pattern`` become
-config columns and sweep axes, ``config.json`` gives the model shape and ``model.safetensors``'s
-header the exact parameter count. The result is the same runs/curves tables, summary, analysis and
-figures as a native study:
+The shape sweep this mirrors copied each run's latest ``trainer_state.json`` by hand and parsed
+the directory name with a bash regex. Here the latest checkpoint's ``log_history`` becomes the
+run's curves (train loss, learning rate, grad norm; every ``eval_*`` metric), the named groups of
+``--name-pattern`` become config columns and sweep axes, ``config.json`` gives the model shape
+and ``model.safetensors``'s header the exact parameter count. The result is the same runs/curves
+tables, summary, analysis and figures as a native study:
 
     PATTERN='(?P<heads>\\d+)_(?P<layers>\\d+)_\\d+_single_gpu_(?P<hidden>\\d+)_(?P<inter>\\d+)_.*'
     lmablate import-hf ablations/*_from_scratch_* --out results/ablations --name-pattern "$PATTERN"

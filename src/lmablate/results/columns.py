@@ -15,7 +15,7 @@ __all__ = ["PRIMARY", "INCLUDED_STATUSES", "FINAL_METRICS", "CURVE_METRICS", "GR
 
 PRIMARY = "val_loss"  # the metric groups are ranked by (lower is better)
 # Statuses whose final metrics enter the statistics. `in_progress` is an imported Hugging Face run
-# whose latest checkpoint is short of max_steps (seed 000 compared runs still training); the
+# whose latest checkpoint is short of max_steps (a shape sweep compared runs still training); the
 # analysis then also ranks every group at the progress all runs reached.
 INCLUDED_STATUSES = ("completed", "in_progress")
 FINAL_METRICS = ("val_loss", "best_val_loss", "val_ppl", "val_acc", "val_top5", "val_ece",

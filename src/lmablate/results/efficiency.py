@@ -75,8 +75,8 @@ def add_efficiency(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 def moe_load_summary(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per MoE group: the Gini coefficient and entropy (bits) of the expert load at the first
-    and the last evaluation, mean over the group's included seeds (seed 004: "Gini started at
-    0.709 and finished at 0.710")."""
+    and the last evaluation, mean over the group's included seeds (as MoE ablations report it:
+    "Gini started at 0.709 and finished at 0.710")."""
     import numpy as np
 
     if not len(curves):

@@ -131,8 +131,8 @@ def _seed_spread(groups: Mapping[str, Mapping[str, Any]]) -> str | None:
 def _shape_finding(runs: pd.DataFrame, s: Mapping[str, Any]) -> str | None:
     """Shape at equal size: in each parameter bucket whose configurations differ in a ratio of
     :data:`DERIVED_AXES` (layers per head, FFN width per hidden unit, ...), whether the bucket's
-    best configuration has the highest or the lowest value of it (seed 000: "for a given
-    parameter count, more layers compared to attention heads performed the best")."""
+    best configuration has the highest or the lowest value of it (a shape sweep's "for a
+    given parameter count, more layers compared to attention heads performed the best")."""
     pf, groups = s.get("params") or {}, s["groups"]
     rows = group_rows(runs).drop_duplicates("group").set_index("group")
     parts = []

@@ -40,9 +40,9 @@ def select(ranking: Ranking | Mapping[str, Any], runs_table: Any) -> dict[str, A
 
 def selection_finding(runs: pd.DataFrame, chosen: Mapping[str, Any],
                       maximize: bool = False) -> str | None:
-    """The phase-1 selection of a two-phase study as a sentence (seed 003's top-1 per axis,
-    phase1_top1.json): per selection group, the configurations that go on to phase 2 with their
-    phase-1 metric. ``chosen``: :func:`select`'s result for ``runs``."""
+    """The phase-1 selection of a two-phase study as a sentence (e.g. the top 1 per
+    axis of a parameter-allocation study): per selection group, the configurations that go on
+    to phase 2 with their phase-1 metric. ``chosen``: :func:`select`'s result for ``runs``."""
     metric, per, k = chosen["metric"], chosen.get("per"), chosen["top_k"]
     rows = group_rows(runs)
     if metric not in rows or not chosen["phase1"]:

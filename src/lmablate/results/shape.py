@@ -56,7 +56,7 @@ def spans_sizes(params: Sequence[float]) -> bool:
 
 
 def size_bucket(params: float) -> tuple[float, float]:
-    """The 1-2.5-5 series bucket holding ``params`` (seed 000 picked 5M, 10M, 15M, 25M, 50M)."""
+    """The 1-2.5-5 series bucket holding ``params`` (a shape sweep picks 5M, 10M, 15M, 25M, 50M)."""
     k = 10 ** math.floor(math.log10(params))
     edges = [k, 2.5 * k, 5 * k, 10 * k]
     for lo, hi in zip(edges, edges[1:]):

@@ -110,7 +110,7 @@ class ModelConfig:
         "uniform Glorot; mitchell = std 1/sqrt(fan_in), cut at ±3 std, output projections "
         "scaled by 1/sqrt(2 (layer + 1)) (OLMo). init_scaled_residual applies to normal, "
         "trunc_normal and small.", since="0.2")
-    # mixture of experts (seed 004)
+    # mixture of experts (sparse MoE ablations)
     num_experts: int = F(0, "Experts per MoE FFN; 0 = dense FFN.", ge=0, le=MAX_COUNT)
     top_k: int = F(2, "Experts each token is routed to.", ge=1, le=MAX_COUNT)
     expert_d_ff: int | None = F(None, "Hidden width of each expert; None = d_ff.", ge=1,
@@ -121,7 +121,8 @@ class ModelConfig:
                                              "each expert weight matrix zero.")
     freeze_experts: bool = F(False, "Train only the routers and the rest of the model; the expert "
                              "weights keep their init.")
-    # parameter targets (seed 003): solved at expansion time into n_layers, d_ff (and d_model)
+    # parameter targets (parameter allocation): solved at expansion time into n_layers, d_ff
+    # (and d_model)
     params_target: int | None = F(None, "Total parameters to hit (e.g. 10M): the sweep solves "
                                   "n_layers and d_ff, and d_model when embedding_share is set, to "
                                   "within 0.5% (lmablate.study.solve); solved dims replace given "

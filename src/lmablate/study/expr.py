@@ -15,7 +15,7 @@ as paths only with the ``=``. A string grid or zip axis follows the same rule (a
 list); ``where`` is always an expression.
 
 ``range(a, b, step)`` is Python's (end exclusive); ``seq(first, last, step)`` is bash's ``seq``
-with its arguments in that order (end inclusive), so seed 000's
+with its arguments in that order (end inclusive), so a shape sweep's
 ``$(seq $((H*8)) $((H*8)) $((H*64)))`` reads ``seq(n_heads*8, n_heads*64, n_heads*8)``.
 """
 

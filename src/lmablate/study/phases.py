@@ -1,4 +1,4 @@
-"""Two-phase ranking (seed 003): every configuration trains a short budget, the best go on.
+"""Two-phase ranking: every configuration trains a short budget, the best go on.
 
 A study with a ``ranking:`` block trains in two phases::
 
@@ -6,7 +6,7 @@ A study with a ``ranking:`` block trains in two phases::
       tokens: 5M                 # phase 1: every run of the sweep, this many tokens
       top_k: 1                   # phase 2: the k best (per value of `per`) train the full budget
       metric: val_loss           # a column of the runs table; lower is better (maximize: true)
-      per: model.glu_expansion   # optional: top_k of each value of this column (seed 003: per axis)
+      per: model.glu_expansion   # optional: top_k of each value of this column (e.g. per axis)
       early_stop: {delta: 0.5, metric: ppl, tokens: 1M}   # optional, phase 1 only
       resume: restart            # or continue (see below)
 
@@ -18,7 +18,7 @@ and reported as the study's results.
 
 ``resume``:
   - ``restart`` (default): phase 1 is a complete short run (its LR schedule decays over the short
-    budget, as seed 003's 5M-token ranking runs did); phase 2 trains from scratch.
+    budget, as a parameter-allocation study's 5M-token ranking runs do); phase 2 trains from scratch.
   - ``continue``: phase 1 follows the *full* run's LR schedule and stops at ``tokens``
     (``train.stop_tokens``); phase 2 continues that checkpoint, so the selected runs cost only the
     remaining tokens and end bitwise equal to an uninterrupted full run (on CPU). Phase 1 then ranks
@@ -212,7 +212,7 @@ def select_top_k(runs_table: Any, k: int, metric: str = "val_loss", *, maximize:
     iterable of row mappings) with at least ``run_id``, ``status`` and ``metric``. Only
     ``completed`` runs with a finite metric compete; ties go to the smaller run ID, so the
     selection is deterministic. With ``per`` (a column, e.g. the axis a run varies), the top ``k``
-    of each value of that column are returned (seed 003's "top-1 per axis"), groups in sorted
+    of each value of that column are returned ("top 1 per axis"), groups in sorted
     order. Fewer than ``k`` eligible runs: all of them.
 
     Two-phase studies rank phase 1 with it (:func:`lmablate.results.selection.select`): the

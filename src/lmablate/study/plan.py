@@ -54,7 +54,8 @@ def _vocab(run: Any, corpora: Mapping[str, Any] | None = None,
            store: Mapping[str, int] | None = None) -> int:
     """Embedding rows ``run`` trains with. A pre-tokenized (hdf5) corpus brings its own ids:
     its ``vocab_size``, else the imported token store's, sizes the embedding, not the tokenizer
-    setting (seed 000: 293,708,800 parameters, not a padded byte vocabulary's 293,987,328)."""
+    setting (the shape sweep's 293,708,800
+    parameters, not a padded byte vocabulary's 293,987,328)."""
     m, t = run.config.model, run.config.tokenizer
     spec = (corpora or {}).get(run.config.data.corpus) or {}
     if spec.get("source") == "hdf5" and t.kind != "file":

@@ -5,7 +5,7 @@
         ─► sections checked ─► params_target solved (:mod:`lmablate.study.solve`)
 
 :mod:`lmablate.study.sweep` calls this for every point of a sweep. Resolution is cached per section
-(identical ``data``/``tokenizer``/``train`` dicts are checked once), so seed 000's 1,152-point
+(identical ``data``/``tokenizer``/``train`` dicts are checked once), so a shape sweep's 1,152-point
 grid expands in about a second on 2 CPU cores.
 """
 

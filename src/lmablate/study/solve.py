@@ -1,5 +1,5 @@
-"""Model dims for a parameter target (seed 003: "10M parameters, 35% of them in the embedding,
-GLU expansion 2.66x", hit to within ±0.5%).
+"""Model dims for a parameter target (a parameter-allocation study: "10M parameters, 35% of
+them in the embedding, GLU expansion 2.66x", hit to within ±0.5%).
 
 The researchers fixed the total and two shape ratios and computed the rest by hand. Here the
 study says ``model: {params_target: 10M, embedding_share: 0.35, glu_expansion: 2.66}`` and the
@@ -40,7 +40,7 @@ __all__ = [
     "solve_for_run",
 ]
 
-TOLERANCE = 0.005  # |total - target| / target (seed 003: ±0.5%)
+TOLERANCE = 0.005  # |total - target| / target (±0.5%)
 SHARE_TOLERANCE = 0.02  # |embedding share - target share|, absolute (0.35 -> 0.33..0.37)
 EXPANSION_TOLERANCE = 0.10  # |d_ff/d_model - expansion| / expansion
 D_FF_MULTIPLE = 8  # solved d_ff is a multiple of this (tensor-core friendly) where that fits

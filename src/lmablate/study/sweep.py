@@ -58,8 +58,8 @@ __all__ = [
 
 SWEEP_KEYS = ("variants", "grid", "zip", "where", "seeds")
 # The most runs one study expands to (grid points x zip rows x seeds over all variants, before
-# `where`): 8x seed 000's 1,152, and what `lmablate plan` resolves in a few seconds. The count is
-# checked while the grid is built, so a grid of two large ranges stops without building it.
+# `where`): 8x the shape sweep's 1,152, and what `lmablate plan` resolves in a few seconds. The
+# count is checked while the grid is built, so a grid of two large ranges stops without building it.
 MAX_RUNS = 10_000
 VARIANT_KEYS = ("grid", "zip", "where", "seeds", "label")
 
@@ -158,7 +158,7 @@ def _axis_values(axis: str, spec: Any, names: Mapping[str, Any], key: str) -> li
 def _axis_order(grid: Mapping[str, Any], key: str) -> list[str]:
     """Axes in dependency order (an expression axis after the axes it names), ties by key.
 
-    Seed 000's ``d_model: seq(n_heads*8, ...)`` must see each ``n_heads`` value whatever order
+    A shape sweep's ``d_model: seq(n_heads*8, ...)`` must see each ``n_heads`` value whatever order
     the YAML lists the axes in, so the expanded set never depends on key order.
     """
     deps = {}
@@ -185,7 +185,7 @@ def _too_many_runs(key: str) -> ConfigError:
 
 def _grid_points(grid: Mapping[str, Any], names: dict[str, Any], key: str,
                  limit: int = 10**9) -> list[dict[str, Any]]:
-    """Cartesian product; an axis may be an expression over other axes (seed 000's ranges).
+    """Cartesian product; an axis may be an expression over other axes (a shape sweep's ranges).
     More than ``limit`` points stop the expansion there, before the product is built."""
     points: list[dict[str, Any]] = [{}]
     for axis in _axis_order(grid, key):
@@ -309,7 +309,7 @@ def expand(study: Mapping[str, Any], corpora: Mapping[str, Any] | None = None) -
                                                        base_flat)
             if wheres:  # constraints see derived and solved values (d_ff, params_target dims)
                 scope = expression_names({**flatten(resolved), "variant": vname})
-                if any("params_" in w for w, _ in wheres):  # seed 000: "ignored under 1M"
+                if any("params_" in w for w, _ in wheres):  # a shape sweep's "ignored under 1M"
                     scope.update(_param_names(cfg, corpora))
                 if not all(evaluate(w, scope, key=k) for w, k in wheres):
                     continue
