@@ -18,7 +18,8 @@ and reported as the study's results.
 
 ``resume``:
   - ``restart`` (default): phase 1 is a complete short run (its LR schedule decays over the short
-    budget, as a parameter-allocation study's 5M-token ranking runs do); phase 2 trains from scratch.
+    budget, as a parameter-allocation study's 5M-token ranking runs do); phase 2 trains from
+    scratch.
   - ``continue``: phase 1 follows the *full* run's LR schedule and stops at ``tokens``
     (``train.stop_tokens``); phase 2 continues that checkpoint, so the selected runs cost only the
     remaining tokens and end bitwise equal to an uninterrupted full run (on CPU). Phase 1 then ranks
