@@ -10,7 +10,11 @@ LRs are reported: ``lr_steepest`` (where the smoothed loss falls fastest per dec
 ``lr_valley`` (the LR of the minimum divided by 10: the usual conservative pick) and
 ``lr_min_loss``. The headline, ``lr_suggested``, is the steepest-descent LR (:data:`HEADLINE`):
 of the three, and of the configured LR, it was closest to the best LR of real short runs.
-Nothing is checkpointed; the run itself is not touched.
+The test builds its model, optimiser and step with the training step's own setup
+(:func:`lmablate.engine.step.build_step`) and writes ``lr_find.json`` (the curve and the
+suggestions); it draws nothing: the rule's script and ``lmablate lr-find`` draw ``lr_find.png``
+(:func:`lmablate.figures.sweeps.lr_finder`). Nothing is checkpointed; the run itself is not
+touched.
 
 How the headline was chosen (``bench/lr_find_check.py``; CPU, 1 thread, 200k-token runs with the
 study's cosine schedule; numbers in ``bench/results/2026-12-05-cpu-lr_find_check-*.json`` and
@@ -46,7 +50,6 @@ from lmablate.engine.step import (
     optimizer_step,
     select_device,
 )
-
 from lmablate.errors import ConfigError
 from lmablate.io import atomic_write_json
 from lmablate.study.config import SECTIONS, RunConfig, from_dict, to_dict

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmablate import paths
+from lmablate.dicts import flatten
 from lmablate.io import atomic_write_json
 from lmablate.study.logging_spec import check_logging
 
@@ -41,16 +42,11 @@ STATE_FILE = "tracking.json"  # in the checkpoint dir: the tracker runs a resume
 # what is logged
 
 
-def flat(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"d_model": 64}}`` -> ``{"model.d_model": 64}``; lists become strings."""
-    out: dict[str, Any] = {}
-    for k, v in doc.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flat(v, name + "."))
-        else:
-            out[name] = str(v) if isinstance(v, (list, tuple)) else v
-    return out
+def config_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as tracker params, ``{"model.d_model": 64, ...}``
+    (:func:`lmablate.dicts.flatten`); lists become strings, as trackers take scalars."""
+    return {k: str(v) if isinstance(v, (list, tuple)) else v
+            for k, v in flatten(config).items() if not isinstance(v, Mapping)}
 
 
 def _number(v: Any) -> bool:
@@ -67,7 +63,7 @@ def record_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 def final_metrics(final: Mapping[str, Any]) -> dict[str, float]:
     """final.json's numbers as ``{"final/<name>": value}`` (not its file manifest)."""
     keep = {k: v for k, v in final.items() if k not in ("files", "reliability")}
-    return {f"final/{k}": float(v) for k, v in flat(keep).items() if _number(v)}
+    return {f"final/{k}": float(v) for k, v in flatten(keep).items() if _number(v)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,7 +123,7 @@ class TensorBoardTracker(Tracker):
         metrics = final_metrics(final)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, global_step=self.step)
-        params = {k: v for k, v in flat(self.config).items()
+        params = {k: v for k, v in config_params(self.config).items()
                   if isinstance(v, (int, float, str, bool))}
         for summary in hparams(params, {k: v for k, v in metrics.items() if math.isfinite(v)}):
             self.writer.file_writer.add_summary(summary, global_step=self.step)
@@ -166,7 +162,7 @@ class MLflowTracker(Tracker):
         run = self.client.create_run(experiment, run_name=run_id,
                                      tags={"lmablate.study": study, "lmablate.run_id": run_id})
         self.run = run.info.run_id
-        self._log_params(flat(config))
+        self._log_params(config_params(config))
         self.client.log_dict(self.run, dict(config), "config.yaml")
         return {"run_id": self.run, "tracking_uri": self.client.tracking_uri}
 
