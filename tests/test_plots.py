@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -13,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, write_run
+from conftest import write_run
 
 from lmablate import figures
 from lmablate.figures.plan import plan_figures
-from lmablate.figures.registry import FIGURE_KINDS
+from lmablate.figures.registry import FIGURE_KINDS, caption_text, write_captions
 from lmablate.results.collect import collect
 from lmablate.results.harvest import harvest, load_results
 from lmablate.workflow.steps import plot_study_step
@@ -66,15 +67,75 @@ def test_the_sweep_gets_every_figure(sweep):
         set(FIGURE_KINDS) - {"tasks"}
 
 
-def test_every_figure_kind_has_its_caption_and_a_draw_function_that_takes_its_inputs():
-    """A kind is complete: its report caption exists, and its draw function takes the kind's
-    inputs in order, then a title."""
+def test_every_figure_kind_has_its_caption_and_a_draw_function_that_takes_its_inputs(tmp_path):
+    """A kind is complete: its report caption is written where the report reads it, and its
+    draw function takes the kind's inputs in order, then a title."""
+    written = write_captions(tmp_path)
     for kind in FIGURE_KINDS.values():
         for caption in [kind.name, *(kind.train_split[:1] if kind.train_split else [])]:
-            assert (REPO / "report" / f"{caption}.rst").read_text().strip(), caption
+            assert caption_text(caption).strip(), caption
+            assert Path(written[caption]).read_text() == caption_text(caption), caption
         params = list(inspect.signature(kind.function()).parameters)
         assert params[:len(kind.inputs)] == list(kind.inputs), kind.name
         assert "title" in params, kind.name
+
+
+def _tokens_per_second(runs, baseline, *, title=None):
+    """A figure kind's draw function, as a family module holds it: throughput per group."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    means = runs.groupby("group")["tokens_per_s"].mean()
+    ax.bar(range(len(means)), means.to_numpy(), color=["tab:blue", "tab:orange", "tab:green"])
+    ax.set_title(title or f"tokens per second (reference {baseline})")
+    return fig
+
+
+def test_a_figure_kind_is_its_row_and_its_draw_function(sweep, tmp_path, monkeypatch):
+    """Adding a kind touches two files: a draw function in a family module and a registry row
+    with its caption. With only those (a module and a row added here), the kind is planned for
+    the runs its test accepts, drawn by the plot step, its caption written where the report reads
+    it, and shown under the figure on the results page."""
+    import types
+
+    from lmablate.figures import registry
+    from lmablate.results.page import write_results_page
+
+    family = types.ModuleType("lmablate.figures.throughput")
+    family.tokens_per_second = _tokens_per_second
+    monkeypatch.setitem(sys.modules, family.__name__, family)
+    kind = registry.FigureKind(
+        "tokens_per_second", "throughput.tokens_per_second", ("runs", "baseline"),
+        "Training throughput per group.", "Efficiency and calibration",
+        lambda rows: any(r.get("tokens_per_s") for r in rows), {"throughput": {}},
+        caption="Tokens per second of each group, *mean over seeds*.")
+    # the row's two views, as the table builds them at import
+    monkeypatch.setitem(registry.FIGURE_KINDS, kind.name, kind)
+    monkeypatch.setitem(registry.DEFAULT_FIGURES, "throughput", (kind.name, {}))
+
+    runs = pd.read_parquet(sweep / "runs.parquet")
+    plan = plan_figures(runs.to_dict("records"))
+    assert plan["throughput"] == {"kind": "tokens_per_second"}
+    assert plan_figures(runs.drop(columns="tokens_per_s").to_dict("records")).keys() == \
+        plan.keys() - {"throughput"}
+
+    png = tmp_path / "throughput.png"
+    plot_study_step(str(sweep / "runs.parquet"), str(sweep / "curves.parquet"),
+                    {"throughput": str(png)}, baseline="baseline", study="sweep", figures=plan)
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 300 and img.shape[1] > 600 and img[..., :3].std() > 0.05
+
+    caption = registry.figure_caption(plan["throughput"])
+    written = write_captions(tmp_path / "captions")
+    assert Path(written[caption]).read_text() == kind.caption + "\n"
+    assert registry.figure_subcategory(plan["throughput"]) == "Efficiency and calibration"
+    page = write_results_page(sweep / "runs.csv", sweep / "summary.json", tmp_path / "r.html",
+                              study="sweep", figures={"throughput": {
+                                  "path": str(png), "caption": caption_text(caption),
+                                  "what": registry.figure_summary(plan["throughput"])}})
+    html = page.read_text()
+    assert "Training throughput per group." in html
+    assert "Tokens per second of each group, <em>mean over seeds</em>." in html
 
 
 def test_plot_step_writes_every_planned_figure(sweep, tmp_path):
@@ -550,6 +611,8 @@ def test_an_lr_sweep_with_one_finished_lr_says_there_is_no_trend(tmp_path):
     assert not [ln for ln in ax.lines if ln.get_marker() == "*" and len(ln.get_xdata())]
     lo, hi = ax.get_ylim()
     assert lo < 2.0 < hi
+    lo, hi = ax.get_xlim()  # every LR in view, the crosses' too
+    assert lo < 1e-3 / 1.05 and hi > 1e-1 * 1.05
     figures.save(fig, tmp_path / "one_finished_lr.png")
 
 

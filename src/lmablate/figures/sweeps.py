@@ -199,10 +199,6 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                        zorder=6)
         ax.scatter([], [], marker="x", color=DIVERGED_COLOR, label=f"did not complete "
                    f"({plural(len(bad), 'run')}; top edge, colour of their line)")
-        lo, hi = ax.get_xlim()  # the markers do not autoscale: keep their LRs in view
-        lrs = bad["train.lr"][bad["train.lr"] > 0]
-        if len(lrs):
-            ax.set_xlim(min(lo, lrs.min() / 1.25), max(hi, lrs.max() * 1.25))
     shared = ok_all[ok_all.line.isin(single[:10])].groupby("train.lr").line.nunique()
     for k, key in enumerate(single[:10]):  # one LR only: a point with its seeds, not a line
         sel = ok_all[ok_all.line == key]
@@ -218,9 +214,11 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                                     horizontal=False)
             ax.plot(lr, s.mean, "D", color=color, ms=7, mec="black", mew=0.6, zorder=5,
                     label=f"{key} (one LR, n={s.n})")
-    if runs_all["train.lr"].nunique() < 2:  # one LR: half a decade either side of it
-        lr = float(runs_all["train.lr"].dropna().iloc[0])
-        ax.set_xlim(lr / 3, lr * 3)
+    lrs = runs_all["train.lr"][runs_all["train.lr"] > 0]  # every LR in view, crosses included
+    if lrs.nunique() == 1:  # one LR: half a decade either side of it
+        ax.set_xlim(float(lrs.iloc[0]) / 3, float(lrs.iloc[0]) * 3)
+    elif len(lrs):  # markers and the top-edge crosses do not autoscale; dodged points 5% aside
+        ax.set_xlim(*_data_limits([lrs.min() / 1.05, lrs.max() * 1.05], pad=0.06, log=True))
     if flat:
         _no_trend(ax, _one_lr_text(runs_all, ok_all))
     elif len(lines):
