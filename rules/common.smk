@@ -10,6 +10,7 @@ import lmablate.study.phases
 from lmablate.workflow.dag import (
     MANIFEST_FILES,
     canonical,
+    caption_text,
     damage_message,
     figure_caption,
     figure_subcategory,
@@ -23,6 +24,7 @@ from lmablate.workflow.dag import (
     study_figures,
     study_lr_find,
     swept_axes,
+    write_captions,
 )
 from snakemake.utils import min_version
 
@@ -231,30 +233,36 @@ def get_figure_paths():
     return [figure_path(name) for name in FIGURES]
 
 
+# A figure's report caption is its kind's row in lmablate.figures.registry, written at each parse
+# to a private temporary folder (removed when snakemake exits) that `snakemake --report` reads.
+CAPTIONS = write_captions()
+
+
 def figure_outputs():
     return {
         name: report(
             figure_path(name),
             category="Figures",
             subcategory=figure_subcategory(spec),
-            caption=f"../report/{figure_caption(spec)}.rst",
+            caption=CAPTIONS[figure_caption(spec)],
             labels={"figure": name},
         )
         for name, spec in FIGURES.items()
     }
 
 
-# the report's captions (report/<kind>.rst), which the results page shows under each figure
+# the captions of the report's other files (report/<name>.rst)
 REPORT_DIR = Path(workflow.basedir) / "report"
 
 
 def results_page_figures():
-    """Figure name -> PNG, report caption and one-line summary, in the order the results page
-    shows them: the study's figures, a two-phase study's phase-1 figures, the LR range test."""
+    """Figure name -> PNG, report caption (its text) and one-line summary, in the order the
+    results page shows them: the study's figures, a two-phase study's phase-1 figures, the LR
+    range test."""
     figures = {
         name: {
             "path": figure_path(name),
-            "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
+            "caption": caption_text(figure_caption(spec)),
             "what": figure_summary(spec)
             + (f" Metric: {spec['metric']}." if spec.get("metric") else ""),
         }
@@ -263,13 +271,13 @@ def results_page_figures():
     for name, spec in PHASE1_FIGURES.items():  # a two-phase study's sweep figures
         figures[f"phase1/{name}"] = {
             "path": paths.fill(paths.PHASE1_PLOT, study=NAME, name=name),
-            "caption": str(REPORT_DIR / f"{figure_caption(spec)}.rst"),
+            "caption": caption_text(figure_caption(spec)),
             "what": f"Phase 1, every configuration: {figure_summary(spec)}",
         }
     if LR_FIND:
         figures["lr_finder"] = {
             "path": figure_path("lr_finder"),
-            "caption": str(REPORT_DIR / "lr_finder.rst"),
+            "caption": (REPORT_DIR / "lr_finder.rst").read_text(),
             "what": "LR range test of the study's runs: loss against a growing learning rate.",
         }
     return figures
@@ -282,7 +290,7 @@ def phase1_figure_outputs():
             paths.fill(paths.PHASE1_PLOT, study=NAME, name=name),
             category="Figures",
             subcategory="Phase 1: every configuration",
-            caption=f"../report/{figure_caption(spec)}.rst",
+            caption=CAPTIONS[figure_caption(spec)],
             labels={"figure": f"phase1/{name}"},
         )
         for name, spec in PHASE1_FIGURES.items()

@@ -24,7 +24,6 @@ from lmablate.results.summary import reference_group
 from lmablate.results.shape import size_levels, spans_sizes
 
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
-REPO_REPORT = Path(__file__).resolve().parents[1] / "report"
 
 
 @pytest.fixture
@@ -272,11 +271,12 @@ def test_a_shared_centre_puts_both_one_axis_sweeps_on_the_figure():
 
 
 def test_train_split_curves_are_not_called_validation_loss():
-    from lmablate.figures.registry import figure_summary
+    from lmablate.figures.registry import caption_text, figure_caption, figure_summary
 
     assert figure_summary({"kind": "loss_curves", "split": "train"}).startswith("Training loss")
     assert figure_summary({"kind": "loss_curves"}).startswith("Validation loss")
-    assert (REPO_REPORT / "loss_curves_train.rst").read_text().startswith("Training loss")
+    assert caption_text(figure_caption({"kind": "loss_curves", "split": "train"})).startswith(
+        "Training loss")
 
 
 def _train_curve(run_dir: Path, points: list[tuple[int, float]]) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_STUDY, snakemake, write_yaml
+from conftest import TINY_STUDY, snakemake, write_yaml
 
-from lmablate.figures.registry import DEFAULT_FIGURES
+from lmablate.figures.registry import DEFAULT_FIGURES, caption_text
 from lmablate.results.page import results_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -81,8 +81,8 @@ def first_finding(analysis: str) -> str:
 
 
 def caption_sentence(kind: str) -> str:
-    """The first sentence of the report caption of a figure kind (report/<kind>.rst)."""
-    return squash((REPO / "report" / f"{kind}.rst").read_text()).split(". ")[0]
+    """The first sentence of the report caption of a figure kind (its registry row's)."""
+    return squash(caption_text(kind)).split(". ")[0]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,23 @@ def test_results_page_is_self_contained_and_nothing_left_to_do(study_report):
     assert not re.search(r'src="(?!data:)', (res / "results.html").read_text())
     proc = snakemake(study_report, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_report_files_each_figure_under_its_kinds_caption(study_report):
+    """snakemake --report reads each figure's caption from its kind's registry row (written for
+    it at parse time), rendered by the report itself next to the figure."""
+    res = study_report / "results" / "tiny"
+    html = (res / "report.html").read_text()
+    figures = sorted((res / "plots").glob("*.png"))
+    assert figures
+    for png in figures:
+        start = html.index(f'"results/tiny/plots/{png.name}": {{"name"')
+        entry = re.compile(r'"caption": "((?:[^"\\]|\\.)*)"').search(html, start)
+        assert entry, png.name
+        shown = squash(re.sub(r"<[^>]+>", " ", json.loads(f'"{entry[1]}"')))
+        assert caption_sentence(DEFAULT_FIGURES[png.stem][0]) in shown, png.name
 
 
 @pytest.mark.workflow

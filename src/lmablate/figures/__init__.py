@@ -19,6 +19,20 @@ matplotlib Figure, so a notebook can redraw or extend any figure of a study::
 
 The Snakefile imports the planning modules while it parses, so matplotlib and pandas load only
 when a figure function is first used (module ``__getattr__``).
+
+Adding a figure kind touches two files:
+
+1. its draw function in the family module it belongs to (or a new one here): it takes the
+   kind's inputs (``runs``, ``curves``, ``baseline``, ...) in order, then ``title`` and its
+   options, and returns a Figure;
+2. its :class:`~lmablate.figures.registry.FigureKind` row in ``registry.py``: the draw
+   function by name (``"family.function"``), its inputs, a one-line summary, the report
+   section, which runs support it (``applies``), its default figure names and options, and its
+   caption (reStructuredText: how to read the figure).
+
+The workflow then plans it for every study whose runs it applies to (or that names it in
+``figures:``), rule plot_study draws it, ``snakemake --report`` files it under its section with
+its caption, RESULTS.md lists it with its summary and the results page shows it with both.
 """
 
 from __future__ import annotations

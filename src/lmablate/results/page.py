@@ -9,7 +9,7 @@ the styles are scoped to the fragment's ``#lmablate-results`` section.
 
 The findings, the ranking, the test-split and the per-epoch tables are those of ``analysis.txt``
 and RESULTS.md (:mod:`lmablate.results.text` shares their code); captions are the report's
-``report/<kind>.rst`` files rendered by docutils.
+(reStructuredText, each figure kind's in :mod:`lmablate.figures.registry`) rendered by docutils.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _split_tables(summary: Mapping[str, Any], epochs: Any) -> list[str]:
 
 
 def caption_html(rst: str) -> str:
-    """A report caption (reStructuredText, as report/<kind>.rst) as an HTML fragment."""
+    """A report caption (reStructuredText) as an HTML fragment."""
     from docutils.core import publish_parts
 
     return publish_parts(rst, writer_name="html",
@@ -181,7 +181,7 @@ def _data_uri(path: str | Path) -> str:
 
 def _figure(name: str, spec: Mapping[str, Any]) -> str:
     """One figure: heading, the PNG embedded, its one-line summary and the report caption."""
-    caption = caption_html(Path(spec["caption"]).read_text()) if spec.get("caption") else ""
+    caption = caption_html(spec["caption"]) if spec.get("caption") else ""
     what = f'<p class="note">{_esc(spec["what"])}</p>' if spec.get("what") else ""
     return (f'<figure id="figure-{_esc(name)}">\n<h3>{_esc(name)}</h3>\n'
             f'<img alt="{_esc(name)}" src="{_data_uri(spec["path"])}">\n'
@@ -222,8 +222,9 @@ def results_html(runs: Any, summary: Mapping[str, Any], study: str,
                  figures: Mapping[str, Mapping[str, Any]] | None = None,
                  epochs: Any = None, phase1: Mapping[str, Any] | None = None) -> str:
     """The results page as an HTML fragment. ``figures``: name -> {"path": PNG, "caption":
-    report caption .rst (optional), "what": one-line summary (optional)}, in display order;
-    ``epochs``: the per-epoch losses (:func:`lmablate.results.text.epoch_table`) or None;
+    report caption in reStructuredText (optional), "what": one-line summary (optional)}, in
+    display order; ``epochs``: the per-epoch losses (:func:`lmablate.results.text.epoch_table`)
+    or None;
     ``phase1``: a two-phase study's phase 1 (see :func:`_phase1_section`) or None."""
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     parts = [f'<section id="lmablate-results">\n<style>{STYLE}</style>',

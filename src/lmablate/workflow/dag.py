@@ -12,7 +12,9 @@ they need from data, engine, evaluation and results to build the DAG comes throu
     study_figures      the figures those rows support (or the study's own `figures:` pick),
                        and a two-phase study's figures of phase 1
     figure_summary     a figure's one-line summary on the results page
-    figure_caption     a figure's report caption (report/<caption>.rst)
+    figure_caption     the name of a figure's report caption
+    caption_text       a caption's text (reStructuredText), from its figure kind's row
+    write_captions     every caption written where `snakemake --report` reads it
     figure_subcategory a figure's section of the report
     shared_points      runs several sweep points share
     swept_axes         the axes whose value differs between the study's runs
@@ -34,15 +36,21 @@ from lmablate.dicts import canonical_json
 from lmablate.engine.integrity import MANIFEST_FILES, damage_message, scan_runs
 from lmablate.evaluation import study_eval
 from lmablate.figures.plan import planned_rows, study_figures
-from lmablate.figures.registry import figure_caption, figure_subcategory, figure_summary
+from lmablate.figures.registry import (
+    caption_text,
+    figure_caption,
+    figure_subcategory,
+    figure_summary,
+    write_captions,
+)
 from lmablate.results.collect import shared_points, swept_axes
 from lmablate.study.corpus_spec import portable
 from lmablate.study.lrfind_spec import study_lr_find
 
-__all__ = ["MANIFEST_FILES", "canonical", "damage_message", "figure_caption",
+__all__ = ["MANIFEST_FILES", "canonical", "caption_text", "damage_message", "figure_caption",
            "figure_subcategory", "figure_summary", "manifest_path", "planned_rows", "portable",
            "scan_runs", "shared_points", "study_figures", "swept_axes",
-           "study_eval", "study_lr_find"]
+           "study_eval", "study_lr_find", "write_captions"]
 
 
 def canonical(obj: Any) -> Any:
