@@ -184,6 +184,33 @@ def tokens(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# a token store with a test split (test_epochs.py, test_report_tables.py)
+
+TEST_TEXT = Path(__file__).parent / "data" / "wikitext2_test_excerpt.txt"  # WikiText-2 excerpt
+
+
+@pytest.fixture(scope="session")
+def split_tokens(tmp_path_factory) -> Path:
+    """A real token store with all three splits: 40 shipped stories (hash split, 20% validation)
+    and the WikiText-2 test excerpt as the corpus' ``test`` source; a 300-token BPE, HDF5."""
+    from lmablate.data.corpora import load_manifest, prepare_corpus, split_documents
+    from lmablate.data.tokenizer import build_tokenizer
+    from lmablate.data.tokens import encode_corpus
+    from lmablate.study.config import RunConfig, from_dict
+    from lmablate.study.corpus_spec import resolve_corpora
+
+    d = tmp_path_factory.mktemp("split_tokens")
+    spec = resolve_corpora({"c": {"source": "file", "path": "package:tinystories_valid_1k.txt",
+                                  "max_documents": 40, "test": str(TEST_TEXT)}}, d)["c"]
+    manifest = prepare_corpus(spec, d / "corpus")
+    docs = (x for _, x in split_documents(load_manifest(manifest), 0.2, split="train"))
+    cfg = from_dict(RunConfig, {"tokenizer": {"vocab_size": 300}}).tokenizer
+    build_tokenizer(cfg, docs, d / "tok" / "tokenizer.json")
+    encode_corpus(manifest, d / "tok" / "tokenizer.json", d / "tokens.h5", val_fraction=0.2)
+    return d / "tokens.h5"
+
+
+# --------------------------------------------------------------------------------------------------
 # a workflow-shaped workspace with trained and untrained runs (test_tasks.py, test_harness.py)
 
 TASK_DATA = Path(__file__).parent / "data" / "tasks"  # synthetic task rows (see its README)

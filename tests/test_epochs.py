@@ -13,33 +13,16 @@ import torch
 import yaml
 
 from lmablate import from_dict
-from lmablate.data.corpora import load_manifest, prepare_corpus, split_documents
-from lmablate.data.tokenizer import build_tokenizer
-from lmablate.data.tokens import TokenStore, encode_corpus
+from lmablate.data.tokens import TokenStore
 from lmablate.engine.schedule import epoch_ended
 from lmablate.engine.train import train
 from lmablate.results.harvest import harvest
 from lmablate.study.config import RunConfig
-from lmablate.study.corpus_spec import resolve_corpora
 
-TEST_TEXT = Path(__file__).parent / "data" / "wikitext2_test_excerpt.txt"
 RUN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},
        "train": {"epochs": 3, "batch_size": 4, "seq_len": 32, "eval_every": 1000,
                  "eval_tokens": 512, "log_every": 5, "final_eval_tokens": 2048},
        "tokenizer": {"vocab_size": 300}}
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    """40 shipped stories (hash split) and the WikiText-2 test excerpt as the test source."""
-    d = tmp_path_factory.mktemp("epochs")
-    spec = resolve_corpora({"c": {"source": "file", "path": "package:tinystories_valid_1k.txt",
-                                  "max_documents": 40, "test": str(TEST_TEXT)}}, d)["c"]
-    manifest = prepare_corpus(spec, d / "corpus")
-    docs = (x for _, x in split_documents(load_manifest(manifest), 0.2, split="train"))
-    build_tokenizer(from_dict(RunConfig, RUN).tokenizer, docs, d / "tok" / "tokenizer.json")
-    encode_corpus(manifest, d / "tok" / "tokenizer.json", d / "tokens.h5", val_fraction=0.2)
-    return d / "tokens.h5"
 
 
 def test_epoch_boundaries() -> None:
@@ -56,10 +39,11 @@ def run(tokens: Path, out: Path, seed: int) -> tuple[dict, list[dict]]:
     return final, records
 
 
-def test_each_epoch_is_evaluated_with_its_mean_training_loss(tmp_path: Path, tokens: Path) -> None:
+def test_each_epoch_is_evaluated_with_its_mean_training_loss(tmp_path: Path,
+                                                             split_tokens: Path) -> None:
     torch.set_num_threads(1)
-    split = len(TokenStore(tokens).split("train"))
-    final, records = run(tokens, tmp_path / "r0", 0)
+    split = len(TokenStore(split_tokens).split("train"))
+    final, records = run(split_tokens, tmp_path / "r0", 0)
     assert final["epochs"] == pytest.approx(3, abs=128 / split)  # one step of 128 tokens
     per_epoch = [r for r in records if "epoch" in r]
     assert [r["epoch"] for r in per_epoch] == [1, 2, 3]
@@ -74,9 +58,10 @@ def test_each_epoch_is_evaluated_with_its_mean_training_loss(tmp_path: Path, tok
     assert final["test_loss"] > 0 and "test_ppl" in final
 
 
-def test_harvest_lists_losses_per_epoch_and_the_test_split(tmp_path: Path, tokens: Path) -> None:
+def test_harvest_lists_losses_per_epoch_and_the_test_split(tmp_path: Path,
+                                                            split_tokens: Path) -> None:
     torch.set_num_threads(1)
-    runs = [run(tokens, tmp_path / "runs" / f"r{s}", s) for s in (0, 1)]
+    runs = [run(split_tokens, tmp_path / "runs" / f"r{s}", s) for s in (0, 1)]
     summary = harvest([tmp_path / "runs" / "r0", tmp_path / "runs" / "r1"], tmp_path / "out",
                       study="ep")
     table = pd.read_csv(tmp_path / "out" / "epochs.csv")
@@ -107,18 +92,18 @@ def test_harvest_lists_losses_per_epoch_and_the_test_split(tmp_path: Path, token
         "epochs"] == 3
 
 
-def test_a_resumed_run_keeps_the_epoch_mean(tmp_path: Path, tokens: Path) -> None:
+def test_a_resumed_run_keeps_the_epoch_mean(tmp_path: Path, split_tokens: Path) -> None:
     """Stopped inside epoch 2 and resumed, the epoch's training-loss mean is the uninterrupted
     run's (the running sum is part of the checkpoint)."""
     torch.set_num_threads(1)
-    _, whole = run(tokens, tmp_path / "whole", 0)
+    _, whole = run(split_tokens, tmp_path / "whole", 0)
     cfg = from_dict(RunConfig, {**RUN, "train": {**RUN["train"], "seed": 0,
                                                  "checkpoint_every": 1}})
     mid = [r for r in whole if r.get("epoch") == 1][0]["step"] + 3
-    stopped = train(cfg, tokens, tmp_path / "cut", run_id="cut", progress=False,
+    stopped = train(cfg, split_tokens, tmp_path / "cut", run_id="cut", progress=False,
                     stop_after_steps=mid)
     assert stopped == {"status": "stopped", "step": mid}
-    train(cfg, tokens, tmp_path / "cut", run_id="cut", progress=False)
+    train(cfg, split_tokens, tmp_path / "cut", run_id="cut", progress=False)
     resumed = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().split("\n")
                if x]
     assert [(r["epoch"], r["epoch_train_loss"]) for r in resumed if "epoch" in r] == [

@@ -13,16 +13,11 @@ import pytest
 import torch
 
 from lmablate import from_dict
-from lmablate.data.corpora import load_manifest, prepare_corpus, split_documents
-from lmablate.data.tokenizer import build_tokenizer
-from lmablate.data.tokens import encode_corpus
 from lmablate.engine.train import train
 from lmablate.results.harvest import harvest
 from lmablate.results.page import results_html, write_results_page
 from lmablate.study.config import RunConfig
-from lmablate.study.corpus_spec import resolve_corpora
 
-TEST_TEXT = Path(__file__).parent / "data" / "wikitext2_test_excerpt.txt"
 RUN = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64},
        "train": {"epochs": 2, "batch_size": 4, "seq_len": 32, "eval_every": 1000,
                  "eval_tokens": 512, "log_every": 5, "final_eval_tokens": 1024},
@@ -85,20 +80,15 @@ def tables(html: str) -> Tables:
 
 
 @pytest.fixture(scope="module")
-def harvested(tmp_path_factory) -> Path:
-    """Two seeds of a 2-epoch run on 40 shipped stories with the WikiText-2 test excerpt as the
-    corpus' test source, harvested: the study's results directory."""
+def harvested(tmp_path_factory, split_tokens: Path) -> Path:
+    """Two seeds of a 2-epoch run on the token store with a test split (40 shipped stories, the
+    WikiText-2 test excerpt as the corpus' test source), harvested: the study's results
+    directory."""
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("report_tables")
-    spec = resolve_corpora({"c": {"source": "file", "path": "package:tinystories_valid_1k.txt",
-                                  "max_documents": 40, "test": str(TEST_TEXT)}}, d)["c"]
-    manifest = prepare_corpus(spec, d / "corpus")
-    docs = (x for _, x in split_documents(load_manifest(manifest), 0.2, split="train"))
-    build_tokenizer(from_dict(RunConfig, RUN).tokenizer, docs, d / "tok" / "tokenizer.json")
-    encode_corpus(manifest, d / "tok" / "tokenizer.json", d / "tokens.h5", val_fraction=0.2)
     for seed in (0, 1):
         cfg = from_dict(RunConfig, {**RUN, "train": {**RUN["train"], "seed": seed}})
-        train(cfg, d / "tokens.h5", d / "runs" / f"r{seed}", run_id=f"r{seed}",
+        train(cfg, split_tokens, d / "runs" / f"r{seed}", run_id=f"r{seed}",
               meta={"study": "ep", "variant": "baseline", "seed": seed}, progress=False)
     harvest([d / "runs" / "r0", d / "runs" / "r1"], d / "out", study="ep")
     return d / "out"
