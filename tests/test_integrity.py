@@ -441,6 +441,33 @@ def test_runs_under_legacy_ids_are_migrated_and_kept(finished: Finished, tmp_pat
 
 
 @pytest.mark.workflow
+def test_migration_rewrites_the_selection_and_every_cohort(finished: Finished, tmp_path: Path):
+    """A two-phase study names runs in phase 1's selected.json and its early-stopping cohorts:
+    phase1-cohort.jsonl, or with ``ranking.per`` one phase1-cohort-<value>.jsonl per value.
+    Migration rewrites the IDs in each and keeps its modification time."""
+    root = finished.copy(tmp_path / "study")
+    old_of = to_legacy(root, finished.run_ids)
+    a, b = finished.run_ids
+    ckpt = root / "checkpoints" / "tiny"
+    cohorts = {ckpt / "phase1-cohort.jsonl": [a, b], ckpt / "phase1-cohort-0.25.jsonl": [a],
+               ckpt / "phase1-cohort-swiglu.jsonl": [b, a]}
+    for path, rids in cohorts.items():
+        path.write_text("".join(json.dumps({"run_id": old_of[r], "tokens": 1024, "value": 3.5})
+                                + "\n" for r in rids))
+    selected = root / "results" / "tiny" / "phase1" / "selected.json"
+    selected.parent.mkdir(parents=True)
+    selected.write_text(json.dumps({"metric": "val_loss", "selected": [old_of[b]]}))
+    for path in [*cohorts, selected]:
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    done = lmablate_cli(root, "migrate-ids", "study.yaml", "--apply")
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "2 runs renamed", done
+    for path, rids in cohorts.items():
+        assert [json.loads(x)["run_id"] for x in path.read_text().splitlines()] == rids, path
+    assert json.loads(selected.read_text())["selected"] == [b]
+    assert {p.stat().st_mtime for p in [*cohorts, selected]} == {1_700_000_000}
+
+
+@pytest.mark.workflow
 def test_a_legacy_run_whose_config_differs_is_not_renamed(finished: Finished, tmp_path: Path):
     root = finished.copy(tmp_path / "study")
     old_of = to_legacy(root, finished.run_ids[:1])

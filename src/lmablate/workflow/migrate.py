@@ -1,16 +1,15 @@
 """Keep finished runs whose IDs were made with the older 8-digit hash (``lmablate migrate-ids``).
 
-Run IDs end in 16 hex digits of a SHA-256 (:data:`lmablate.study.sweep.RUN_HASH_HEX`); they used to
-end
-in its first 8, so a run's old ID is its new ID cut short
-(:func:`lmablate.study.sweep.legacy_run_id`).
-A finished run under its old ID would be retrained under the new one. :func:`migrate_ids` renames
-it instead, after checking that the old directory's config.yaml resolves to the very config the
-new ID stands for (:func:`lmablate.study.sweep.identity`): its results directory, checkpoints, logs
-and
-benchmarks, and the run ID recorded in config.yaml, final.json and a two-phase study's
-selection. Snakemake's metadata of the old paths is not carried over, so Snakemake judges the
-renamed outputs by their modification times alone (they are older than nothing they depend on).
+Run IDs end in 16 hex digits of a SHA-256 (:data:`lmablate.study.sweep.RUN_HASH_HEX`); they used
+to end in its first 8, so a run's old ID is its new ID cut short
+(:func:`lmablate.study.sweep.legacy_run_id`). A finished run under its old ID would be retrained
+under the new one. :func:`migrate_ids` renames it instead, after checking that the old
+directory's config.yaml resolves to the very config the new ID stands for
+(:func:`lmablate.study.sweep.identity`): its results directory, checkpoints, logs and benchmarks,
+and the run ID recorded in config.yaml, final.json and a two-phase study's selection and
+early-stopping cohorts (one, or one per value of ``ranking.per``). Snakemake's metadata of the
+old paths is not carried over, so Snakemake judges the renamed outputs by their modification
+times alone (they are older than nothing they depend on).
 """
 
 from __future__ import annotations
@@ -121,10 +120,19 @@ def _rewrite_ids(run_dir: Path, old: str, new: str) -> None:
         os.utime(final_path, (mtime, mtime))
 
 
+def _selection_files(root: Path, study: str) -> list[Path]:
+    """A two-phase study's files that name runs by ID: phase 1's selected.json and its
+    early-stopping cohorts, ``phase1-cohort.jsonl`` or with ``ranking.per`` one
+    ``phase1-cohort-<value>.jsonl`` per value."""
+    cohort = root / paths.fill(paths.COHORT, study=study, cohort="phase1-cohort")
+    cohorts = sorted(cohort.parent.glob("phase1-cohort*.jsonl")) if cohort.parent.is_dir() else []
+    return [root / paths.fill(paths.PHASE1_DIR, study=study) / "selected.json", *cohorts]
+
+
 def _rewrite_selection(root: Path, study: str, mapping: Mapping[str, str]) -> None:
-    """A two-phase study's selected.json and phase-1 cohort name runs by ID."""
-    for path in (root / paths.fill(paths.PHASE1_DIR, study=study) / "selected.json",
-                 root / paths.fill(paths.COHORT, study=study, cohort="phase1-cohort")):
+    """The run IDs a two-phase study's selection and cohorts record (:func:`_selection_files`),
+    each file's modification time kept."""
+    for path in _selection_files(root, study):
         if path.is_file():
             text = path.read_text()
             new = text
