@@ -8,7 +8,7 @@ lmablate.expand, so every config.yaml is a fully resolved config as train.py wri
 final.json (reliability bins included) and metrics.jsonl shaped like train.py's; 2% diverge.
 Values follow a noisy scaling law so the statistics, findings and scaling fit all run.
 
-The peer is what a researcher would write by hand (seed 001/003 style): yaml.safe_load,
+The peer is what a researcher would write by hand (as in an ablation notebook): yaml.safe_load,
 json.load, pandas.read_json(lines=True) per run, then pandas.concat and a groupby. Target: the
 full harvest (tables, summary.json with the scaling fit, analysis.txt, RESULTS.md) in <= 5 s.
 """
