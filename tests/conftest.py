@@ -321,7 +321,9 @@ def write_run(root: Path, run_id: str, *, variant: str = "baseline", seed: int =
              "diverged_at_step": 4 if status == "diverged" else None,
              "params": {"total": params, "non_embedding": params // 2},
              "tokens_per_s": 1000.0, "peak_mem_mb": 100.0, "device": "cpu"}
-    if status == "completed":
+    if status == "stopped_early":  # evaluated where it stopped, as train.final_metrics does
+        final["stopped_early_at_step"] = 2 * evals
+    if status in ("completed", "stopped_early"):
         final.update({"val_loss": val_loss, "val_ppl": math.exp(val_loss),
                       "best_val_loss": val_loss})
         if reliability:

@@ -182,7 +182,7 @@ def test_the_largest_study_allowed_plans_within_the_limits(tmp_path):
                                          seeds=list(range(MAX_RUNS // 1000)))))
     done = plan_limited(path)
     assert_plan_or_one_line(done, path.read_text())
-    assert done.status == 0 and f"total: {MAX_RUNS} runs" in done.stdout
+    assert done.status == 0 and f"total: {MAX_RUNS:,} runs" in done.stdout
 
 
 # generated studies -------------------------------------------------------------------------------

@@ -616,6 +616,31 @@ def test_an_lr_sweep_with_one_finished_lr_says_there_is_no_trend(tmp_path):
     figures.save(fig, tmp_path / "one_finished_lr.png")
 
 
+def test_an_lr_sweep_draws_a_run_that_stopped_early_as_a_hollow_dot_not_a_cross(tmp_path):
+    """Phase 1 of a two-phase study with early stopping: a run that the cohort stopped is its
+    last evaluated value (hollow, in no mean), not a run that "did not complete"."""
+    root = tmp_path / "runs"
+    dirs = [write_run(root, f"lr{lr}-s{s}", lr=lr, seed=s, val_loss=v + 0.05 * s,
+                      status="stopped_early" if (lr, s) == (1e-1, 1) else "completed",
+                      diff={} if lr == 1e-3 else {"train.lr": lr})
+            for lr, v in ((1e-3, 2.0), (1e-2, 1.8), (1e-1, 2.6)) for s in (0, 1)]
+    runs, _, _ = collect(dirs)
+    fig = figures.lr_sensitivity(runs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "stopped early (1 run; last evaluated value, in no mean)" in labels
+    assert not [t for t in labels if "did not complete" in t]
+    hollow = [c for c in ax.collections if len(c.get_offsets())
+              and (c.get_facecolor()[:, :3] == 1).all()]
+    assert [tuple(map(float, o)) for c in hollow for o in c.get_offsets()] == \
+        [(0.1, pytest.approx(2.65))]
+    line = next(ln for ln in ax.lines if ln.get_marker() == "o")
+    assert float(line.get_ydata()[-1]) == pytest.approx(2.6)  # the mean of the completed seed
+    lo, hi = ax.get_ylim()
+    assert lo < 1.8 and hi > 2.65
+    figures.save(fig, tmp_path / "stopped_early_lr.png")
+
+
 def test_a_loss_vs_axis_panel_with_one_finished_value_says_there_is_no_trend(tmp_path):
     root = tmp_path / "runs"
     dirs = [write_run(root, f"d{d}", model={"d_model": d}, axes={"model.d_model": d},

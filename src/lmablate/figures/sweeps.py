@@ -23,6 +23,7 @@ from lmablate.figures.style import (
     DIVERGED_COLOR,
     METRIC_LABELS,
     REFERENCE_COLOR,
+    STOPPED_COLOR,
     _axis_name,
     _data_limits,
     _empty,
@@ -128,7 +129,8 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
                    max_whiskers: int = 6, title: str | None = None) -> plt.Figure:
     """Final ``metric`` against the learning rate (log x), one line per configuration (runs that
     differ only in LR, :func:`lmablate.results.harvest.lr_lines`); each line's best LR starred;
-    runs that did not complete as crosses on the top edge at their LR. Interval whiskers
+    runs that stopped early as hollow dots at their last evaluated value (in no mean), runs that
+    did not complete as crosses on the top edge at their LR. Interval whiskers
     (slightly offset per line) up to ``max_whiskers`` lines; beyond that only the seeds are
     drawn. A configuration at one LR is a diamond with its seeds and interval; where no
     configuration has results at two LRs, the panel says there is no trend to show."""
@@ -152,8 +154,10 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     if show_ref:  # drawn as the reference line, not as a point of its own
         single = [k for k in single if not (runs_all[runs_all.line == k].group == ref).all()]
     shown = ok if len(ok) else ok_all  # the reference line stays inside the axes, however far
-    if len(shown):
-        limits = _data_limits(shown[metric].tolist() + ([ref_mean] if show_ref else []), pad=0.1)
+    early = runs[(runs.status == "stopped_early") & runs[metric].notna()]
+    if len(shown) or len(early):
+        limits = _data_limits(shown[metric].tolist() + early[metric].tolist()
+                              + ([ref_mean] if show_ref else []), pad=0.1)
         ax.set_ylim(*(_room_below(limits) if flat else limits))
     if show_ref:
         ref_lr = runs_all.loc[runs_all.group == ref, "train.lr"].dropna().unique()
@@ -190,7 +194,14 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
             if len(pts) > 1:  # a best LR needs two LRs with a result
                 ax.plot(best[0] * dodge, best[1].mean, "*", color=pal[key], ms=15,
                         mec="black", mew=0.6, zorder=5)
-    bad = runs[~runs.status.isin(INCLUDED_STATUSES)]
+    if len(early):  # ended by early stopping (or stop_tokens): their last value, in no mean
+        for key, e in early.groupby("line"):
+            ax.scatter(e["train.lr"], e[metric], facecolors="white", s=40, lw=1.5,
+                       edgecolors=pal.get(key, STOPPED_COLOR), zorder=4)
+        ax.scatter([], [], facecolors="white", edgecolors=STOPPED_COLOR, s=40, lw=1.5,
+                   label=f"stopped early ({plural(len(early), 'run')}; last evaluated value, "
+                   "in no mean)")
+    bad = runs[~runs.status.isin(INCLUDED_STATUSES) & ~runs.index.isin(early.index)]
     if len(bad):
         trans = blended_transform_factory(ax.transData, ax.transAxes)
         for key, b in bad.groupby("line"):

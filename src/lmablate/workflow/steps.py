@@ -288,10 +288,12 @@ def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str
                         f"{chosen['metric']}: nothing to train in phase 2 (see {out}/runs.csv)")
     if figure:
         per = f" per {chosen['per']}" if chosen["per"] else ""
+        n_go = len(chosen["selected"])
+        go = "goes" if n_go == 1 else "go"
         fig = final_metric(
             runs, baseline, metric=chosen["metric"], selected=chosen["phase1"],
             higher=bool(ranking.get("maximize")),
-            title=f"Phase 1 of {study}: {len(chosen['selected'])} of {len(runs)} runs go on "
+            title=f"Phase 1 of {study}: {n_go} of {len(runs)} runs {go} on "
                   f"(top {chosen['top_k']}{per} by {chosen['metric']})")
         save(fig, figure)
     said = selection_finding(runs, chosen, bool(ranking.get("maximize")))
