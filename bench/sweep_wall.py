@@ -5,8 +5,11 @@ A 16-run sweep of the tiny5m shape (vocab 8192, ctx 512, d_model 160, 22 layers,
 synthetic token store (random ids: the timing does not depend on the text):
 
 1. ``sweep``: ``snakemake --profile profiles/gpu`` of that study from nothing but the token
-   files (cold compile cache on a fresh machine): the sweep's wall, token import, start-up,
-   compile, training, evaluation, harvest and figures included.
+   files: the sweep's wall, token import, start-up, compile, training, evaluation, harvest and
+   figures included, and where it went (each training job's start-up, steps, evaluations and
+   outputs, from the workflow's own logs: ``bench/cpu_study.py``'s breakdown). Its compile cache
+   is recorded: "cold" on a fresh machine, "warm" after an earlier run of the shape (``--part
+   solo,sweep``), as a user's second sweep finds it.
 2. ``solo``: one of its runs alone on the GPU. The sweep's ideal is all its tokens at that run's
    steady rate (the optimiser steps alone, ``final.json``'s ``tokens_per_s``): the GPU-bound
    time if nothing but training steps ran. Target: the sweep's wall <= 1.3x that ideal. (The
@@ -18,8 +21,8 @@ synthetic token store (random ids: the timing does not depend on the text):
    Target: the sweep >= 8x faster. ``--trainer-runs N`` times only the first N of the 16 and
    scales their sum by 16/N (stated in the output) where the device time does not allow all 16.
 
-    PYTHONPATH=src python3 bench/sweep_wall.py --part sweep --tokens 20M
-    PYTHONPATH=src python3 bench/sweep_wall.py --part solo --tokens 20M
+    PYTHONPATH=src python3 bench/sweep_wall.py --part sweep --tokens 20M       # cold cache
+    PYTHONPATH=src python3 bench/sweep_wall.py --part solo,sweep --tokens 20M  # warm cache
     PYTHONPATH=src python3 bench/sweep_wall.py --part trainer --tokens 20M --trainer-runs 4
     PYTHONPATH=src python3 bench/sweep_wall.py --combine results/<date>-<device>-sweep_wall-*.json
     PYTHONPATH=src python3 bench/sweep_wall.py --device cpu --quick     # smoke test, all parts
@@ -31,7 +34,9 @@ of parts measured on the same machine.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +50,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from cpu_study import job_breakdown, print_breakdown  # noqa: E402
 from train_throughput import QUICK_SHAPES, SHAPES, device_info, hf_llama  # noqa: E402
 
 LRS = (5e-4, 1e-3, 2e-3, 4e-3)
@@ -104,6 +110,7 @@ def part_sweep(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
                "--configfile", str(study), "--profile", str(REPO / "profiles" / "gpu")]
         if device == "cpu":
             cmd = cmd[:-2] + ["-c2"]
+        cache = compile_cache_state()
         t0, t0_epoch = time.perf_counter(), time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, check=False)
         wall = time.perf_counter() - t0
@@ -116,13 +123,23 @@ def part_sweep(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
         rates = [steady_rate(p.parent) for p in paths]
         jobs = [float(p.read_text().splitlines()[1].split("\t")[0])
                 for p in sorted(work.glob("benchmarks/sweep_wall/train_model/*.tsv"))]
+        breakdown = job_breakdown(work, t0_epoch, wall)
+        print_breakdown(breakdown)
     steady = sum(f["train_wall_s"] for f in finals)  # each slowed by its concurrent neighbours
-    return {"wall_s": wall, "runs": len(finals), "steady_train_s": steady,
+    return {"wall_s": wall, "compile_cache": cache, "runs": len(finals), "steady_train_s": steady,
             "train_wall_s": [f["train_wall_s"] for f in finals],
             "run_wall_s": [f["wall_s"] for f in finals], "job_wall_s": jobs,
             "tokens_per_s_steady": rates,
             "run_end_s": ends, "tokens_total": tokens * len(finals),
-            "sum_train_wall_s": steady}
+            "sum_train_wall_s": steady, "breakdown": breakdown}
+
+
+def compile_cache_state() -> str:
+    """"warm" where TorchInductor's cache (TORCHINDUCTOR_CACHE_DIR, else
+    /tmp/torchinductor_<user>) holds compiled code already (an earlier part or sweep of this
+    shape on this machine), else "cold"."""
+    d = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{getpass.getuser()}")
+    return "warm" if d.is_dir() and any(d.rglob("*.py")) else "cold"
 
 
 def steady_rate(run_dir: Path) -> float:
@@ -239,7 +256,8 @@ def combine(paths: list[Path]) -> None:
         parts[doc["part"]] = doc["result"]
     s, solo = parts["sweep"], parts["solo"]
     ideal = s["runs"] * solo["tokens"] / solo["tokens_per_s"]
-    print(f"sweep wall {s['wall_s']:.1f} s; its {s['runs']} runs' tokens at one run's steady rate "
+    print(f"sweep wall {s['wall_s']:.1f} s ({s.get('compile_cache', 'cold')} compile cache); "
+          f"its {s['runs']} runs' tokens at one run's steady rate "
           f"alone ({solo['tokens_per_s'] / 1e6:.2f}M tok/s): {ideal:.1f} s; "
           f"{s['wall_s'] / ideal:.2f}x (target <= {TARGETS['wall_over_steady_train']}x)")
     if "trainer" in parts:
@@ -252,7 +270,9 @@ def combine(paths: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("sweep", "solo", "trainer", "all"), default="all")
+    ap.add_argument("--part", default="all",
+                    help="sweep, solo, trainer, all, or several in order: solo,sweep (the solo "
+                    "run first warms the compile cache the sweep then finds)")
     ap.add_argument("--tokens", default="20M", help="training tokens per run (20M, 500k, ...)")
     ap.add_argument("--trainer-runs", type=int, default=16, help="Trainer runs to time (of 16)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -275,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
              "solo": lambda: part_solo(shape, tokens, args.device),
              "trainer": lambda: part_trainer(shape, tokens, args.device, args.trainer_runs)}
     written = []
-    for part in parts if args.part == "all" else (args.part,):
+    chosen = list(parts) if args.part == "all" else args.part.split(",")
+    if unknown := [p for p in chosen if p not in parts]:
+        ap.error(f"--part: unknown {', '.join(unknown)} (sweep, solo, trainer, all)")
+    for part in chosen:
         t0 = time.time()
         result = parts[part]()
         info = device_info(args.device)  # after the runs: no CUDA context held beside them
@@ -287,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / f"{doc['date']}-{name}-sweep_wall-{part}{quick}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}))
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}))
         print(f"wrote {out}")
         written.append(out)
     if {"sweep", "solo"} <= {json.loads(p.read_text())["part"] for p in written}:

@@ -117,7 +117,6 @@ class TrainSetup:
     plan: Plan
     end_step: int  # plan.total_steps, or the step where train.stop_tokens ends phase 1
     parts: StepParts  # model, optimiser, scaler, autocast, the step's loss
-    eval_model: torch.nn.Module  # the model, compiled where the training step is
     batches: DeviceBatches
     val: np.ndarray  # validation windows of the periodic evaluations
     val_final: np.ndarray  # those of the final one (more tokens)
@@ -172,17 +171,16 @@ def setup(run: RunConfig | Mapping[str, Any], store: TokenStore, out_dir: str | 
     final_cap = cfg.train.final_eval_tokens or 2_000_000
     batches = Batches(train_tokens, seq_len, cfg.train.batch_size, cfg.train.seed)
 
+    # evaluation runs the model uncompiled: a forward over the evaluation windows takes
+    # milliseconds where compiling it took seconds (more with a cold cache), once per run
     parts = build_step(cfg, padded, max_len, dev)
-    eval_model = parts.model
-    if cfg.train.compile == "true" or (cfg.train.compile == "auto" and dev.type == "cuda"):
-        eval_model = torch.compile(parts.model)
     stop_tokens = cfg.train.stop_tokens
     return TrainSetup(
         cfg=cfg, run_id=run_id, meta=meta, resolved=resolved, out=out,
         ckpt=Path(ckpt_dir) if ckpt_dir else out / "ckpt", device=dev, plan=plan,
         end_step=plan.total_steps if not stop_tokens else min(
             plan.total_steps, math.ceil(stop_tokens / plan.tokens_per_step)),
-        parts=parts, eval_model=eval_model, batches=DeviceBatches(batches, dev),
+        parts=parts, batches=DeviceBatches(batches, dev),
         val=val_windows(store.split("val"), seq_len, cfg.train.eval_tokens),
         val_final=val_windows(store.split("val"), seq_len, final_cap),
         test_final=(val_windows(store.split("test"), seq_len, final_cap, split="test")
@@ -366,7 +364,7 @@ def _val_record(s: TrainSetup, state: TrainState) -> dict[str, Any]:
     model = s.parts.model
     train_load = model.pop_expert_load()  # routing of the training tokens since last eval
     t0 = time.perf_counter()
-    res = evaluate(s.eval_model, s.val, batch_size=s.cfg.train.batch_size, device=s.device,
+    res = evaluate(s.parts.model, s.val, batch_size=s.cfg.train.batch_size, device=s.device,
                    autocast=s.parts.autocast, vocab_size=s.vocab)
     rec = {"step": state.step, "tokens": state.tokens_seen, "split": "val", **res,
            "eval_s": time.perf_counter() - t0}
@@ -430,12 +428,12 @@ def final_metrics(s: TrainSetup, state: TrainState) -> dict[str, Any]:
         final["stopped_early_at_step"] = state.step
     if status in ("completed", "stopped_early"):
         batch = s.cfg.train.batch_size
-        res = evaluate(s.eval_model, s.val_final, batch_size=batch, device=dev,
+        res = evaluate(s.parts.model, s.val_final, batch_size=batch, device=dev,
                        autocast=autocast, vocab_size=s.vocab, reliability=True)
         final.update({f"val_{k}": v for k, v in res.items() if k != "reliability"})
         final["reliability"] = res["reliability"]
         if s.test_final is not None:  # the test split: once, on the final model only
-            res = evaluate(s.eval_model, s.test_final, batch_size=batch, device=dev,
+            res = evaluate(s.parts.model, s.test_final, batch_size=batch, device=dev,
                            autocast=autocast, vocab_size=s.vocab)
             final.update({f"test_{k}": v for k, v in res.items()})
             log.info("test loss %.4f ppl %.2f", res["loss"], res["ppl"])
