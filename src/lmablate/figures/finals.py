@@ -28,6 +28,7 @@ from lmablate.figures.style import (
     _ok,
     _order,
     _palette_for,
+    _stopped,
     _subplots,
     _whisker,
     group_palette,
@@ -165,13 +166,6 @@ def final_metric(runs: pd.DataFrame, baseline: str = "baseline", metric: str = "
         sub += ("; hollow dot: the last evaluated value of a run that stopped early (in no mean, "
                 "never selected)")
     return _finish(fig, title or f"{name[0].upper()}{name[1:]} per group, best first", sub, notes)
-
-
-def _stopped(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The runs that stopped early and have a value of ``metric`` (their last evaluation)."""
-    if metric not in runs:
-        return runs.iloc[0:0]
-    return runs[(runs.status == "stopped_early") & runs[metric].notna()]
 
 
 def _stopped_text(early: pd.DataFrame, metric: str) -> str:

@@ -71,6 +71,13 @@ def _ok(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs.status.isin(INCLUDED_STATUSES)]
 
 
+def _stopped(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The runs that stopped early and have a value of ``metric`` (their last evaluation)."""
+    if metric not in runs:
+        return runs.iloc[0:0]
+    return runs[(runs.status == "stopped_early") & runs[metric].notna()]
+
+
 def _order(runs: pd.DataFrame, metric: str = PRIMARY, higher: bool = False) -> list[str]:
     """Groups best first by mean ``metric``; groups without a value (all seeds failed) last."""
     ok = _ok(runs)

@@ -32,6 +32,7 @@ from lmablate.figures.style import (
     _log_ticks,
     _num,
     _ok,
+    _stopped,
     _subplots,
     _whisker,
     save,
@@ -154,7 +155,7 @@ def lr_sensitivity(runs: pd.DataFrame, baseline: str = "baseline", *, metric: st
     if show_ref:  # drawn as the reference line, not as a point of its own
         single = [k for k in single if not (runs_all[runs_all.line == k].group == ref).all()]
     shown = ok if len(ok) else ok_all  # the reference line stays inside the axes, however far
-    early = runs[(runs.status == "stopped_early") & runs[metric].notna()]
+    early = _stopped(runs, metric)
     if len(shown) or len(early):
         limits = _data_limits(shown[metric].tolist() + early[metric].tolist()
                               + ([ref_mean] if show_ref else []), pad=0.1)
