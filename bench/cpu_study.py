@@ -142,8 +142,11 @@ def job_breakdown(work: Path, started: float, wall: float) -> dict[str, Any]:
 # a training job's wall, in order: the process (interpreter start, Snakemake's script
 # preamble, exit), imports (torch, the engine) and device claim, setup (model build, data open,
 # compile where enabled, checkpoint lookup), the training steps, the periodic evaluations, and
-# the rest of the loop (final evaluation, latency, checkpoints, outputs)
-TRAIN_PARTS = ("wall_s", "process_s", "imports_s", "setup_s", "steps_s", "evals_s", "final_s")
+# the rest of the loop (final evaluation, latency, checkpoints, outputs); spacing: of the imports,
+# the wait for the GPU's previous job start (lmablate.gpu.space_start; GPU slots only)
+TRAIN_PARTS = ("wall_s", "process_s", "imports_s", "setup_s", "steps_s", "evals_s", "final_s",
+               "spacing_s")
+SPACING = re.compile(r"starting ([\d.]+) s later")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
 
 
@@ -152,7 +155,7 @@ def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
     ``starting``/``resumed``, ``done``, ``step finished in``), final.json's ``train_wall_s`` and
     metrics.jsonl's ``eval_s``."""
     events: dict[str, float] = {}
-    step_s = None
+    step_s, spacing = None, 0.0
     for line in next(work.glob(f"logs/*/train_model/{run_id}.log")).read_text().splitlines():
         m = LOG_TIME.match(line)
         if not m:
@@ -164,6 +167,8 @@ def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
                 events[key] = t
         if msg.startswith("step finished in"):
             step_s = float(msg.split()[3])
+        if m := SPACING.search(msg):
+            spacing = float(m.group(1))
     run_dir = next(work.glob(f"results/*/runs/{run_id}"))
     final = json.loads((run_dir / "final.json").read_text())
     evals = sum(json.loads(ln).get("eval_s", 0.0)
@@ -173,7 +178,8 @@ def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
     loop = events["done"] - loop_start
     return {"process_s": wall - step_s, "imports_s": events["device"] - begin,
             "setup_s": loop_start - events["device"], "steps_s": final["train_wall_s"],
-            "evals_s": evals, "final_s": loop - final["train_wall_s"] - evals}
+            "evals_s": evals, "final_s": loop - final["train_wall_s"] - evals,
+            "spacing_s": spacing}
 
 
 JOB_START = re.compile(r"^(local)?rule (\w+):$")
@@ -234,15 +240,16 @@ def print_breakdown(jobs: dict[str, Any]) -> None:
     startup = t["process_s"] + t["imports_s"] + t["setup_s"]
     print(f"    training jobs, summed: {t['wall_s']:.1f} s = start-up {startup:.1f} s "
           f"({startup / t['wall_s']:.0%}: process start/exit {t['process_s']:.1f}, imports "
-          f"{t['imports_s']:.1f}, setup {t['setup_s']:.1f}) + steps {t['steps_s']:.1f} s "
+          f"{t['imports_s']:.1f} of which start spacing {t['spacing_s']:.1f}, setup "
+          f"{t['setup_s']:.1f}) + steps {t['steps_s']:.1f} s "
           f"({t['steps_s'] / t['wall_s']:.0%}) + periodic evaluation {t['evals_s']:.1f} s + "
           f"final evaluation, checkpoints, outputs {t['final_s']:.1f} s")
     print(f"    {'run':<28} {'job s':>6} {'process':>8} {'imports':>8} {'setup':>6} "
-          f"{'steps':>6} {'evals':>6} {'final':>6}")
+          f"{'steps':>6} {'evals':>6} {'final':>6} {'spacing':>8}")
     for j in jobs["jobs"]:
         if "steps_s" in j:
             print(f"    {j['wildcards']['run_id'][:28]:<28} " + " ".join(
-                f"{j[k]:{w}.1f}" for k, w in zip(TRAIN_PARTS, (6, 8, 8, 6, 6, 6, 6))))
+                f"{j[k]:{w}.1f}" for k, w in zip(TRAIN_PARTS, (6, 8, 8, 6, 6, 6, 6, 8))))
 
 
 def main(argv: list[str] | None = None) -> int:

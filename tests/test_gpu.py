@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmablate.gpu import claim_device, claim_slot, default_runs_per_gpu
+from lmablate import gpu
+from lmablate.gpu import claim_device, claim_slot, default_runs_per_gpu, space_start
 
 HOLDER = """
 import sys, time
@@ -131,6 +132,7 @@ def test_claimed_gpu_is_pinned_with_cuda_visible_devices(tmp_path, monkeypatch):
     monkeypatch.delenv("LMABLATE_RUNS_PER_GPU", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     locks = tmp_path / "locks"
+    _recorded_startup(locks, 2, 0.2)  # jobs on one GPU start 0.1 s apart (space_start)
     procs, claims = [], []
     try:
         for _ in range(4):  # one at a time, so the order of claims is known
@@ -165,3 +167,99 @@ def test_gpu_profile_counts_visible_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     with profile.open() as f:
         assert yte.process_yaml(f)["resources"] == {"gpu": 3}
+
+
+def _recorded_startup(lock_dir: Path, gpus: int, seconds: float) -> None:
+    """A start-up recorded on each GPU as a finished job leaves it (record_startup)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(gpus):
+        (lock_dir / f"gpu{i}.start").write_text(f'{{"start": 0, "startup_s": {seconds}}}')
+
+
+class _Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t, self.slept = t, []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.t += s
+
+
+def test_jobs_sharing_a_gpu_start_a_start_up_over_the_slots_apart(tmp_path):
+    """The second of two jobs that start together on a GPU waits the GPU's recorded start-up /
+    slots (a default start-up before any is recorded); a start long after the last waits
+    nothing; another GPU's starts do not count; one slot per GPU never waits."""
+    clock = _Clock()
+    kw = {"clock": clock, "sleep": clock.sleep}
+    assert space_start(tmp_path, 0, 4, **kw) == 0.0  # the first start on the GPU
+    assert space_start(tmp_path, 0, 4, **kw) == pytest.approx(gpu.DEFAULT_STARTUP_S / 4)
+    assert space_start(tmp_path, 1, 4, **kw) == 0.0  # GPU 1 has no start yet
+    _recorded_startup(tmp_path, 1, 20.0)
+    assert space_start(tmp_path, 0, 4, **kw) == 0.0  # the file's start (0) is long ago
+    assert space_start(tmp_path, 0, 4, **kw) == pytest.approx(5.0)  # 20 s / 4 slots
+    clock.t += 2.0
+    assert space_start(tmp_path, 0, 4, **kw) == pytest.approx(3.0)  # 2 of the 5 s have passed
+    assert space_start(tmp_path, 0, 1, **kw) == 0.0  # a GPU to itself: nothing to space
+    assert clock.slept == pytest.approx([gpu.DEFAULT_STARTUP_S / 4, 5.0, 3.0])
+
+
+def test_start_spacing_is_bounded_whatever_the_start_file_says(tmp_path):
+    """A start-up of hours counts as MAX_STARTUP_S; a start further in the future than a full queue
+    could reserve (a clock that went back, a hand-edited file) waits one start-up at most;
+    garbage, negative or non-finite values count as nothing recorded."""
+    clock = _Clock()
+    kw = {"clock": clock, "sleep": clock.sleep}
+    start = tmp_path / "gpu0.start"
+    start.write_text(f'{{"start": {clock.t}, "startup_s": 36000}}')
+    assert space_start(tmp_path, 0, 2, **kw) == pytest.approx(gpu.MAX_STARTUP_S / 2)
+    start.write_text(f'{{"start": {clock.t + 1e9}, "startup_s": 4}}')
+    assert space_start(tmp_path, 0, 2, **kw) == pytest.approx(4.0)
+    default = gpu.DEFAULT_STARTUP_S / 2
+    for text in ("not json", "[1, 2]", '{"start": "soon", "startup_s": -3}',
+                 f'{{"start": {clock.t}, "startup_s": NaN}}', '{"start": 1e400}'):
+        start.write_text(text)
+        waited = space_start(tmp_path, 0, 2, **kw)
+        assert waited in (0.0, pytest.approx(default)), text  # no earlier start, or the default
+
+
+STARTER = """
+import sys, time
+from lmablate.gpu import space_start
+space_start(sys.argv[1], 0, 4)
+print(time.time(), flush=True)
+"""
+
+
+def test_jobs_started_together_start_apart_in_real_processes(tmp_path):
+    """Four jobs that start together on a GPU of four slots start one spacing apart each, in turn
+    (each reserves its start under the start file's lock)."""
+    _recorded_startup(tmp_path, 1, 1.6)  # 1.6 s / 4 slots: 0.4 s apart
+    procs = [subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    starts = sorted(float(p.communicate()[0]) for p in procs)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(g >= 0.39 for g in gaps), gaps
+
+
+def test_a_job_records_its_start_up_on_the_gpu_it_holds(tmp_path):
+    """record_startup writes the start-up of the job holding a slot into its GPU's start file,
+    keeping the last start; without a held slot it records nothing."""
+    gpu.record_startup(9.0, tmp_path)
+    assert not (tmp_path / "gpu1.start").exists()
+    slot = claim_slot(2, 1, tmp_path, timeout=5, poll=0.05)
+    slot = claim_slot(2, 1, tmp_path, timeout=5, poll=0.05) if slot.index == 0 else slot
+    try:
+        clock = _Clock(500.0)
+        space_start(tmp_path, 1, 2, clock=clock, sleep=clock.sleep)
+        gpu._held = slot
+        gpu.record_startup(9.0)
+    finally:
+        gpu._held = None
+        slot.release()
+    import json
+
+    assert json.loads((tmp_path / "gpu1.start").read_text()) == {"start": 500.0, "startup_s": 9.0}
+    assert space_start(tmp_path, 1, 3, clock=clock, sleep=clock.sleep) == pytest.approx(3.0)

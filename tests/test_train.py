@@ -125,6 +125,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tokens):
     assert_same_run(final, ref)
 
 
+
+def test_on_first_step_is_called_once_per_train_call_fresh_or_resumed(tmp_path, tokens):
+    """The hook a GPU slot records its start-up with: once per train() call, fresh or resumed."""
+    torch.set_num_threads(1)
+    calls = []
+    train(run_config(), tokens, tmp_path / "run", run_id="x", progress=False, stop_after_steps=3,
+          on_first_step=lambda: calls.append("fresh"))
+    train(run_config(), tokens, tmp_path / "run", run_id="x", progress=False,
+          on_first_step=lambda: calls.append("resumed"))
+    assert calls == ["fresh", "resumed"]
+
+
 # ---- real processes: the CLI a user (or Snakemake, or Slurm) runs
 
 

@@ -5,6 +5,11 @@ claims one slot on one GPU with an exclusive ``flock`` on ``<lock_dir>/gpu<i>.sl
 kernel drops the lock when the process exits, however it exits (SIGKILL included), so a killed
 job never leaves a GPU marked busy. Up to ``slots`` jobs share a GPU (tiny models leave most of
 it idle). Without CUDA the job trains on the CPU.
+
+Jobs that share a GPU start at least a few seconds apart (:func:`space_start`). Runs of one sweep
+have the same length, so K jobs started together step together and reach their start-up,
+evaluations and outputs together, leaving the GPU idle each time (one tiny run alone saturates
+it). Started apart they stay apart: while one job is outside its steps the others use the GPU.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["claim_device", "cuda_device_count", "cuda_available", "GpuSlot", "claim_slot",
-           "default_runs_per_gpu", "visible_gpus"]
+           "default_runs_per_gpu", "visible_gpus", "space_start", "record_startup",
+           "process_age"]
 
 log = logging.getLogger("lmablate.gpu")
 
@@ -110,6 +117,97 @@ def claim_slot(n_gpus: int, slots: int, lock_dir: str | Path, *, timeout: float 
         time.sleep(poll)
 
 
+# the spacing of job starts on one GPU: a job's start-up (process start to its first step done),
+# the last recorded on that GPU (a guess before any is), at most MAX_STARTUP_S, over its slots
+DEFAULT_STARTUP_S = 12.0
+MAX_STARTUP_S = 60.0
+
+
+def space_start(lock_dir: str | Path, gpu: int, slots: int, *, clock=time.time,
+                sleep=time.sleep) -> float:
+    """Start this job on GPU ``gpu`` one ``spacing`` after the GPU's previous start; return the
+    seconds waited.
+
+    ``spacing`` = the GPU's last recorded start-up (:func:`record_startup`) / ``slots``.
+    ``<lock_dir>/gpu<i>.start`` holds the last (or next reserved) start and the start-up: under
+    its lock a job reserves its start time, then waits outside the lock, so jobs that start
+    together queue one spacing apart and a job recording its start-up never waits behind them.
+    A missing or unreadable file counts as no earlier start; a start dated further ahead than a
+    full queue could reserve (a clock that went back, a hand-edited file) waits one start-up at
+    most."""
+    if slots <= 1:
+        return 0.0
+    path = Path(lock_dir) / f"gpu{gpu}.start"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # dropped by the kernel if this process dies
+        last, startup = _read_start(fd)
+        spacing = min(MAX_STARTUP_S, startup or DEFAULT_STARTUP_S) / slots
+        now = clock()
+        wait = 0.0 if last is None else min(slots * spacing, max(0.0, last + spacing - now))
+        _write_start(fd, now + wait, startup)
+    finally:
+        os.close(fd)
+    if wait > 0:
+        log.info("GPU %d: jobs sharing it start %.1f s apart so that they do not step in "
+                 "lockstep; starting %.1f s later", gpu, spacing, wait)
+        sleep(wait)
+    return wait
+
+
+def record_startup(seconds: float, lock_dir: str | Path | None = None) -> None:
+    """Record the start-up of the job holding this process's GPU slot (process start to its first
+    training step done), which spaces the next starts on that GPU (:func:`space_start`); nothing
+    without a held slot."""
+    slot = _held
+    if slot is None or not math.isfinite(seconds) or seconds < 0:
+        return
+    path = Path(lock_dir or slot.path.parent) / f"gpu{slot.index}.start"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last, _ = _read_start(fd)
+        _write_start(fd, last if last is not None else time.time(), seconds)
+    finally:
+        os.close(fd)
+
+
+def _read_start(fd: int) -> tuple[float | None, float | None]:
+    import json
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        rec = json.loads(os.read(fd, 4096) or b"{}")
+        last, startup = rec.get("start"), rec.get("startup_s")
+    except (ValueError, AttributeError):
+        return None, None
+    ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0  # noqa: E731
+    return (float(last) if ok(last) else None), (float(startup) if ok(startup) else None)
+
+
+def _write_start(fd: int, start: float, startup: float | None) -> None:
+    import json
+
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps({"start": start, "startup_s": startup}).encode())
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere since this module loaded)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                    if ln.startswith("btime "))
+        return max(0.0, time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK")))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - _LOADED
+
+
+_LOADED = time.time()
+_held: GpuSlot | None = None  # the slot claim_device holds in this process
+
+
 def _torch_built_with_cuda() -> bool:
     import torch  # importing torch does not initialise CUDA
 
@@ -158,11 +256,14 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     slots = int(os.environ.get("LMABLATE_RUNS_PER_GPU") or slots or 1)
     lock_dir = lock_dir or os.environ.get("LMABLATE_GPU_LOCK_DIR", ".lmablate/gpu-locks")
     slot = claim_slot(len(gpus), slots, lock_dir)
+    global _held
     log.info("claimed GPU %d slot %d of %d (%s; %d GPUs visible; CUDA_VISIBLE_DEVICES=%s)",
              slot.index, slot.slot, slots, slot.path, len(gpus),
              os.environ.get("CUDA_VISIBLE_DEVICES") if in_process else gpus[slot.index])
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
+        _held = slot
+        space_start(lock_dir, slot.index, slots)
         if in_process:
             import torch
 
@@ -177,4 +278,5 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = before
+        _held = None
         slot.release()

@@ -25,7 +25,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
           stop_after_steps: int | None = None,
           cohort: str | Path | Sequence[str | Path] | None = None,
           init_from: str | Path | None = None,
-          tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          tracking: Mapping[str, Any] | None = None,
+          on_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train one run; write its outputs to ``out_dir``; return the contents of final.json.
 
     ``run``: a RunConfig or its dict; ``meta``: extra identity written to config.yaml (study,
@@ -82,6 +83,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
     phase-1 run of the same config whose ``train.stop_tokens`` ended it early).
     ``tracking``: the study's ``logging:`` block (TensorBoard, MLflow, W&B;
     lmablate.engine.tracking).
+    ``on_first_step``: called once, when this process's first optimiser step is done (a GPU
+    slot records its start-up: lmablate.gpu.record_startup).
     """
     t_start = time.perf_counter()
     with TokenStore(tokens_path) as store:  # closed however the run ends
@@ -92,7 +95,8 @@ def train(run: RunConfig | Mapping[str, Any], tokens_path: str | Path, out_dir: 
         trackers = open_trackers(tracking, run_id=s.run_id, study=str(s.meta.get("study", "")),
                                  config=s.resolved, state_dir=s.ckpt, step=state.step,
                                  resumed=state.resumed_from is not None)
-        stopped = fit(s, state, trackers, progress=progress, stop_after_steps=stop_after_steps)
+        stopped = fit(s, state, trackers, progress=progress, stop_after_steps=stop_after_steps,
+                      on_first_step=on_first_step)
         if stopped is not None:
             return stopped
         return finalize(s, state, trackers)
@@ -238,7 +242,8 @@ def start_or_resume(s: TrainSetup, *, resume: bool | str,
 
 
 def fit(s: TrainSetup, state: TrainState, trackers: Trackers, *, progress: bool | None,
-        stop_after_steps: int | None) -> dict[str, Any] | None:
+        stop_after_steps: int | None,
+        on_first_step: Callable[[], None] | None = None) -> dict[str, Any] | None:
     """Train from ``state.step`` to the end, a divergence or an early stop; None then.
 
     Logs, evaluates and checkpoints on the plan's intervals. A SIGTERM / SIGUSR1 checkpoints and
@@ -250,6 +255,9 @@ def fit(s: TrainSetup, state: TrainState, trackers: Trackers, *, progress: bool 
     with _Preemption() as pre:
         while state.step < s.end_step and state.status == "completed":
             lr, grad_norm = train_step(s, state)
+            if on_first_step is not None:
+                on_first_step()
+                on_first_step = None
             last = state.step == s.end_step
             if state.step % t.log_every == 0 or last or state.step == 1:
                 log_train(s, state, lr, grad_norm, t_window, trackers, bar)

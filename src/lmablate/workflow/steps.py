@@ -244,7 +244,7 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
     block (:mod:`lmablate.engine.tracking`)."""
     require("torch", "training")
     from lmablate.engine.train import train
-    from lmablate.gpu import claim_device, default_runs_per_gpu
+    from lmablate.gpu import claim_device, default_runs_per_gpu, process_age, record_startup
     from lmablate.study import accounting
     from lmablate.study.config import SECTIONS, ModelConfig, from_dict
 
@@ -258,7 +258,7 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
         logging.getLogger("lmablate").info("device %s, runs_per_gpu %d", dev, runs_per_gpu)
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
                      device=dev, threads=threads, cohort=cohort, init_from=init_from,
-                     tracking=tracking)
+                     tracking=tracking, on_first_step=lambda: record_startup(process_age()))
 
 
 def rank_phase1_step(finals: list[str], selected_path: str, ranking: Mapping[str, Any], *,
