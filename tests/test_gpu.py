@@ -263,3 +263,20 @@ def test_a_job_records_its_start_up_on_the_gpu_it_holds(tmp_path):
 
     assert json.loads((tmp_path / "gpu1.start").read_text()) == {"start": 500.0, "startup_s": 9.0}
     assert space_start(tmp_path, 1, 3, clock=clock, sleep=clock.sleep) == pytest.approx(3.0)
+
+
+def test_a_start_file_that_cannot_be_used_costs_the_spacing_not_the_run(tmp_path, caplog):
+    """A directory where the start file should be (or a file system that refuses the lock): the
+    job starts at once and trains; only a warning says the spacing was skipped."""
+    (tmp_path / "gpu0.start").mkdir()
+    gpu._spaced(tmp_path, 0, 4)
+    slot = claim_slot(1, 1, tmp_path, timeout=5, poll=0.05)
+    try:
+        gpu._held = slot
+        gpu.record_startup(5.0)
+    finally:
+        gpu._held = None
+        slot.release()
+    warned = [r.message.split(" (")[0] for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["GPU 0: starting without spacing",
+                      f"could not record the start-up in {tmp_path}/gpu0.start"]

@@ -163,11 +163,17 @@ def record_startup(seconds: float, lock_dir: str | Path | None = None) -> None:
     if slot is None or not math.isfinite(seconds) or seconds < 0:
         return
     path = Path(lock_dir or slot.path.parent) / f"gpu{slot.index}.start"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        log.warning("could not record the start-up in %s (%s)", path, err)
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         last, _ = _read_start(fd)
         _write_start(fd, last if last is not None else time.time(), seconds)
+    except OSError as err:
+        log.warning("could not record the start-up in %s (%s)", path, err)
     finally:
         os.close(fd)
 
@@ -241,7 +247,9 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
         yield requested
         return
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
-        yield "cuda:0"  # Slurm already gave this job its own GPU(s)
+        # Slurm already gave this job its own GPU(s); the plugin runs the runs a group
+        # (--group-components) packs into one job one after another, so none share it
+        yield "cuda:0"
         return
     in_process = _cuda_initialised()
     gpus = None if in_process else visible_gpus()
@@ -263,7 +271,7 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         _held = slot
-        space_start(lock_dir, slot.index, slots)
+        _spaced(lock_dir, slot.index, slots)
         if in_process:
             import torch
 
@@ -280,3 +288,13 @@ def claim_device(requested: str = "auto", *, slots: int | None = None,
                 os.environ["CUDA_VISIBLE_DEVICES"] = before
         _held = None
         slot.release()
+
+
+def _spaced(lock_dir: str | Path, gpu: int, slots: int) -> None:
+    """:func:`space_start`, where a directory or file system that refuses the lock costs the
+    spacing only."""
+    try:
+        Path(lock_dir).mkdir(parents=True, exist_ok=True)
+        space_start(lock_dir, gpu, slots)
+    except OSError as err:
+        log.warning("GPU %d: starting without spacing (%s)", gpu, err)
