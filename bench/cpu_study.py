@@ -153,7 +153,8 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)
 def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
     """One training job's wall split into :data:`TRAIN_PARTS` from its log lines (``device``,
     ``starting``/``resumed``, ``done``, ``step finished in``), final.json's ``train_wall_s`` and
-    metrics.jsonl's ``eval_s``."""
+    metrics.jsonl's ``eval_s``; ``loop_start``, ``loop_end``: when (epoch seconds) its training
+    loop began and its steps and periodic evaluations ended."""
     events: dict[str, float] = {}
     step_s, spacing = None, 0.0
     for line in next(work.glob(f"logs/*/train_model/{run_id}.log")).read_text().splitlines():
@@ -179,7 +180,8 @@ def train_parts(work: Path, run_id: str, wall: float) -> dict[str, float]:
     return {"process_s": wall - step_s, "imports_s": events["device"] - begin,
             "setup_s": loop_start - events["device"], "steps_s": final["train_wall_s"],
             "evals_s": evals, "final_s": loop - final["train_wall_s"] - evals,
-            "spacing_s": spacing}
+            "spacing_s": spacing, "loop_start": loop_start,
+            "loop_end": loop_start + final["train_wall_s"] + evals}
 
 
 JOB_START = re.compile(r"^(local)?rule (\w+):$")

@@ -125,6 +125,8 @@ def part_sweep(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
                 for p in sorted(work.glob("benchmarks/sweep_wall/train_model/*.tsv"))]
         breakdown = job_breakdown(work, t0_epoch, wall)
         print_breakdown(breakdown)
+        breakdown["stepping"] = stepping_profile(breakdown["jobs"], t0_epoch, wall)
+        print_stepping(breakdown["stepping"])
     steady = sum(f["train_wall_s"] for f in finals)  # each slowed by its concurrent neighbours
     return {"wall_s": wall, "compile_cache": cache, "runs": len(finals), "steady_train_s": steady,
             "train_wall_s": [f["train_wall_s"] for f in finals],
@@ -132,6 +134,34 @@ def part_sweep(shape: tuple, tokens: int, device: str) -> dict[str, Any]:
             "tokens_per_s_steady": rates,
             "run_end_s": ends, "tokens_total": tokens * len(finals),
             "sum_train_wall_s": steady, "breakdown": breakdown}
+
+
+def stepping_profile(jobs: list[dict[str, Any]], t0: float, wall: float,
+                     dt: float = 0.05) -> dict[str, Any]:
+    """How long N training runs were in their training loops at once (steps and periodic
+    evaluations, from each job's log; ``N = 0``: no run was using the GPU), over the sweep's wall
+    from ``t0``; ``before_first_s``: the wall until the first run's loop began (parse, data, the
+    first job's start-up); ``after_last_s``: from the last run's loop end to the sweep's end
+    (final evaluation and outputs, harvest, figures, exit)."""
+    spans = [(j["loop_start"] - t0, j["loop_end"] - t0) for j in jobs if "loop_start" in j]
+    if not spans:
+        return {}
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    seconds: dict[int, float] = {}
+    for i in range(int((last - first) / dt)):
+        t = first + (i + 0.5) * dt
+        n = sum(1 for a, b in spans if a <= t < b)
+        seconds[n] = seconds.get(n, 0.0) + dt
+    return {"before_first_s": first, "after_last_s": wall - last,
+            "seconds_with_n_running": {str(n): v for n, v in sorted(seconds.items())}}
+
+
+def print_stepping(p: dict[str, Any]) -> None:
+    if not p:
+        return
+    counts = ", ".join(f"{n}: {v:.1f} s" for n, v in p["seconds_with_n_running"].items())
+    print(f"    runs in their training loops at once (steps and evaluations): {counts}; before "
+          f"the first loop {p['before_first_s']:.1f} s, after the last {p['after_last_s']:.1f} s")
 
 
 def compile_cache_state() -> str:
