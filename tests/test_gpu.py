@@ -244,11 +244,12 @@ def test_jobs_started_together_start_apart_in_real_processes(tmp_path):
     assert all(g >= 0.39 for g in gaps), gaps
 
 
-def test_a_job_records_its_start_up_on_the_gpu_it_holds(tmp_path):
+def test_a_job_records_its_start_up_on_the_gpu_it_holds(tmp_path, monkeypatch):
     """record_startup writes the start-up of the job holding a slot into its GPU's start file,
     keeping the last start; without a held slot it records nothing."""
-    gpu.record_startup(9.0, tmp_path)
-    assert not (tmp_path / "gpu1.start").exists()
+    monkeypatch.chdir(tmp_path)
+    gpu.record_startup(9.0)
+    assert not list(tmp_path.rglob("*"))
     slot = claim_slot(2, 1, tmp_path, timeout=5, poll=0.05)
     slot = claim_slot(2, 1, tmp_path, timeout=5, poll=0.05) if slot.index == 0 else slot
     try:

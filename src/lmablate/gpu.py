@@ -137,17 +137,12 @@ def space_start(lock_dir: str | Path, gpu: int, slots: int, *, clock=time.time,
     most."""
     if slots <= 1:
         return 0.0
-    path = Path(lock_dir) / f"gpu{gpu}.start"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # dropped by the kernel if this process dies
+    with _start_file(Path(lock_dir) / f"gpu{gpu}.start") as fd:
         last, startup = _read_start(fd)
         spacing = min(MAX_STARTUP_S, startup or DEFAULT_STARTUP_S) / slots
         now = clock()
         wait = 0.0 if last is None else min(slots * spacing, max(0.0, last + spacing - now))
         _write_start(fd, now + wait, startup)
-    finally:
-        os.close(fd)
     if wait > 0:
         log.info("GPU %d: jobs sharing it start %.1f s apart so that they do not step in "
                  "lockstep; starting %.1f s later", gpu, spacing, wait)
@@ -155,25 +150,30 @@ def space_start(lock_dir: str | Path, gpu: int, slots: int, *, clock=time.time,
     return wait
 
 
-def record_startup(seconds: float, lock_dir: str | Path | None = None) -> None:
+def record_startup(seconds: float) -> None:
     """Record the start-up of the job holding this process's GPU slot (process start to its first
-    training step done), which spaces the next starts on that GPU (:func:`space_start`); nothing
-    without a held slot."""
+    training step done) beside the slot's lock, which spaces the next starts on that GPU
+    (:func:`space_start`); nothing without a held slot."""
     slot = _held
     if slot is None or not math.isfinite(seconds) or seconds < 0:
         return
-    path = Path(lock_dir or slot.path.parent) / f"gpu{slot.index}.start"
+    path = slot.path.parent / f"gpu{slot.index}.start"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with _start_file(path) as fd:
+            last, _ = _read_start(fd)
+            _write_start(fd, last if last is not None else time.time(), seconds)
     except OSError as err:
         log.warning("could not record the start-up in %s (%s)", path, err)
-        return
+
+
+@contextlib.contextmanager
+def _start_file(path: Path) -> Iterator[int]:
+    """A GPU's start file, open and exclusively locked (the kernel drops the lock if this process
+    dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        last, _ = _read_start(fd)
-        _write_start(fd, last if last is not None else time.time(), seconds)
-    except OSError as err:
-        log.warning("could not record the start-up in %s (%s)", path, err)
+        yield fd
     finally:
         os.close(fd)
 
