@@ -172,6 +172,20 @@ def compile_cache_state() -> str:
     return "warm" if d.is_dir() and any(d.rglob("*.py")) else "cold"
 
 
+def bytecode_state() -> str:
+    """"cached" where this Python reads and writes bytecode caches (what a pip install gives),
+    else why not: each process (Snakemake, every job, every Trainer run) then compiles torch's
+    Python afresh, which the per-job start-up shows."""
+    import torch
+
+    from lmablate.gpu import bytecode_uncached
+
+    if not bytecode_uncached(torch):
+        return "cached"
+    return (f"uncached (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')}, "
+            f"PYTHONPYCACHEPREFIX={os.environ.get('PYTHONPYCACHEPREFIX')})")
+
+
 def steady_rate(run_dir: Path) -> float:
     """Median tokens/s of a run's train log windows after the first (the first holds the
     compilation): the optimiser steps' steady rate."""
@@ -328,13 +342,21 @@ def main(argv: list[str] | None = None) -> int:
     chosen = list(parts) if args.part == "all" else args.part.split(",")
     if unknown := [p for p in chosen if p not in parts]:
         ap.error(f"--part: unknown {', '.join(unknown)} (sweep, solo, trainer, all)")
+    bytecode = bytecode_state()
+    if bytecode != "cached":
+        print(f"warning: Python bytecode {bytecode}: every job and Trainer run compiles torch's "
+              "Python afresh (~5 s each on an H100 host); run with PYTHONDONTWRITEBYTECODE "
+              "unset and PYTHONPYCACHEPREFIX=/tmp/pyc to time what a pip install gives",
+              flush=True)
     for part in chosen:
         t0 = time.time()
         result = parts[part]()
         info = device_info(args.device)  # after the runs: no CUDA context held beside them
         doc = {"benchmark": "sweep_wall", "part": part, "date": time.strftime("%Y-%m-%d"),
                "started": t0, "shape": list(shape), "tokens_per_run": tokens, "lrs": list(LRS),
-               "seeds": list(SEEDS), "targets": TARGETS, **info, "result": result}
+               "seeds": list(SEEDS), "targets": TARGETS, **info, "python_bytecode": bytecode,
+               "runs_per_gpu": int(os.environ.get("LMABLATE_RUNS_PER_GPU", "4")),
+               "result": result}
         name = info.get("device_name", args.device).replace(" ", "-")
         quick = "-quick" if args.quick else ""
         out = args.out / f"{doc['date']}-{name}-sweep_wall-{part}{quick}.json"

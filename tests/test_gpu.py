@@ -281,3 +281,37 @@ def test_a_start_file_that_cannot_be_used_costs_the_spacing_not_the_run(tmp_path
     warned = [r.message.split(" (")[0] for r in caplog.records if r.levelname == "WARNING"]
     assert warned == ["GPU 0: starting without spacing",
                       f"could not record the start-up in {tmp_path}/gpu0.start"]
+
+
+BYTECODE_CHILD = """
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+from lmablate.gpu import bytecode_uncached
+print(bytecode_uncached(importlib.import_module("probe_mod")))
+"""
+
+
+@pytest.mark.parametrize("env, uncached", [({"PYTHONDONTWRITEBYTECODE": "1"}, True), ({}, False)])
+def test_a_process_that_keeps_no_bytecode_is_told(tmp_path, env, uncached):
+    """PYTHONDONTWRITEBYTECODE (container images set it) makes every job compile torch's Python
+    afresh; bytecode_uncached sees it from the module's missing cache file."""
+    (tmp_path / "probe_mod.py").write_text("X = 1\n")
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    out = subprocess.run([sys.executable, "-c", BYTECODE_CHILD, str(tmp_path)], check=True,
+                         capture_output=True, text=True, env={**child_env, **env}).stdout
+    assert out.strip() == str(uncached)
+    assert any((tmp_path / "__pycache__").glob("probe_mod.*.pyc")) is not uncached
+    assert not gpu.bytecode_uncached(gpu) or sys.dont_write_bytecode  # this process
+
+
+def test_uncached_torch_bytecode_is_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(gpu, "bytecode_uncached", lambda module: True)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    with caplog.at_level("WARNING", logger="lmablate.gpu"):
+        assert gpu.warn_uncached_bytecode()
+    [rec] = caplog.records
+    assert "PYTHONDONTWRITEBYTECODE=1" in rec.getMessage()
+    assert "PYTHONPYCACHEPREFIX" in rec.getMessage()
+    monkeypatch.setattr(gpu, "bytecode_uncached", lambda module: False)
+    assert not gpu.warn_uncached_bytecode()

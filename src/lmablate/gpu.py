@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["claim_device", "cuda_device_count", "cuda_available", "GpuSlot", "claim_slot",
            "default_runs_per_gpu", "visible_gpus", "space_start", "record_startup",
-           "process_age"]
+           "process_age", "bytecode_uncached", "warn_uncached_bytecode"]
 
 log = logging.getLogger("lmablate.gpu")
 
@@ -208,6 +208,37 @@ def process_age() -> float:
         return max(0.0, time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK")))
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time() - _LOADED
+
+
+def bytecode_uncached(module: object) -> bool:
+    """True where Python has no compiled bytecode of ``module`` on disk once it is imported:
+    ``PYTHONDONTWRITEBYTECODE`` set (many container images set it) or a read-only install without
+    ``PYTHONPYCACHEPREFIX``. Every process then compiles the package's Python afresh: on an H100
+    host, torch's import, AdamW's and torch.compile's first use took ~5 s more per job
+    (bench/sweep_wall.py's breakdown: imports 2.7 -> 1.5 s, setup 6.3 -> 2.5 s)."""
+    import importlib.util
+
+    src = getattr(module, "__file__", None)
+    if not src or not src.endswith(".py"):
+        return False
+    try:
+        return not os.path.exists(importlib.util.cache_from_source(src))
+    except (NotImplementedError, ValueError):  # no cache tag: nothing to cache
+        return False
+
+
+def warn_uncached_bytecode() -> bool:
+    """One log warning (True) where torch's bytecode is not cached (:func:`bytecode_uncached`)."""
+    import torch
+
+    if not bytecode_uncached(torch):
+        return False
+    log.warning("Python keeps no bytecode cache of torch (PYTHONDONTWRITEBYTECODE=%s, "
+                "PYTHONPYCACHEPREFIX=%s): every job compiles torch's Python afresh, ~5 s more "
+                "start-up per GPU job; unset PYTHONDONTWRITEBYTECODE or point PYTHONPYCACHEPREFIX "
+                "at a writable directory", os.environ.get("PYTHONDONTWRITEBYTECODE", "unset"),
+                os.environ.get("PYTHONPYCACHEPREFIX", "unset"))
+    return True
 
 
 _LOADED = time.time()

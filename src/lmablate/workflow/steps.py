@@ -244,7 +244,8 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
     block (:mod:`lmablate.engine.tracking`)."""
     require("torch", "training")
     from lmablate.engine.train import train
-    from lmablate.gpu import claim_device, default_runs_per_gpu, process_age, record_startup
+    from lmablate.gpu import (claim_device, default_runs_per_gpu, process_age, record_startup,
+                              warn_uncached_bytecode)
     from lmablate.study import accounting
     from lmablate.study.config import SECTIONS, ModelConfig, from_dict
 
@@ -256,6 +257,7 @@ def train_run_step(run: Mapping[str, Any], tokens: str, out_dir: str | Path, *, 
         runs_per_gpu = default_runs_per_gpu(accounting.param_counts(model, vocab, 1024)["total"])
     with claim_device(device, slots=runs_per_gpu) as dev:
         logging.getLogger("lmablate").info("device %s, runs_per_gpu %d", dev, runs_per_gpu)
+        warn_uncached_bytecode()
         return train(cfg, tokens, out_dir, ckpt_dir=ckpt_dir, run_id=run["run_id"], meta=meta,
                      device=dev, threads=threads, cohort=cohort, init_from=init_from,
                      tracking=tracking, on_first_step=lambda: record_startup(process_age()))
